@@ -1,0 +1,45 @@
+"""selective-update: change a loss or a gradient so that chosen MLP outputs provably stay fixed.
+
+    import selective_update as su
+    result = su.run("split_head", "torch", params=su.init_params(), data=su.make_toy_data())
+
+Framework modules (`selective_update.tf1`, `selective_update.torch`) share their public names and
+are imported only when a run asks for them.
+"""
+from __future__ import annotations
+
+import importlib
+
+from .core import (ADAM_BETAS, ADAM_EPS, DTYPES, FRAMEWORKS, GAUSS_NEWTON_MAX_STEPS, MOMENTUM,
+                   RESTORE_TOL,
+                   OPTIMIZERS, PROMISES, SEED_PHASES, STRATEGIES, Data, RunResult, SeedDemo,
+                   Strategy, TrivialNullSpaceWarning, check_run, drift, init_params,
+                   make_toy_data, promise)
+
+__version__ = "0.1.0"
+
+
+def backend(name):
+    """Import and return the framework module `tf1` or `torch`."""
+    core._check_choice("framework", name, FRAMEWORKS)
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def run(strategy, framework, *, params, data, keep=(0,), train=(1,), optimizer="sgd", lr=0.1,
+        steps=1, weight_decay=0.0, warm_start_steps=0, dtype="float64",
+        device="cpu") -> RunResult:
+    """Train the `train` outputs with one strategy in one framework and record every step."""
+    kwargs = dict(params=params, data=data, keep=keep, train=train, optimizer=optimizer, lr=lr,
+                  steps=steps, weight_decay=weight_decay, warm_start_steps=warm_start_steps,
+                  dtype=dtype, device=device)
+    # Refuse bad input before a framework is even imported; the module checks again (cheap).
+    check_run(strategy, framework, warn=False, **kwargs)
+    return backend(framework).run(strategy, **kwargs)
+
+
+def seed_demo(framework, params, data, *, lr=0.1, steps=1) -> SeedDemo:
+    """Replay the seed's three train ops (train_op2, train_op12, train_op_all) in one framework."""
+    return backend(framework).seed_demo(params, data, lr=lr, steps=steps)
+
+
+from . import core  # noqa: E402  (kept last: `core` is also the name of the module above)

@@ -1,0 +1,376 @@
+"""Framework-free core: data, strategies and their promises, masks, validation, metrics."""
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import numpy as np
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
+FRAMEWORKS = ("tf1", "torch")
+DTYPES = ("float32", "float64")
+PROMISES = ("exact", "batch_exact", "first_order", "none")
+DEVICES = ("cpu", "cuda")
+
+# Optimizer constants shared by both frameworks (torch defaults; TF1 is set to match).
+MOMENTUM = 0.9
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+# null_space_corrected takes Gauss-Newton steps until the kept outputs on the batch are back within
+# RESTORE_TOL of their values before the step, at most GAUSS_NEWTON_MAX_STEPS (the toy batch's Gram
+# is ill-conditioned, so Adam-sized steps can need 7-9; SGD steps need 2-3).
+GAUSS_NEWTON_MAX_STEPS = 12
+RESTORE_TOL = {"float64": 1e-13, "float32": 1e-5}
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """Describe one way of training the `train` outputs while leaving `keep` alone."""
+
+    name: str
+    summary: str
+    source: str
+    trains: str  # "all" | "last_layer" | "train_heads": which variables the optimizer updates
+    loss: str  # "full" | "masked" | "output_gradient"
+    projected: bool = False
+    corrected: bool = False
+
+
+STRATEGIES = MappingProxyType({s.name: s for s in (
+    Strategy("all_params", "Full loss on every output; the optimizer updates every variable.",
+             "seed: train_op_all", trains="all", loss="full"),
+    Strategy("last_layer", "Full loss; only the last layer (W2, b2) is in var_list.",
+             "seed, old answer: train_op12", trains="last_layer", loss="full"),
+    Strategy("output_gradient",
+             "Back-propagate G (0 on kept outputs, -1/n per sample on trained outputs) to every "
+             "variable: tf.gradients(out, vars, grad_ys=G) / out.backward(G).",
+             "the question itself", trains="all", loss="output_gradient"),
+    Strategy("masked_loss", "Loss on mask * out (mask is 1 on trained outputs); every variable.",
+             "seed's mask without var_list", trains="all", loss="masked"),
+    Strategy("masked_last_layer", "Loss on mask * out; only the last layer (W2, b2) is in var_list.",
+             "seed: train_op2", trains="last_layer", loss="masked"),
+    Strategy("split_head",
+             "One variable per output unit, joined with tf.stack / torch.stack; only the trained "
+             "heads are given to the optimizer.",
+             "seed: first approach (var_list=[W_h_to_out2, b_h_to_out2])", trains="train_heads",
+             loss="masked"),
+    Strategy("null_space",
+             "Masked loss, every parameter; the optimizer's proposed step is projected onto the "
+             "null space of the kept outputs' Jacobian over the batch (layer-wise Gram form).",
+             "beyond the answer (OGD/GPM family)", trains="all", loss="masked", projected=True),
+    Strategy("null_space_corrected",
+             "null_space, then Gauss-Newton steps (minimum-norm, layer-wise Gram form) until the "
+             "kept outputs on the batch are back to their values before the step.",
+             "beyond the answer", trains="all", loss="masked", projected=True, corrected=True),
+)})
+
+
+class TrivialNullSpaceWarning(UserWarning):
+    """Warn that the kept constraints outnumber the parameters."""
+
+
+@dataclass(frozen=True)
+class Data:
+    """Hold a training batch and held-out inputs (numpy float64)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    x_eval: np.ndarray
+    y_eval: np.ndarray
+
+
+def _toy_split(rng, n, noise):
+    x = rng.random((n, 3))
+    y = np.stack([x.sum(axis=1), (x ** 2).sum(axis=1) + noise * rng.random(n)], axis=1)
+    return x, y
+
+
+def make_toy_data(n_sample=8, n_eval=256, seed=0, noise=0.01) -> Data:
+    """Draw the seed's data: x ~ U[0,1)^3, y1 = sum(x), y2 = sum(x^2) + noise * U[0,1)."""
+    _check_int("n_sample", n_sample, 1)
+    _check_int("n_eval", n_eval, 1)
+    _check_int("seed", seed, 0)
+    _check_real("noise", noise, 0.0)
+    rng = np.random.default_rng(seed)
+    x, y = _toy_split(rng, n_sample, noise)
+    x_eval, y_eval = _toy_split(rng, n_eval, noise)
+    return Data(x, y, x_eval, y_eval)
+
+
+def init_params(sizes=(3, 4, 2), seed=0, stddev=0.1) -> dict:
+    """Draw N(0, stddev) weights and biases for an MLP with the given layer widths."""
+    sizes = tuple(sizes) if isinstance(sizes, (list, tuple)) else sizes
+    if (not isinstance(sizes, tuple) or len(sizes) < 3
+            or not all(isinstance(s, numbers.Integral) and s >= 1 for s in sizes)):
+        raise ValueError(f"sizes: got {sizes!r}; allowed: input, hidden layer(s) and output widths, "
+                         "at least 3 positive integers")
+    if sizes[-1] < 2:
+        raise ValueError(f"sizes: got {sizes!r}; allowed: at least 2 outputs")
+    _check_int("seed", seed, 0)
+    _check_real("stddev", stddev, 0.0)
+    rng = np.random.default_rng(seed)
+    params = {}
+    for layer, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+        params[f"W{layer}"] = rng.normal(0.0, stddev, (d_in, d_out))
+        params[f"b{layer}"] = rng.normal(0.0, stddev, d_out)
+    return params
+
+
+def n_layers(params) -> int:
+    """Count the weight layers of a params dict."""
+    return sum(1 for name in params if name.startswith("W"))
+
+
+def layer_sizes(params) -> tuple:
+    """Return (input, hidden..., output) widths of a params dict."""
+    L = n_layers(params)
+    return (params["W1"].shape[0],) + tuple(params[f"W{l}"].shape[1] for l in range(1, L + 1))
+
+
+def promise(strategy, optimizer, *, weight_decay=0.0, warm_start_steps=0) -> str:
+    """Say what a strategy guarantees for the kept outputs under this optimizer set-up."""
+    _check_choice("strategy", strategy, STRATEGIES)
+    _check_choice("optimizer", optimizer, OPTIMIZERS)
+    _check_real("weight_decay", weight_decay, 0.0)
+    _check_int("warm_start_steps", warm_start_steps, 0)
+    if strategy == "split_head":
+        return "exact"
+    if strategy == "null_space":
+        return "first_order"
+    if strategy == "null_space_corrected":
+        return "batch_exact"
+    if strategy == "masked_last_layer":
+        # A zero gradient freezes a weight only when no decay and no leftover state move it.
+        stateless = optimizer == "sgd" or warm_start_steps == 0
+        return "exact" if weight_decay == 0 and stateless else "none"
+    return "none"
+
+
+def train_mask(n_out, train, dtype="float64") -> np.ndarray:
+    """Return the 0/1 row mask that is 1 on the trained outputs."""
+    mask = np.zeros(n_out, dtype=dtype)
+    mask[list(train)] = 1.0
+    return mask
+
+
+def output_gradient(n, n_out, train, dtype="float64") -> np.ndarray:
+    """Return the question's G: 0 on other outputs, -1 on trained ones, averaged over the batch."""
+    return np.tile(-train_mask(n_out, train, dtype) / n, (n, 1))
+
+
+def drift(outputs, keep) -> np.ndarray:
+    """Return, per step, the max |change| of the kept outputs since step 0."""
+    kept = outputs[:, :, list(keep)]
+    return np.abs(kept - kept[:1]).max(axis=(1, 2))
+
+
+def mse(outputs, y, cols=None) -> np.ndarray:
+    """Return the mean squared error per step, over samples and the given output columns."""
+    cols = slice(None) if cols is None else list(cols)
+    return ((outputs[..., cols] - y[..., cols]) ** 2).mean(axis=(-2, -1))
+
+
+@dataclass
+class RunResult:
+    """Hold what one run measured: outputs per step on x and x_eval, losses, final params."""
+
+    strategy: str
+    framework: str
+    optimizer: str
+    keep: tuple
+    train: tuple
+    outputs: np.ndarray  # (steps+1, n, n_out) on data.x
+    eval_outputs: np.ndarray  # (steps+1, n_eval, n_out) on data.x_eval
+    loss: np.ndarray  # (steps+1,) full MSE
+    train_loss: np.ndarray  # (steps+1,) MSE of the train outputs
+    params: dict
+    step_seconds: np.ndarray
+    config: dict = field(default_factory=dict)
+
+    @property
+    def drift_train(self) -> np.ndarray:
+        return drift(self.outputs, self.keep)
+
+    @property
+    def drift_eval(self) -> np.ndarray:
+        return drift(self.eval_outputs, self.keep)
+
+    @property
+    def promise(self) -> str:
+        return promise(self.strategy, self.optimizer, weight_decay=self.config["weight_decay"],
+                       warm_start_steps=self.config["warm_start_steps"])
+
+
+def make_result(cfg, outputs, eval_outputs, params, step_seconds) -> RunResult:
+    """Assemble a RunResult from per-step outputs (numpy, any float dtype)."""
+    outputs = np.asarray(outputs)
+    eval_outputs = np.asarray(eval_outputs)
+    y = cfg["data"].y.astype(outputs.dtype)
+    return RunResult(
+        strategy=cfg["strategy"], framework=cfg["framework"], optimizer=cfg["optimizer"],
+        keep=cfg["keep"], train=cfg["train"], outputs=outputs, eval_outputs=eval_outputs,
+        loss=mse(outputs, y), train_loss=mse(outputs, y, cfg["train"]),
+        params={k: np.asarray(v) for k, v in params.items()},
+        step_seconds=np.asarray(step_seconds, dtype=np.float64),
+        config={k: v for k, v in cfg.items() if k not in ("params", "data")},
+    )
+
+
+# --- validation: one line naming the parameter and what is allowed, before any work -------------
+
+def _fail(name, value, allowed):
+    raise ValueError(f"{name}: got {value!r}; allowed: {allowed}")
+
+
+def _check_choice(name, value, choices):
+    if not isinstance(value, str) or value not in choices:
+        _fail(name, value, ", ".join(choices))
+
+
+def _check_int(name, value, low):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        _fail(name, value, f"an integer >= {low}")
+
+
+def _check_real(name, value, low, *, strict=False):
+    ok = (not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+          and (value > low if strict else value >= low))
+    if not ok:
+        _fail(name, value, f"a finite number {'>' if strict else '>='} {low}")
+
+
+def _check_outputs(name, value, n_out):
+    allowed = f"a non-empty list of distinct output indices in 0..{n_out - 1}"
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = (value,)
+    if not isinstance(value, (list, tuple)) or not value:
+        _fail(name, value, allowed)
+    if not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) and 0 <= i < n_out
+               for i in value) or len(set(value)) != len(value):
+        _fail(name, value, allowed)
+    return tuple(int(i) for i in value)
+
+
+def _check_params(params, data):
+    allowed = "a dict W1, b1, ..., WL, bL (L >= 2) of float arrays whose shapes chain from data.x"
+    if not isinstance(params, dict) or "W1" not in params:
+        _fail("params", type(params).__name__ if not isinstance(params, dict) else sorted(params),
+              allowed)
+    L = n_layers(params)
+    expected = {f"{p}{l}" for l in range(1, L + 1) for p in "Wb"}
+    if L < 2 or set(params) != expected:
+        _fail("params", sorted(params), allowed)
+    width = data.x.shape[1]
+    for l in range(1, L + 1):
+        W, b = np.asarray(params[f"W{l}"]), np.asarray(params[f"b{l}"])
+        if W.ndim != 2 or W.shape[0] != width or b.shape != (W.shape[1],):
+            raise ValueError(f"params: W{l} {W.shape} / b{l} {b.shape} do not fit input width "
+                             f"{width}; allowed: W{l} ({width}, d), b{l} (d,)")
+        if not (np.all(np.isfinite(W)) and np.all(np.isfinite(b))):
+            _fail("params", f"non-finite values in layer {l}", "finite numbers")
+        width = W.shape[1]
+    if data.y.shape[1] != width or data.y_eval.shape[1] != width:
+        raise ValueError(f"params: {width} outputs but data.y has {data.y.shape[1]} columns; "
+                         "allowed: as many outputs as target columns")
+    if width < 2:
+        _fail("params", f"{width} output", "at least 2 outputs")
+
+
+def _check_data(data):
+    if not isinstance(data, Data):
+        _fail("data", type(data).__name__, "a selective_update.Data (make_toy_data, load_dataset)")
+    for name in ("x", "y", "x_eval", "y_eval"):
+        a = getattr(data, name)
+        if not isinstance(a, np.ndarray) or a.ndim != 2 or len(a) == 0 or not np.all(np.isfinite(a)):
+            _fail("data", f"{name} is not a finite non-empty 2-D array", "finite 2-D float arrays")
+    if len(data.x) != len(data.y) or len(data.x_eval) != len(data.y_eval):
+        _fail("data", "x and y differ in length", "as many targets as inputs")
+    if data.x.shape[1] != data.x_eval.shape[1]:
+        _fail("data", "x and x_eval differ in width", "the same input width")
+
+
+def check_run(strategy, framework, *, params, data, keep=(0,), train=(1,), optimizer="sgd", lr=0.1,
+              steps=1, weight_decay=0.0, warm_start_steps=0, dtype="float64", device="cpu",
+              warn=True) -> dict:
+    """Validate every argument of run() and return them normalized; raise ValueError otherwise."""
+    _check_choice("strategy", strategy, STRATEGIES)
+    _check_choice("framework", framework, FRAMEWORKS)
+    _check_choice("optimizer", optimizer, OPTIMIZERS)
+    _check_real("lr", lr, 0.0, strict=True)
+    _check_int("steps", steps, 1)
+    _check_real("weight_decay", weight_decay, 0.0)
+    _check_int("warm_start_steps", warm_start_steps, 0)
+    _check_choice("dtype", dtype, DTYPES)
+    _check_choice("device", device, DEVICES)
+    if framework == "tf1" and device != "cpu":
+        _fail("device", device, "'cpu' for framework tf1 (the cuda device is for torch)")
+    _check_data(data)
+    _check_params(params, data)
+    n_out = data.y.shape[1]
+    keep = _check_outputs("keep", keep, n_out)
+    train = _check_outputs("train", train, n_out)
+    if set(keep) & set(train):
+        _fail("train", list(train), f"outputs disjoint from keep={list(keep)}")
+    cfg = dict(strategy=strategy, framework=framework, params=params, data=data, keep=keep,
+               train=train, optimizer=optimizer, lr=float(lr), steps=int(steps),
+               weight_decay=float(weight_decay), warm_start_steps=int(warm_start_steps),
+               dtype=dtype, device=device)
+    if warn and STRATEGIES[strategy].projected:
+        warn_if_trivial_null_space(params, len(data.x), len(keep))
+    return cfg
+
+
+def n_params(params) -> int:
+    """Count the scalar parameters of a params dict."""
+    return int(sum(np.asarray(v).size for v in params.values()))
+
+
+def warn_if_trivial_null_space(params, n_sample, n_keep):
+    """Warn when the kept constraints (samples x kept outputs) outnumber the parameters."""
+    m, P = n_sample * n_keep, n_params(params)
+    if m >= P:
+        warnings.warn(f"null space: {m} kept constraints ({n_sample} samples x {n_keep} outputs) "
+                      f">= {P} parameters; the null space may be trivial and the projected step "
+                      "may vanish", TrivialNullSpaceWarning, stacklevel=3)
+
+
+# --- the seed's demo: three train ops on one GradientDescentOptimizer, in its order -------------
+
+SEED_PHASES = (("train_op2", "masked_last_layer"), ("train_op12", "last_layer"),
+               ("train_op_all", "all_params"))
+
+
+@dataclass
+class SeedDemo:
+    """Hold what the seed's demo prints after each phase: hidden, out, loss, loss2."""
+
+    phases: tuple  # ("start", "train_op2", "train_op12", "train_op_all")
+    hidden: np.ndarray  # (phases, n, d_hidden)
+    outputs: np.ndarray  # (phases, n, n_out)
+    loss: np.ndarray  # full MSE
+    loss2: np.ndarray  # the seed's masked loss: mean((mask * (out - y))**2)
+
+    def rows(self, keep=(0,), train=(1,)) -> list:
+        """Return one dict per phase: max |change| of kept / trained outputs, loss, loss2."""
+        rows = []
+        for i, phase in enumerate(self.phases):
+            prev = self.outputs[max(i - 1, 0)]
+            change = np.abs(self.outputs[i] - prev)
+            rows.append({"phase": phase, "out1_change": float(change[:, list(keep)].max()),
+                         "out2_change": float(change[:, list(train)].max()),
+                         "loss": float(self.loss[i]), "loss2": float(self.loss2[i])})
+        return rows
+
+
+def make_seed_demo(cfg, record) -> SeedDemo:
+    """Assemble a SeedDemo from (hidden, outputs) pairs recorded after each phase."""
+    hidden = np.stack([h for h, _ in record])
+    outputs = np.stack([o for _, o in record])
+    y = cfg["data"].y.astype(outputs.dtype)
+    mask = train_mask(y.shape[1], cfg["train"], outputs.dtype)
+    return SeedDemo(phases=("start",) + tuple(p for p, _ in SEED_PHASES), hidden=hidden,
+                    outputs=outputs, loss=mse(outputs, y),
+                    loss2=((mask * (outputs - y)) ** 2).mean(axis=(1, 2)))

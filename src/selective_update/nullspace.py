@@ -1,0 +1,126 @@
+"""Null-space step for an MLP without materializing the Jacobian (layer-wise Gram form).
+
+Written once over a framework namespace `F` (the `tf1` or `torch` module), in d2l's alias style:
+F provides sigmoid, matmul, transpose, einsum, reshape, reduce_sum, reduce_max, const, solve_gram
+and while_loop.
+
+For kept output k and sample b, d out[b, k] / d W_l = h_{l-1}[b] outer D_l[k, b], where D_l are the
+kept outputs' deltas back-propagated to layer l. Hence, with m = K*B constraints:
+  Gram   J J^T = sum_l (H H^T + 1) o (D D^T)     O(m^2 (d_in + d_out)) per layer
+  J v    = sum_l rowsum(D_l o (H_{l-1} dW_l + db_l))
+  J^T a  = (H_{l-1}^T M_l, colsum M_l),  M_l = sum_k a_k D_l[k]
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def forward(F, Ws, bs, x):
+    """Return the layer inputs [x, h1, ..., h_{L-1}] and the outputs of a sigmoid MLP."""
+    hs = [x]
+    for W, b in zip(Ws[:-1], bs[:-1]):
+        hs.append(F.sigmoid(F.matmul(hs[-1], W) + b))
+    return hs, F.matmul(hs[-1], Ws[-1]) + bs[-1]
+
+
+def kept_seed(F, keep, n, n_out, like):
+    """Return the one-hot deltas (K, n, n_out) of the kept outputs at the linear output layer."""
+    seed = np.zeros((len(keep), n, n_out))
+    for k, j in enumerate(keep):
+        seed[k, :, j] = 1.0
+    return F.const(seed, like)
+
+
+def kept_deltas(F, Ws, hs, seed):
+    """Back-propagate the kept outputs to every layer: a list of (K, n, d_l), first layer first."""
+    deltas = [seed]
+    for l in range(len(Ws) - 1, 0, -1):
+        h = hs[l]
+        deltas.insert(0, F.einsum("kbj,ij->kbi", deltas[0], Ws[l]) * (h * (1.0 - h)))
+    return deltas
+
+
+def gram(F, hs, deltas):
+    """Return J J^T (m, m) of the kept outputs over the batch, m = K * n."""
+    total = None
+    for h, D in zip(hs, deltas):
+        K, n = D.shape[0], D.shape[1]
+        inputs = F.matmul(h, F.transpose(h)) + 1.0
+        term = F.einsum("kbj,lcj->kblc", D, D) * F.reshape(inputs, (1, n, 1, n))
+        total = term if total is None else total + term
+    m = K * n
+    return F.reshape(total, (m, m))
+
+
+def jvp(F, hs, deltas, dWs, dbs):
+    """Return J v (K, n): the first-order change of the kept outputs for a step (dWs, dbs)."""
+    total = None
+    for h, D, dW, db in zip(hs, deltas, dWs, dbs):
+        term = F.einsum("kbj,bj->kb", D, F.matmul(h, dW) + db)
+        total = term if total is None else total + term
+    return total
+
+
+def vjp(F, hs, deltas, alpha):
+    """Return J^T alpha as per-layer (dW, db) lists, alpha (K, n)."""
+    dWs, dbs = [], []
+    for h, D in zip(hs, deltas):
+        M = F.einsum("kb,kbj->bj", alpha, D)
+        dWs.append(F.matmul(F.transpose(h), M))
+        dbs.append(F.reduce_sum(M, 0))
+    return dWs, dbs
+
+
+def _least_norm_correction(F, hs, deltas, residual):
+    """Return J^T (J J^T)^+ residual: the smallest step that changes the kept outputs by residual."""
+    K, n = deltas[0].shape[0], deltas[0].shape[1]
+    alpha = F.solve_gram(gram(F, hs, deltas), F.reshape(residual, (K * n,)))
+    return vjp(F, hs, deltas, F.reshape(alpha, (K, n)))
+
+
+def project(F, Ws, bs, x, keep, dWs, dbs):
+    """Project a proposed step (dWs, dbs) onto the null space of the kept outputs' Jacobian at x."""
+    hs, out = forward(F, Ws, bs, x)
+    deltas = kept_deltas(F, Ws, hs, kept_seed(F, keep, x.shape[0], out.shape[1], x))
+    cWs, cbs = _least_norm_correction(F, hs, deltas, jvp(F, hs, deltas, dWs, dbs))
+    return [d - c for d, c in zip(dWs, cWs)], [d - c for d, c in zip(dbs, cbs)]
+
+
+def kept_outputs(F, Ws, bs, x, keep):
+    """Return the kept outputs (K, n) at x."""
+    _, out = forward(F, Ws, bs, x)
+    seed = kept_seed(F, keep, x.shape[0], out.shape[1], x)
+    return F.einsum("kbj,bj->kb", seed, out)
+
+
+def gauss_newton(F, Ws, bs, x, keep, target):
+    """Take one Gauss-Newton step that moves the kept outputs at x back to target (K, n)."""
+    hs, out = forward(F, Ws, bs, x)
+    seed = kept_seed(F, keep, x.shape[0], out.shape[1], x)
+    deltas = kept_deltas(F, Ws, hs, seed)
+    residual = F.einsum("kbj,bj->kb", seed, out) - target
+    cWs, cbs = _least_norm_correction(F, hs, deltas, residual)
+    return [W - c for W, c in zip(Ws, cWs)], [b - c for b, c in zip(bs, cbs)]
+
+
+def restore(F, Ws, bs, x, keep, target, tol, max_steps):
+    """Take Gauss-Newton steps until the kept outputs at x are within tol of target (K, n)."""
+    L = len(Ws)
+
+    def error(Ws, bs):
+        return F.reduce_max(abs(kept_outputs(F, Ws, bs, x, keep) - target))
+
+    def cond(i, err, *layers):
+        return (i < max_steps) & (err > tol)
+
+    def body(i, err, *layers):
+        Ws, bs = gauss_newton(F, list(layers[:L]), list(layers[L:]), x, keep, target)
+        return (i + 1, error(Ws, bs), *Ws, *bs)
+
+    _, err, *layers = F.while_loop(cond, body, (0, error(Ws, bs), *Ws, *bs))
+    return list(layers[:L]), list(layers[L:]), err
+
+
+def pinv_cutoff(eigenvalues_max, m, eps):
+    """Return the eigenvalue below which the Gram pseudo-inverse treats a direction as null."""
+    return eigenvalues_max * m * eps

@@ -1,0 +1,306 @@
+"""TensorFlow 1 (tf.compat.v1): placeholders, Variables, a Session, tf.compat.v1.train optimizers.
+
+No Keras. Optimizers match the torch port: sgd; momentum 0.9 (MomentumOptimizer = torch SGD with
+momentum); adam (0.9, 0.999, eps 1e-8) -- stock TF1 AdamOptimizer adds eps to sqrt(v) *after* folding the
+bias correction into the step size ("epsilon hat"), which differs from torch wherever |g| is near
+eps (measured on the toy: up to 2e-4 in the outputs after 5 steps), so `TorchEpsAdamOptimizer`
+passes eps * sqrt(1 - beta2^t) each step, torch's placement (`make_optimizer(..., stock_adam=True)`
+keeps the stock one); adamw = AdamOptimizer after torch's decoupled decay
+var *= 1 - lr * weight_decay. For sgd/momentum/adam, weight_decay adds weight_decay * var to the
+gradient of every variable in the var_list (torch's coupled L2).
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from . import core, nullspace
+
+v1 = tf.compat.v1
+NAME = "tf1"
+F = sys.modules[__name__]  # this module is the namespace nullspace's math runs on
+THREADS = 0  # intra-op threads of new sessions; 0 lets TF choose (the bench pins it)
+
+# --- aliases used by nullspace (d2l style) --------------------------------------------------------
+sigmoid = tf.sigmoid
+matmul = tf.matmul
+einsum = tf.einsum
+transpose = tf.transpose
+
+
+def reshape(a, shape):
+    """Reshape a tensor."""
+    return tf.reshape(a, shape)
+
+
+def reduce_sum(a, axis):
+    """Sum a tensor over one axis."""
+    return tf.reduce_sum(a, axis=axis)
+
+
+def reduce_max(a):
+    """Return the largest element of a tensor."""
+    return tf.reduce_max(a)
+
+
+def while_loop(cond, body, loop_vars):
+    """Build a tf.while_loop (the torch port runs the same loop eagerly)."""
+    return tf.while_loop(cond, body, loop_vars)
+
+
+def const(array, like):
+    """Make a constant tensor with the dtype of `like`."""
+    return tf.constant(array, dtype=like.dtype)
+
+
+def solve_gram(G, r):
+    """Return G^+ r for a symmetric positive semi-definite G (eigenvalue pseudo-inverse)."""
+    w, V = tf.linalg.eigh(G)
+    cutoff = nullspace.pinv_cutoff(w[-1], G.shape[0], np.finfo(G.dtype.as_numpy_dtype).eps)
+    inv = tf.where(w > cutoff, 1.0 / tf.maximum(w, cutoff), tf.zeros_like(w))
+    return tf.linalg.matvec(V, inv * tf.linalg.matvec(V, r, transpose_a=True))
+
+
+class TorchEpsAdamOptimizer(v1.train.AdamOptimizer):
+    """AdamOptimizer with torch's eps placement: pass eps * sqrt(1 - beta2^t) as epsilon hat."""
+
+    def _resource_apply_dense(self, grad, var):
+        dt = grad.dtype.base_dtype
+        beta1_power, beta2_power = (tf.cast(p, dt) for p in self._get_beta_accumulators())
+        return tf.raw_ops.ResourceApplyAdam(
+            var=var.handle, m=self.get_slot(var, "m").handle, v=self.get_slot(var, "v").handle,
+            beta1_power=beta1_power, beta2_power=beta2_power, lr=tf.cast(self._lr_t, dt),
+            beta1=tf.cast(self._beta1_t, dt), beta2=tf.cast(self._beta2_t, dt),
+            epsilon=tf.cast(self._epsilon_t, dt) * tf.sqrt(1.0 - beta2_power), grad=grad,
+            use_locking=self._use_locking)
+
+
+def make_optimizer(name, lr, *, stock_adam=False):
+    """Build the tf.compat.v1.train optimizer that matches the torch one of the same name."""
+    # Hyperparameters as tensors of lr's dtype: a Python float would become a float32 constant
+    # (0.9 -> 0.899999976) and cost float64 runs ~1e-7 (momentum) to ~1e-4 (adam) of agreement.
+    def c(value):
+        return tf.constant(value, lr.dtype)
+
+    if name == "sgd":
+        return v1.train.GradientDescentOptimizer(lr)
+    if name == "momentum":
+        return v1.train.MomentumOptimizer(lr, c(core.MOMENTUM))
+    beta1, beta2 = core.ADAM_BETAS
+    adam = v1.train.AdamOptimizer if stock_adam else TorchEpsAdamOptimizer
+    return adam(lr, c(beta1), c(beta2), c(core.ADAM_EPS))
+
+
+def _session(graph):
+    config = v1.ConfigProto(inter_op_parallelism_threads=1,
+                            intra_op_parallelism_threads=THREADS)
+    return v1.Session(graph=graph, config=config)
+
+
+class Graph:
+    """One TF1 graph for a set of strategies sharing one optimizer; params, lr and decay are fed."""
+
+    def __init__(self, strategies, optimizer, sizes, n, keep, train, dtype):
+        self.optimizer_name, self.keep, self.train = optimizer, keep, train
+        self.split = any(core.STRATEGIES[s].trains == "train_heads" for s in strategies)
+        self.tol = core.RESTORE_TOL[dtype]
+        dt = tf.as_dtype(dtype)
+        L = len(sizes) - 1
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            self.x = v1.placeholder(dt, (n, sizes[0]), name="x")
+            self.y = v1.placeholder(dt, (n, sizes[-1]), name="y")
+            self.x_any = v1.placeholder(dt, (None, sizes[0]), name="x_any")
+            self.lr = v1.placeholder(dt, (), name="lr")
+            self.weight_decay = v1.placeholder(dt, (), name="weight_decay")
+            self.initial = {}
+
+            def variable(name, shape):
+                self.initial[name] = v1.placeholder(dt, shape, name=f"{name}_initial")
+                return v1.Variable(self.initial[name], name=name, use_resource=True)
+
+            self.Ws = [variable(f"W{l}", sizes[l - 1:l + 1]) for l in range(1, L)]
+            self.bs = [variable(f"b{l}", (sizes[l],)) for l in range(1, L)]
+            if self.split:  # the seed's first approach: one variable per output unit, tf.stack
+                self.heads_W = [variable(f"W_h_to_out{k + 1}", (sizes[-2],))
+                                for k in range(sizes[-1])]
+                self.heads_b = [variable(f"b_h_to_out{k + 1}", ()) for k in range(sizes[-1])]
+                W_L, b_L = tf.stack(self.heads_W, axis=1), tf.stack(self.heads_b)
+                self.variables = [t for p in zip(self.Ws, self.bs) for t in p] \
+                    + self.heads_W + self.heads_b
+            else:
+                self.Ws.append(variable(f"W{L}", sizes[-2:]))
+                self.bs.append(variable(f"b{L}", (sizes[-1],)))
+                W_L, b_L = self.Ws[-1], self.bs[-1]
+                self.variables = [t for p in zip(self.Ws, self.bs) for t in p]
+            layers_W, layers_b = self.Ws[:L - 1] + [W_L], self.bs[:L - 1] + [b_L]
+            hs, self.out = nullspace.forward(F, layers_W, layers_b, self.x)
+            self.hidden = hs[1]
+            self.out_any = nullspace.forward(F, layers_W, layers_b, self.x_any)[1]
+            mask = tf.constant(core.train_mask(sizes[-1], train), dt)
+            self.losses = {"full": tf.reduce_mean(tf.square(self.out - self.y)),
+                           "masked": tf.reduce_mean(tf.square(mask * (self.out - self.y)))}
+            self.G = tf.constant(core.output_gradient(n, sizes[-1], train), dt)
+            self.opt = make_optimizer(optimizer, self.lr)
+            self.ops = {s: self._step_op(s) for s in strategies}
+            self.init = v1.global_variables_initializer()
+            self.graph.finalize()
+        self.sess = _session(self.graph)
+
+    def var_list(self, strategy):
+        """List the variables a strategy gives to the optimizer."""
+        trains = core.STRATEGIES[strategy].trains
+        if trains == "all":
+            return self.variables
+        if trains == "last_layer":
+            return [self.Ws[-1], self.bs[-1]]
+        return [self.heads_W[k] for k in self.train] + [self.heads_b[k] for k in self.train]
+
+    def _step_op(self, strategy):
+        s = core.STRATEGIES[strategy]
+        var_list = self.var_list(strategy)
+        if s.loss == "output_gradient":
+            grads = v1.gradients(self.out, var_list, grad_ys=self.G)
+        else:
+            grads = v1.gradients(self.losses[s.loss], var_list)
+        decoupled = self.optimizer_name == "adamw"
+        if not decoupled:
+            grads = [g + self.weight_decay * v for g, v in zip(grads, var_list)]
+        before = grads  # ops below run only once every gradient is computed
+        if s.projected:
+            snapshots = [v1.Variable(tf.zeros(v.shape, v.dtype), trainable=False,
+                                     use_resource=True, name="before_step") for v in var_list]
+            with tf.control_dependencies(before):
+                before = [tf.group(*[sn.assign(v.read_value())
+                                     for sn, v in zip(snapshots, var_list)])]
+        if decoupled:
+            with tf.control_dependencies(before):
+                before = [tf.group(*[v.assign(v.read_value() * (1.0 - self.lr * self.weight_decay))
+                                     for v in var_list])]
+        with tf.control_dependencies(before):
+            apply = self.opt.apply_gradients(list(zip(grads, var_list)))
+        if not s.projected:
+            return apply
+        with tf.control_dependencies([apply]):
+            new = [v.read_value() for v in var_list]
+            old = [sn.read_value() for sn in snapshots]
+        old_Ws, old_bs = old[0::2], old[1::2]
+        dWs = [n - o for n, o in zip(new[0::2], old_Ws)]
+        dbs = [n - o for n, o in zip(new[1::2], old_bs)]
+        dWs, dbs = project_step(old_Ws, old_bs, self.x, self.keep, dWs, dbs)
+        Ws = [o + d for o, d in zip(old_Ws, dWs)]
+        bs = [o + d for o, d in zip(old_bs, dbs)]
+        if s.corrected:
+            target = nullspace.kept_outputs(F, old_Ws, old_bs, self.x, self.keep)
+            Ws, bs, _ = nullspace.restore(F, Ws, bs, self.x, self.keep, target, self.tol,
+                                          core.GAUSS_NEWTON_MAX_STEPS)
+        values = [t for p in zip(Ws, bs) for t in p]
+        return tf.group(*[v.assign(t) for v, t in zip(var_list, values)])
+
+    def reset(self, params):
+        """Load params into the variables and reset every optimizer slot."""
+        L = core.n_layers(params)
+        feed = {}
+        for name, ph in self.initial.items():
+            if name.startswith("W_h_to_out"):
+                feed[ph] = params[f"W{L}"][:, int(name[10:]) - 1]
+            elif name.startswith("b_h_to_out"):
+                feed[ph] = params[f"b{L}"][int(name[10:]) - 1]
+            else:
+                feed[ph] = params[name]
+        self.sess.run(self.init, feed)
+
+    def numpy_params(self):
+        """Return the variables as a params dict of numpy arrays."""
+        values = self.sess.run({"Ws": self.Ws, "bs": self.bs,
+                                "heads": (self.heads_W, self.heads_b) if self.split else ()})
+        Ws, bs = values["Ws"], values["bs"]
+        if self.split:
+            Ws.append(np.stack(values["heads"][0], axis=1))
+            bs.append(np.stack(values["heads"][1]))
+        return {f"{p}{l}": a for l, (W, b) in enumerate(zip(Ws, bs), start=1)
+                for p, a in (("W", W), ("b", b))}
+
+
+_GRAPHS = {}
+
+
+def graph_for(strategies, cfg) -> Graph:
+    """Return a cached Graph for these strategies and shapes (building a graph costs ~0.3 s)."""
+    sizes = core.layer_sizes(cfg["params"])
+    key = (tuple(strategies), cfg["optimizer"], sizes, len(cfg["data"].x), cfg["keep"],
+           cfg["train"], cfg["dtype"], THREADS)
+    if key not in _GRAPHS:
+        _GRAPHS[key] = Graph(tuple(strategies), cfg["optimizer"], sizes, len(cfg["data"].x),
+                             cfg["keep"], cfg["train"], cfg["dtype"])
+    return _GRAPHS[key]
+
+
+def project_step(Ws, bs, x, keep, dWs, dbs):
+    """Project a step onto the null space of the kept outputs' Jacobian (layer-wise Gram form)."""
+    return nullspace.project(F, Ws, bs, x, keep, dWs, dbs)
+
+
+def run(strategy, *, params, data, keep=(0,), train=(1,), optimizer="sgd", lr=0.1, steps=1,
+        weight_decay=0.0, warm_start_steps=0, dtype="float64", device="cpu") -> core.RunResult:
+    """Run warm-start steps (all_params), then `steps` steps of `strategy`, recording outputs."""
+    cfg = core.check_run(strategy, NAME, params=params, data=data, keep=keep, train=train,
+                         optimizer=optimizer, lr=lr, steps=steps, weight_decay=weight_decay,
+                         warm_start_steps=warm_start_steps, dtype=dtype, device=device)
+    g = graph_for(dict.fromkeys(("all_params", strategy)), cfg)
+    g.reset(params)
+    feed = {g.x: data.x, g.y: data.y, g.lr: cfg["lr"], g.weight_decay: cfg["weight_decay"]}
+    for _ in range(cfg["warm_start_steps"]):
+        g.sess.run(g.ops["all_params"], feed)
+
+    def outputs():
+        return (g.sess.run(g.out_any, {g.x_any: data.x}),
+                g.sess.run(g.out_any, {g.x_any: data.x_eval}))
+
+    recorded, seconds = [outputs()], []
+    for _ in range(cfg["steps"]):
+        start = time.perf_counter()
+        g.sess.run(g.ops[strategy], feed)
+        seconds.append(time.perf_counter() - start)
+        recorded.append(outputs())
+    return core.make_result(cfg, np.stack([o for o, _ in recorded]),
+                            np.stack([e for _, e in recorded]), g.numpy_params(), seconds)
+
+
+def seed_demo(params, data, *, lr=0.1, steps=1, keep=(0,), train=(1,)) -> core.SeedDemo:
+    """Replay the seed's demo as written: one GradientDescentOptimizer, three minimize() ops."""
+    cfg = core.check_run("all_params", NAME, params=params, data=data, keep=keep, train=train,
+                         optimizer="sgd", lr=lr, steps=steps)
+    if core.n_layers(params) != 2:
+        raise ValueError("params: the seed's demo has one hidden layer; allowed: W1, b1, W2, b2")
+    dt = tf.float64
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(dt, (None, data.x.shape[1]), name="x")
+        y = v1.placeholder(dt, (None, data.y.shape[1]), name="y")
+        W1 = v1.Variable(params["W1"], name="W1", use_resource=True)
+        b1 = v1.Variable(params["b1"], name="b1", use_resource=True)
+        W2 = v1.Variable(params["W2"], name="W2", use_resource=True)
+        b2 = v1.Variable(params["b2"], name="b2", use_resource=True)
+        hidden = tf.sigmoid(tf.matmul(x, W1) + b1)
+        out = tf.matmul(hidden, W2) + b2
+        mask = tf.constant(core.train_mask(data.y.shape[1], cfg["train"]), dt)
+        loss = tf.reduce_mean(tf.square(out - y))
+        loss2 = tf.reduce_mean(tf.square(mask * out - mask * y))
+        optimizer = v1.train.GradientDescentOptimizer(cfg["lr"])
+        train_ops = {"train_op2": optimizer.minimize(loss2, var_list=[W2, b2]),
+                     "train_op12": optimizer.minimize(loss, var_list=[W2, b2]),
+                     "train_op_all": optimizer.minimize(loss)}
+        init = v1.global_variables_initializer()
+    feed = {x: data.x, y: data.y}
+    with _session(graph) as sess:
+        sess.run(init)
+        record = [tuple(sess.run([hidden, out], feed))]
+        for phase, _ in core.SEED_PHASES:
+            for _ in range(cfg["steps"]):
+                sess.run(train_ops[phase], feed)
+            record.append(tuple(sess.run([hidden, out], feed)))
+    return core.make_seed_demo(cfg, record)

@@ -1,0 +1,271 @@
+"""PyTorch port: the same strategies, optimizers and numbers as the tf1 module."""
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import torch
+
+from . import core, nullspace
+
+NAME = "torch"
+F = sys.modules[__name__]  # this module is the namespace nullspace's math runs on
+
+# --- aliases used by nullspace (d2l style) --------------------------------------------------------
+sigmoid = torch.sigmoid
+matmul = torch.matmul
+einsum = torch.einsum
+
+
+def transpose(a):
+    """Transpose a 2-D tensor."""
+    return a.T
+
+
+def reshape(a, shape):
+    """Reshape a tensor."""
+    return a.reshape(shape)
+
+
+def reduce_sum(a, axis):
+    """Sum a tensor over one axis."""
+    return a.sum(dim=axis)
+
+
+def reduce_max(a):
+    """Return the largest element of a tensor."""
+    return a.max()
+
+
+def while_loop(cond, body, loop_vars):
+    """Run body while cond holds (eagerly; tf1 builds a tf.while_loop)."""
+    while bool(cond(*loop_vars)):
+        loop_vars = body(*loop_vars)
+    return loop_vars
+
+
+def const(array, like):
+    """Make a constant tensor with the dtype and device of `like`."""
+    return torch.as_tensor(array, dtype=like.dtype, device=like.device)
+
+
+def solve_gram(G, r):
+    """Return G^+ r for a symmetric positive semi-definite G (eigenvalue pseudo-inverse)."""
+    w, V = torch.linalg.eigh(G)
+    cutoff = nullspace.pinv_cutoff(w[-1], G.shape[0], torch.finfo(G.dtype).eps)
+    inv = torch.where(w > cutoff, 1.0 / torch.clamp(w, min=cutoff), torch.zeros_like(w))
+    return V @ (inv * (V.T @ r))
+
+
+# --- the network ------------------------------------------------------------------------------------
+
+class Net:
+    """Hold an MLP's parameters as leaf tensors; `split` gives one variable per output unit."""
+
+    def __init__(self, params, *, split=False, dtype="float64", device="cpu"):
+        L = core.n_layers(params)
+        dt = getattr(torch, dtype)
+
+        def leaf(a):
+            return torch.tensor(np.asarray(a), dtype=dt, device=device, requires_grad=True)
+
+        self.split = split
+        self.Ws = [leaf(params[f"W{l}"]) for l in range(1, L)]
+        self.bs = [leaf(params[f"b{l}"]) for l in range(1, L)]
+        W_L, b_L = params[f"W{L}"], params[f"b{L}"]
+        if split:
+            self.head_Ws = [leaf(W_L[:, k]) for k in range(W_L.shape[1])]
+            self.head_bs = [leaf(b_L[k]) for k in range(W_L.shape[1])]
+        else:
+            self.Ws.append(leaf(W_L))
+            self.bs.append(leaf(b_L))
+
+    def layers(self):
+        """Return (Ws, bs) with the output heads joined by torch.stack."""
+        if not self.split:
+            return self.Ws, self.bs
+        return (self.Ws + [torch.stack(self.head_Ws, dim=1)],
+                self.bs + [torch.stack(self.head_bs)])
+
+    def parameters(self):
+        """List every leaf tensor in a fixed order."""
+        heads = self.head_Ws + self.head_bs if self.split else []
+        return [t for pair in zip(self.Ws, self.bs) for t in pair] + heads
+
+    def trainable(self, strategy, train):
+        """List the variables a strategy gives to the optimizer (its var_list)."""
+        trains = core.STRATEGIES[strategy].trains
+        if trains == "all":
+            return self.parameters()
+        if trains == "last_layer":
+            return [self.Ws[-1], self.bs[-1]]
+        return [self.head_Ws[k] for k in train] + [self.head_bs[k] for k in train]
+
+    def forward(self, x):
+        """Return the hidden activations and the outputs."""
+        Ws, bs = self.layers()
+        return nullspace.forward(F, Ws, bs, x)
+
+    def numpy_params(self):
+        """Return the parameters as a params dict of numpy arrays."""
+        Ws, bs = self.layers()
+        out = {}
+        for l, (W, b) in enumerate(zip(Ws, bs), start=1):
+            out[f"W{l}"] = W.detach().cpu().numpy().copy()
+            out[f"b{l}"] = b.detach().cpu().numpy().copy()
+        return out
+
+
+def make_optimizer(name, variables, lr, weight_decay):
+    """Build the torch optimizer that matches the TF1 one of the same name."""
+    if name == "sgd":
+        return torch.optim.SGD(variables, lr=lr, weight_decay=weight_decay, foreach=False)
+    if name == "momentum":
+        return torch.optim.SGD(variables, lr=lr, momentum=core.MOMENTUM,
+                               weight_decay=weight_decay, foreach=False)
+    cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+    return cls(variables, lr=lr, betas=core.ADAM_BETAS, eps=core.ADAM_EPS,
+               weight_decay=weight_decay, foreach=False)
+
+
+# --- one training step --------------------------------------------------------------------------
+
+class _Trainer:
+    """Run strategy steps on one network with one optimizer (its state carries across phases)."""
+
+    def __init__(self, cfg, split):
+        dt, dev = getattr(torch, cfg["dtype"]), cfg["device"]
+        data = cfg["data"]
+        self.cfg = cfg
+        self.x = torch.as_tensor(data.x, dtype=dt, device=dev)
+        self.y = torch.as_tensor(data.y, dtype=dt, device=dev)
+        self.x_eval = torch.as_tensor(data.x_eval, dtype=dt, device=dev)
+        n_out = data.y.shape[1]
+        self.mask = torch.as_tensor(core.train_mask(n_out, cfg["train"]), dtype=dt, device=dev)
+        self.G = torch.as_tensor(core.output_gradient(len(data.x), n_out, cfg["train"]),
+                                 dtype=dt, device=dev)
+        self.net = Net(cfg["params"], split=split, dtype=cfg["dtype"], device=dev)
+        self.opt = make_optimizer(cfg["optimizer"], self.net.parameters(), cfg["lr"],
+                                  cfg["weight_decay"])
+
+    def _gradients(self, strategy, variables):
+        s = core.STRATEGIES[strategy]
+        _, out = self.net.forward(self.x)
+        if s.loss == "output_gradient":
+            return torch.autograd.grad(out, variables, grad_outputs=self.G)
+        err = out - self.y if s.loss == "full" else self.mask * (out - self.y)
+        return torch.autograd.grad((err ** 2).mean(), variables)
+
+    def step(self, strategy):
+        """Take one optimizer step of `strategy`."""
+        s = core.STRATEGIES[strategy]
+        variables = self.net.trainable(strategy, self.cfg["train"])
+        grads = self._gradients(strategy, variables)
+        for p in self.net.parameters():
+            p.grad = None  # None, not zero: optimizers skip it (no decay, no state update)
+        for p, g in zip(variables, grads):
+            p.grad = g
+        if not s.projected:
+            self.opt.step()
+            return
+        with torch.no_grad():
+            Ws, bs = self.net.Ws, self.net.bs
+            old_Ws, old_bs = [W.clone() for W in Ws], [b.clone() for b in bs]
+            self.opt.step()
+            dWs, dbs = project_step(old_Ws, old_bs, self.x, self.cfg["keep"],
+                                    [W - o for W, o in zip(Ws, old_Ws)],
+                                    [b - o for b, o in zip(bs, old_bs)])
+            new_Ws = [o + d for o, d in zip(old_Ws, dWs)]
+            new_bs = [o + d for o, d in zip(old_bs, dbs)]
+            if s.corrected:
+                new_Ws, new_bs = restore_kept(new_Ws, new_bs, self.x, self.cfg["keep"],
+                                              nullspace.kept_outputs(F, old_Ws, old_bs, self.x,
+                                                                     self.cfg["keep"]))
+            for p, v in zip(Ws + bs, new_Ws + new_bs):
+                p.copy_(v)
+
+    def outputs(self, x):
+        """Return the outputs at x as numpy."""
+        with torch.no_grad():
+            return self.net.forward(x)[1].cpu().numpy()
+
+    def hidden(self):
+        """Return the first hidden layer's activations on the batch as numpy."""
+        with torch.no_grad():
+            return self.net.forward(self.x)[0][1].cpu().numpy()
+
+    def sync(self):
+        """Wait for queued device work, so step timings are honest."""
+        if self.x.is_cuda:
+            torch.cuda.synchronize()
+
+
+def project_step(Ws, bs, x, keep, dWs, dbs):
+    """Project a step onto the null space of the kept outputs' Jacobian (layer-wise Gram form)."""
+    return nullspace.project(F, Ws, bs, x, keep, dWs, dbs)
+
+
+def restore_kept(Ws, bs, x, keep, target):
+    """Take Gauss-Newton steps until the kept outputs at x are back at target (K, n)."""
+    tol = core.RESTORE_TOL[str(x.dtype).removeprefix("torch.")]
+    Ws, bs, _ = nullspace.restore(F, Ws, bs, x, keep, target, tol, core.GAUSS_NEWTON_MAX_STEPS)
+    return Ws, bs
+
+
+def project_step_jacobian(Ws, bs, x, keep, dWs, dbs):
+    """Project a step with the materialized Jacobian (torch.func.jacrev): the slow reference."""
+    sizes = [t.numel() for pair in zip(Ws, bs) for t in pair]
+    shapes = [t.shape for pair in zip(Ws, bs) for t in pair]
+    flat = torch.cat([t.reshape(-1) for pair in zip(Ws, bs) for t in pair])
+
+    def kept(theta):
+        parts = [p.reshape(s) for p, s in zip(torch.split(theta, sizes), shapes)]
+        return nullspace.kept_outputs(F, parts[0::2], parts[1::2], x, keep).reshape(-1)
+
+    J = torch.func.jacrev(kept)(flat)
+    step = torch.cat([t.reshape(-1) for pair in zip(dWs, dbs) for t in pair])
+    projected = step - torch.linalg.pinv(J) @ (J @ step)
+    parts = [p.reshape(s) for p, s in zip(torch.split(projected, sizes), shapes)]
+    return parts[0::2], parts[1::2]
+
+
+def _setup():
+    torch.use_deterministic_algorithms(True)
+
+
+def run(strategy, *, params, data, keep=(0,), train=(1,), optimizer="sgd", lr=0.1, steps=1,
+        weight_decay=0.0, warm_start_steps=0, dtype="float64", device="cpu") -> core.RunResult:
+    """Run warm-start steps (all_params), then `steps` steps of `strategy`, recording outputs."""
+    cfg = core.check_run(strategy, NAME, params=params, data=data, keep=keep, train=train,
+                         optimizer=optimizer, lr=lr, steps=steps, weight_decay=weight_decay,
+                         warm_start_steps=warm_start_steps, dtype=dtype, device=device)
+    _setup()
+    trainer = _Trainer(cfg, split=core.STRATEGIES[strategy].trains == "train_heads")
+    for _ in range(cfg["warm_start_steps"]):
+        trainer.step("all_params")
+    outputs, eval_outputs, seconds = [trainer.outputs(trainer.x)], [trainer.outputs(trainer.x_eval)], []
+    for _ in range(cfg["steps"]):
+        trainer.sync()
+        start = time.perf_counter()
+        trainer.step(strategy)
+        trainer.sync()
+        seconds.append(time.perf_counter() - start)
+        outputs.append(trainer.outputs(trainer.x))
+        eval_outputs.append(trainer.outputs(trainer.x_eval))
+    return core.make_result(cfg, np.stack(outputs), np.stack(eval_outputs),
+                            trainer.net.numpy_params(), seconds)
+
+
+def seed_demo(params, data, *, lr=0.1, steps=1, keep=(0,), train=(1,)) -> core.SeedDemo:
+    """Replay the seed's demo: train_op2, train_op12, train_op_all, one SGD optimizer."""
+    cfg = core.check_run("all_params", NAME, params=params, data=data, keep=keep, train=train,
+                         optimizer="sgd", lr=lr, steps=steps)
+    _setup()
+    trainer = _Trainer(cfg, split=False)
+    record = [(trainer.hidden(), trainer.outputs(trainer.x))]
+    for _, strategy in core.SEED_PHASES:
+        for _ in range(cfg["steps"]):
+            trainer.step(strategy)
+        record.append((trainer.hidden(), trainer.outputs(trainer.x)))
+    return core.make_seed_demo(cfg, record)
