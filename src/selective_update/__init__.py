@@ -26,12 +26,16 @@ def backend(name):
 
 
 def run(strategy, framework, *, params, data, keep=(0,), train=(1,), optimizer="sgd", lr=0.1,
-        steps=1, weight_decay=0.0, warm_start_steps=0, dtype="float64",
-        device="cpu") -> RunResult:
-    """Train the `train` outputs with one strategy in one framework and record every step."""
+        steps=1, weight_decay=0.0, warm_start_steps=0, dtype="float64", device="cpu",
+        warm_start_lr=None) -> RunResult:
+    """Train the `train` outputs with one strategy in one framework and record every step.
+
+    warm_start_steps all_params steps come first, on the same optimizer (its state carries
+    over), at warm_start_lr (default: lr); drift is measured from the end of the warm start.
+    """
     kwargs = dict(params=params, data=data, keep=keep, train=train, optimizer=optimizer, lr=lr,
                   steps=steps, weight_decay=weight_decay, warm_start_steps=warm_start_steps,
-                  dtype=dtype, device=device)
+                  dtype=dtype, device=device, warm_start_lr=warm_start_lr)
     # Refuse bad input before a framework is even imported; the module checks again (cheap).
     check_run(strategy, framework, warn=False, **kwargs)
     return backend(framework).run(strategy, **kwargs)

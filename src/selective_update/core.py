@@ -294,7 +294,7 @@ def _check_data(data):
 
 def check_run(strategy, framework, *, params, data, keep=(0,), train=(1,), optimizer="sgd", lr=0.1,
               steps=1, weight_decay=0.0, warm_start_steps=0, dtype="float64", device="cpu",
-              warn=True) -> dict:
+              warm_start_lr=None, warn=True) -> dict:
     """Validate every argument of run() and return them normalized; raise ValueError otherwise."""
     _check_choice("strategy", strategy, STRATEGIES)
     _check_choice("framework", framework, FRAMEWORKS)
@@ -303,6 +303,8 @@ def check_run(strategy, framework, *, params, data, keep=(0,), train=(1,), optim
     _check_int("steps", steps, 1)
     _check_real("weight_decay", weight_decay, 0.0)
     _check_int("warm_start_steps", warm_start_steps, 0)
+    if warm_start_lr is not None:
+        _check_real("warm_start_lr", warm_start_lr, 0.0, strict=True)
     _check_choice("dtype", dtype, DTYPES)
     _check_choice("device", device, DEVICES)
     if framework == "tf1" and device != "cpu":
@@ -317,6 +319,7 @@ def check_run(strategy, framework, *, params, data, keep=(0,), train=(1,), optim
     cfg = dict(strategy=strategy, framework=framework, params=params, data=data, keep=keep,
                train=train, optimizer=optimizer, lr=float(lr), steps=int(steps),
                weight_decay=float(weight_decay), warm_start_steps=int(warm_start_steps),
+               warm_start_lr=float(lr if warm_start_lr is None else warm_start_lr),
                dtype=dtype, device=device)
     if warn and STRATEGIES[strategy].projected:
         warn_if_trivial_null_space(params, len(data.x), len(keep))

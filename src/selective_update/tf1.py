@@ -245,16 +245,18 @@ def project_step(Ws, bs, x, keep, dWs, dbs):
 
 
 def run(strategy, *, params, data, keep=(0,), train=(1,), optimizer="sgd", lr=0.1, steps=1,
-        weight_decay=0.0, warm_start_steps=0, dtype="float64", device="cpu") -> core.RunResult:
+        weight_decay=0.0, warm_start_steps=0, dtype="float64", device="cpu",
+        warm_start_lr=None) -> core.RunResult:
     """Run warm-start steps (all_params), then `steps` steps of `strategy`, recording outputs."""
     cfg = core.check_run(strategy, NAME, params=params, data=data, keep=keep, train=train,
                          optimizer=optimizer, lr=lr, steps=steps, weight_decay=weight_decay,
-                         warm_start_steps=warm_start_steps, dtype=dtype, device=device)
+                         warm_start_steps=warm_start_steps, dtype=dtype, device=device,
+                         warm_start_lr=warm_start_lr)
     g = graph_for(dict.fromkeys(("all_params", strategy)), cfg)
     g.reset(params)
     feed = {g.x: data.x, g.y: data.y, g.lr: cfg["lr"], g.weight_decay: cfg["weight_decay"]}
     for _ in range(cfg["warm_start_steps"]):
-        g.sess.run(g.ops["all_params"], feed)
+        g.sess.run(g.ops["all_params"], {**feed, g.lr: cfg["warm_start_lr"]})
 
     def outputs():
         return (g.sess.run(g.out_any, {g.x_any: data.x}),
@@ -290,7 +292,8 @@ def seed_demo(params, data, *, lr=0.1, steps=1, keep=(0,), train=(1,)) -> core.S
         mask = tf.constant(core.train_mask(data.y.shape[1], cfg["train"]), dt)
         loss = tf.reduce_mean(tf.square(out - y))
         loss2 = tf.reduce_mean(tf.square(mask * out - mask * y))
-        optimizer = v1.train.GradientDescentOptimizer(cfg["lr"])
+        # lr as a float64 tensor: the seed's Python float would become float32 0.1 (1e-8 off)
+        optimizer = v1.train.GradientDescentOptimizer(tf.constant(cfg["lr"], dt))
         train_ops = {"train_op2": optimizer.minimize(loss2, var_list=[W2, b2]),
                      "train_op12": optimizer.minimize(loss, var_list=[W2, b2]),
                      "train_op_all": optimizer.minimize(loss)}

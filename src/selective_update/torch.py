@@ -149,6 +149,11 @@ class _Trainer:
         self.opt = make_optimizer(cfg["optimizer"], self.net.parameters(), cfg["lr"],
                                   cfg["weight_decay"])
 
+    def set_lr(self, lr):
+        """Change the optimizer's learning rate (its state stays)."""
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+
     def _gradients(self, strategy, variables):
         s = core.STRATEGIES[strategy]
         _, out = self.net.forward(self.x)
@@ -235,15 +240,19 @@ def _setup():
 
 
 def run(strategy, *, params, data, keep=(0,), train=(1,), optimizer="sgd", lr=0.1, steps=1,
-        weight_decay=0.0, warm_start_steps=0, dtype="float64", device="cpu") -> core.RunResult:
+        weight_decay=0.0, warm_start_steps=0, dtype="float64", device="cpu",
+        warm_start_lr=None) -> core.RunResult:
     """Run warm-start steps (all_params), then `steps` steps of `strategy`, recording outputs."""
     cfg = core.check_run(strategy, NAME, params=params, data=data, keep=keep, train=train,
                          optimizer=optimizer, lr=lr, steps=steps, weight_decay=weight_decay,
-                         warm_start_steps=warm_start_steps, dtype=dtype, device=device)
+                         warm_start_steps=warm_start_steps, dtype=dtype, device=device,
+                         warm_start_lr=warm_start_lr)
     _setup()
     trainer = _Trainer(cfg, split=core.STRATEGIES[strategy].trains == "train_heads")
+    trainer.set_lr(cfg["warm_start_lr"])
     for _ in range(cfg["warm_start_steps"]):
         trainer.step("all_params")
+    trainer.set_lr(cfg["lr"])
     outputs, eval_outputs, seconds = [trainer.outputs(trainer.x)], [trainer.outputs(trainer.x_eval)], []
     for _ in range(cfg["steps"]):
         trainer.sync()

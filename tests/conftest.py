@@ -1,0 +1,23 @@
+"""Shared fixtures: the seed's data and params, and a cache of runs (each config runs once)."""
+from functools import lru_cache
+
+import pytest
+
+import selective_update as su
+
+DATA = su.make_toy_data()
+PARAMS = su.init_params()
+
+
+@lru_cache(maxsize=None)
+def cached_run(strategy, framework, optimizer="sgd", weight_decay=0.0, warm_start_steps=0,
+               lr=0.1, steps=5, dtype="float64", warm_start_lr=None):
+    """Run one configuration on the seed's toy set-up, once per test session."""
+    return su.run(strategy, framework, params=PARAMS, data=DATA, optimizer=optimizer, lr=lr,
+                  steps=steps, weight_decay=weight_decay, warm_start_steps=warm_start_steps,
+                  dtype=dtype, warm_start_lr=warm_start_lr)
+
+
+@pytest.fixture
+def toy():
+    return DATA, PARAMS

@@ -1,0 +1,85 @@
+"""The framework-free core: data, params, promises, validation (no framework is imported here)."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import selective_update as su
+from selective_update import core
+
+
+def test_toy_data_is_the_seeds():
+    d = su.make_toy_data(n_sample=8, n_eval=256, seed=0, noise=0.01)
+    assert d.x.shape == (8, 3) and d.y.shape == (8, 2)
+    assert d.x_eval.shape == (256, 3) and d.y_eval.shape == (256, 2)
+    assert d.x.dtype == np.float64 and 0 <= d.x.min() and d.x.max() < 1
+    np.testing.assert_allclose(d.y[:, 0], d.x.sum(axis=1))
+    noise = d.y[:, 1] - (d.x ** 2).sum(axis=1)
+    assert np.all((0 <= noise) & (noise < 0.01)) and noise.std() > 0
+    assert not np.array_equal(su.make_toy_data(seed=1).x, d.x)
+    np.testing.assert_array_equal(su.make_toy_data().x, d.x)
+
+
+def test_init_params_shapes_and_scale():
+    p = su.init_params(sizes=(3, 5, 4, 2), seed=0, stddev=0.1)
+    assert [p[k].shape for k in ("W1", "b1", "W2", "b2", "W3", "b3")] == \
+        [(3, 5), (5,), (5, 4), (4,), (4, 2), (2,)]
+    big = su.init_params(sizes=(300, 300, 2), seed=1, stddev=0.1)["W1"]
+    assert abs(big.std() - 0.1) < 0.005 and abs(big.mean()) < 0.005
+
+
+@pytest.mark.parametrize("bad", [(3, 2), (3, 4, 1), (3, 0, 2), "342", (3, 4.5, 2)])
+def test_init_params_refuses_bad_sizes(bad):
+    with pytest.raises(ValueError, match=r"^sizes: "):
+        su.init_params(sizes=bad)
+
+
+def test_promise_table():
+    assert su.promise("split_head", "adamw", weight_decay=0.01, warm_start_steps=2) == "exact"
+    assert su.promise("masked_last_layer", "sgd", warm_start_steps=2) == "exact"
+    assert su.promise("masked_last_layer", "adam") == "exact"
+    assert su.promise("masked_last_layer", "adam", warm_start_steps=2) == "none"
+    assert su.promise("masked_last_layer", "momentum", weight_decay=0.01) == "none"
+    assert su.promise("null_space", "adam", weight_decay=0.01) == "first_order"
+    assert su.promise("null_space_corrected", "momentum") == "batch_exact"
+    for name in ("all_params", "last_layer", "output_gradient", "masked_loss"):
+        assert su.promise(name, "sgd") == "none"
+    assert set(su.PROMISES) == {"exact", "batch_exact", "first_order", "none"}
+
+
+def test_registry_names_and_descriptions():
+    assert list(su.STRATEGIES) == ["all_params", "last_layer", "output_gradient", "masked_loss",
+                                   "masked_last_layer", "split_head", "null_space",
+                                   "null_space_corrected"]
+    for name, s in su.STRATEGIES.items():
+        assert s.name == name and len(s.summary) > 20 and s.source
+    assert su.OPTIMIZERS == ("sgd", "momentum", "adam", "adamw")
+    assert su.FRAMEWORKS == ("tf1", "torch")
+
+
+def test_drift_is_max_change_of_kept_outputs_since_start():
+    outputs = np.zeros((3, 2, 2))
+    outputs[1, 0, 0], outputs[2, 1, 0], outputs[2, 1, 1] = 0.5, -2.0, 9.0
+    np.testing.assert_array_equal(su.drift(outputs, (0,)), [0.0, 0.5, 2.0])
+
+
+def test_core_imports_no_framework():
+    code = ("import sys, selective_update, selective_update.core, selective_update.nullspace, "
+            "selective_update.datasets, selective_update.__main__; "
+            "print([m for m in ('torch', 'tensorflow') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_framework_modules_share_public_names():
+    import selective_update.tf1 as tf1
+    import selective_update.torch as pt
+
+    shared = ("NAME", "run", "seed_demo", "project_step", "make_optimizer", "sigmoid", "matmul",
+              "einsum", "transpose", "reshape", "reduce_sum", "reduce_max", "const", "solve_gram",
+              "while_loop")
+    for module in (tf1, pt):
+        missing = [n for n in shared if not hasattr(module, n)]
+        assert not missing, f"{module.__name__} lacks {missing}"
+    assert (tf1.NAME, pt.NAME) == su.FRAMEWORKS
