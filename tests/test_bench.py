@@ -1,0 +1,85 @@
+"""Smoke tests of `python -m selective_update bench` (benchmarks are not timed tests)."""
+import csv
+import math
+import subprocess
+import sys
+
+import pytest
+
+from selective_update import STRATEGIES
+from selective_update.__main__ import main as cli
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def test_quick_bench_writes_csv_html_and_figure(tmp_path):
+    out = tmp_path / "reports"
+    # A fresh process: the bench pins torch threads and would change this session's torch.
+    proc = subprocess.run([sys.executable, "-m", "selective_update", "bench", "--quick",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(out / "bench.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for col in ("part", "framework", "strategy", "sizes", "batch", "median_s", "ratio_to_plain",
+                "repeats", "threads", "device", "torch", "tensorflow"):
+        assert col in rows[0], col
+    seen = {(r["framework"], r["strategy"]) for r in rows}
+    for fw in ("torch", "tf1"):
+        for s in STRATEGIES:
+            assert (fw, s) in seen
+    assert ("torch", "null_space_jacobian") in seen
+    for r in rows:
+        t = float(r["median_s"])
+        assert math.isfinite(t) and t > 0
+        assert math.isfinite(float(r["ratio_to_plain"]))
+        assert (r["sizes"], r["batch"], r["repeats"], r["threads"]) == ("3-4-2", "8", "1", "1")
+    page = (out / "bench.html").read_text()
+    assert "data:image/png;base64," in page
+    assert "http:" not in page and "https:" not in page
+    assert (out / "figures" / "bench_ratios.png").stat().st_size > 0
+    assert not list(out.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["--repeats", "0"], "--repeats"),
+    (["--threads", "two"], "--threads"),
+    (["--sizes", "3-4/8"], "--sizes"),
+    (["--sizes", "3-4-2"], "--sizes"),
+    (["--frameworks", "jax"], "--frameworks"),
+    (["--strategies", "all_params,nope"], "--strategies"),
+    (["--parts", "table,gpu"], "--parts"),
+    (["--widths", "64,-1"], "--widths"),
+    (["--device", "tpu"], "--device"),
+    (["--device", "cuda"], "--device"),  # tf1 is in the default frameworks
+    (["--device", "cuda", "--frameworks", "tf1"], "--device"),
+    (["--study-floor", "--parts", "table"], "--study-floor"),
+])
+def test_bad_options_exit_2_before_writing(tmp_path, capsys, argv, option):
+    out = tmp_path / "reports"
+    with pytest.raises(SystemExit) as exc:
+        cli(["bench", "--out", str(out)] + argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert option in err[-1], err
+    assert "allowed" in err[-1] or "choose from" in err[-1], err
+    assert not out.exists()
+
+
+def test_out_that_is_a_file_exits_2(tmp_path, capsys):
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(SystemExit) as exc:
+        cli(["bench", "--quick", "--out", str(target)])
+    assert exc.value.code == 2
+    assert "--out" in capsys.readouterr().err
+    assert target.read_text() == "x"
+
+
+def test_cuda_without_a_gpu_exits_2(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(SystemExit) as exc:
+        cli(["bench", "--device", "cuda", "--frameworks", "torch", "--out", str(tmp_path / "r")])
+    assert exc.value.code == 2
+    assert "--device" in capsys.readouterr().err
