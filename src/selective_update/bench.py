@@ -518,7 +518,7 @@ def _floor_child():
     print(FLOOR_TAG + json.dumps(study_floor_grid()), flush=True)
 
 
-def bench_floor(args, env, log) -> list:
+def bench_floor(args, env, log) -> tuple:
     """Run the study grid in a fresh Python process (default threads, like the study)."""
     code = "from selective_update.bench import _floor_child; _floor_child()"
     environ = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
@@ -546,7 +546,7 @@ def bench_floor(args, env, log) -> list:
                load_1m=load, machine=env["machine"], python=env["python"], numpy=env["numpy"],
                torch=env["torch"], tensorflow=env["tensorflow"], note=note)
     log(f"study floor: {wall:.1f} s wall ({note})")
-    return [row], parts
+    return row, parts
 
 
 # --- writing ------------------------------------------------------------------------------------
@@ -570,6 +570,7 @@ def figures(frame) -> dict:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker as ticker
     import seaborn as sns
 
     sns.set_theme(style="whitegrid", context="notebook")
@@ -577,16 +578,23 @@ def figures(frame) -> dict:
     table = frame[(frame.part == "table") & (frame.strategy != PLAIN)].copy()
     if len(table):
         table["case"] = table.sizes + "/" + table.batch.astype(str)
-        g = sns.catplot(data=table, kind="bar", x="ratio_to_plain", y="strategy", hue="framework",
-                        col="case", col_wrap=min(4, table.case.nunique()), height=3.6, aspect=1.0,
-                        sharex=True)
+        g = sns.catplot(data=table, kind="strip", x="ratio_to_plain", y="strategy",
+                        hue="framework", col="case", col_wrap=min(4, table.case.nunique()),
+                        height=3.6, aspect=1.0, sharex=True, jitter=False, dodge=True, size=8,
+                        order=[s for s in list(core.STRATEGIES) + ["null_space_jacobian"]
+                               if s in set(table.strategy)])
         for ax in g.axes.flat:
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 3.0)))
+            ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+            ax.tick_params(axis="x", labelrotation=45)
             ax.axvline(1.0, color="black", lw=0.8)
             for goal, style in ((1.05, ":"), (2.5, "--"), (5.0, "-.")):
                 ax.axvline(goal, color="grey", lw=0.8, ls=style)
-        g.set_axis_labels("time per step / plain step (log; lines at goals 1.05, 2.5, 5)", "")
-        g.figure.suptitle("Step cost relative to the plain step (all_params, sgd)", y=1.02)
+        g.set_axis_labels("ratio to the plain step (log)", "")
+        g.figure.suptitle("Step cost relative to the plain step (all_params, sgd); black: 1, "
+                          "grey: goals 1.05, 2.5, 5", y=1.03)
         pngs["bench_ratios.png"] = _png(g.figure)
         plt.close(g.figure)
     for part, axis, title in (("sweep_width", "width",
@@ -600,12 +608,19 @@ def figures(frame) -> dict:
         fig, ax = plt.subplots(figsize=(7.5, 4.8))
         sns.lineplot(data=sweep, x=axis, y="median_s", hue="strategy", style="framework",
                      markers=True, dashes=True, ax=ax)
+        plain = sweep[sweep.strategy == PLAIN].sort_values(axis)
+        if len(plain) >= 2:  # guides through the plain step's first point
+            x0, t0 = float(plain[axis].iloc[0]), float(plain.median_s.iloc[0])
+            xs = np.array([x0, float(sweep[axis].max())])
+            for slope, style in ((1, ":"), (2, "--")):
+                ax.plot(xs, t0 * (xs / x0) ** slope, color="grey", lw=0.9, ls=style,
+                        label=f"slope {slope}")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel(f"{axis} (log)")
         ax.set_ylabel("median seconds per call (log)")
         ax.set_title(f"Scaling in {axis}: {title}")
-        ax.legend(fontsize=8, loc="upper left")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
         pngs[f"bench_{part}.png"] = _png(fig)
         plt.close(fig)
     return pngs
