@@ -1,0 +1,246 @@
+"""The study runner: parameter checks and CLI usage errors (no kernel), then the batch (slow)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from selective_update import __main__ as cli
+from selective_update import report, study
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = dict(strategy="split_head", dataset="toy", optimizers=["sgd"], weight_decays=[0.0],
+            warm_start_steps=[0], lr=0.1, steps=1, seeds=[0])
+
+
+# --- notebooks/strategy.ipynb's parameters: every bad value refused with one line ---------------
+
+BAD_PARAMS = [
+    ("strategy", "split-head", "strategy: got 'split-head'; allowed: all_params"),
+    ("strategy", 3, "strategy: got 3"),
+    ("dataset", "digit", "dataset: got 'digit'; allowed: toy, digits"),
+    ("optimizers", [], "optimizers: got []; allowed: a non-empty list"),
+    ("optimizers", "sgd", "optimizers: got 'sgd'; allowed: a non-empty list"),
+    ("optimizers", ["sgd", "adagrad"], "optimizers: got ['sgd', 'adagrad']; allowed: a non-empty "
+                                       "list of sgd, momentum, adam, adamw"),
+    ("optimizers", ["sgd", "sgd"], "optimizers: got ['sgd', 'sgd']; allowed: a list without"),
+    ("weight_decays", [-0.1], "weight_decays: got [-0.1]; allowed: a non-empty list of finite"),
+    ("weight_decays", [float("nan")], "weight_decays: got [nan]"),
+    ("warm_start_steps", [1.5], "warm_start_steps: got [1.5]; allowed: a non-empty list of int"),
+    ("warm_start_steps", [], "warm_start_steps: got []"),
+    ("lr", 0, "lr: got 0; allowed: a finite number > 0"),
+    ("lr", "0.1", "lr: got '0.1'"),
+    ("steps", 0, "steps: got 0; allowed: an integer >= 1"),
+    ("steps", True, "steps: got True"),
+    ("seeds", [-1], "seeds: got [-1]"),
+    ("seeds", None, "seeds: got None; allowed: a non-empty list"),
+    ("n_sample", 0, "n_sample: got 0; allowed: an integer in 1..8"),
+    ("n_sample", 9, "n_sample: got 9; allowed: an integer in 1..8"),
+    ("hidden", 0, "hidden: got 0; allowed: an integer >= 1"),
+    ("keep", [2], "keep: got [2]; allowed: a non-empty list of distinct output indices in 0..1"),
+    ("keep", [1], "train: got [1]; allowed: outputs disjoint from keep=[1]"),
+    ("train", [], "train: got []"),
+    ("dtype", "float16", "dtype: got 'float16'; allowed: float32, float64"),
+    ("inject_fault", "boom", "inject_fault: got 'boom'; allowed: None, raise, hang"),
+]
+
+
+@pytest.mark.parametrize("name, value, message", BAD_PARAMS, ids=[f"{n}={v!r}" for n, v, _ in BAD_PARAMS])
+def test_check_params_refuses_bad_values_in_one_line(name, value, message):
+    with pytest.raises(ValueError) as info:
+        study.check_params(**{**GOOD, name: value})
+    text = str(info.value)
+    assert text.startswith(message)
+    assert "\n" not in text
+
+
+def test_check_params_refuses_a_results_dir_that_is_a_file(tmp_path):
+    path = tmp_path / "file.csv"
+    path.write_text("x")
+    with pytest.raises(ValueError, match="^results_dir: got .*allowed: None or a folder"):
+        study.check_params(**GOOD, results_dir=str(path))
+
+
+def test_check_params_resolves_defaults_per_dataset():
+    toy = study.check_params(**GOOD)
+    digits = study.check_params(**{**GOOD, "dataset": "digits"})
+    assert (toy["keep"], toy["train"], toy["n_sample"]) == ([0], [1], 8)
+    assert (digits["keep"], digits["train"], digits["n_sample"]) == (list(range(9)), [9], 32)
+
+
+def test_grids_cover_both_frameworks_settings_and_quick_is_smaller():
+    full, quick = study.DEFAULT_GRID, study.QUICK_GRID
+    assert full["optimizers"] == ["sgd", "momentum", "adam", "adamw"]
+    assert full["weight_decays"] == [0.0, 0.01] and full["warm_start_steps"] == [0, 2]
+    size = lambda g: (len(g["optimizers"]) * len(g["weight_decays"])  # noqa: E731
+                      * len(g["warm_start_steps"]) * len(g["seeds"]) * g["steps"])
+    assert size(quick) * 8 <= size(full)
+
+
+# --- CLI usage errors: exit 2, one line, before any kernel, nothing written ----------------------
+
+def _refuse_kernels(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("a kernel or worker was started for a refused command")
+
+    monkeypatch.setattr(study, "execute", boom)
+    monkeypatch.setattr(study.cf, "ProcessPoolExecutor", boom)
+
+
+USAGE = [
+    (["--strategies", "split_head", "nope"], "argument --strategies: invalid choice: 'nope'"),
+    (["--datasets", "digit"], "argument --datasets: invalid choice: 'digit' (choose from 'toy', 'digits')"),
+    (["--jobs", "0"], "argument --jobs: got 0; allowed: an integer >= 1"),
+    (["--jobs", "two"], "argument --jobs: got 'two'; allowed: an integer >= 1"),
+    (["--cell-timeout", "-1"], "argument --cell-timeout: got -1; allowed: a number of seconds > 0"),
+    (["--inject-fault", "toy-split_head:explode"], "argument --inject-fault: got"),
+    (["--quick", "--nope"], "unrecognized arguments: --nope"),
+]
+
+
+@pytest.mark.parametrize("argv, message", USAGE, ids=[" ".join(a) for a, _ in USAGE])
+def test_cli_usage_error_exits_2_before_any_kernel_and_writes_nothing(
+        argv, message, tmp_path, monkeypatch, capsys):
+    _refuse_kernels(monkeypatch)
+    out = tmp_path / "reports"
+    with pytest.raises(SystemExit) as info:
+        cli.main(["study", "--out", str(out), *argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1]
+    assert not out.exists()
+
+
+def test_cli_out_that_is_a_file_exits_2_and_keeps_the_file(tmp_path, monkeypatch, capsys):
+    _refuse_kernels(monkeypatch)
+    out = tmp_path / "reports"
+    out.write_text("not a folder")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["study", "--out", str(out)])
+    assert info.value.code == 2
+    assert "argument --out: got" in capsys.readouterr().err
+    assert out.read_text() == "not a folder"
+
+
+def test_cli_inject_fault_for_a_run_not_in_the_study_exits_2(tmp_path, monkeypatch, capsys):
+    _refuse_kernels(monkeypatch)
+    out = tmp_path / "reports"
+    code = cli.main(["study", "--out", str(out), "--strategies", "split_head",
+                     "--inject-fault", "toy-null_space:raise"])
+    assert code == 2
+    assert "--inject-fault: got 'toy-null_space'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_cli_exit_code_2_from_a_real_process(tmp_path):
+    out = tmp_path / "reports"
+    done = subprocess.run([sys.executable, "-m", "selective_update", "study", "--strategies",
+                           "splithead", "--out", str(out)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    assert "invalid choice: 'splithead'" in done.stderr and "split_head" in done.stderr
+    assert not out.exists()
+
+
+# --- the batch (kernels) ----------------------------------------------------------------------------
+
+def _offline(out):
+    pages = sorted(Path(out).rglob("*.html"))
+    assert pages
+    for page in pages:
+        text = page.read_text()
+        assert report.external_references(text) == [], page
+        assert 'src="http' not in text and "<script src=" not in text, page
+    return pages
+
+
+@pytest.mark.slow
+def test_batch_with_a_failing_run_and_a_kernel_retry_keeps_the_others(tmp_path, capsys):
+    out = tmp_path / "reports"
+    (out / "bench").mkdir(parents=True)
+    (out / "bench" / "keep.txt").write_text("not the study's")  # others' files are left alone
+    code = cli.main(["study", "--quick", "--jobs", "2", "--out", str(out), "--datasets", "toy",
+                     "--strategies", "split_head", "masked_last_layer",
+                     "--inject-fault", "toy-masked_last_layer:raise",
+                     "--inject-fault", "toy-split_head:kernel_start"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "failed: toy-masked_last_layer" in captured.err
+    assert "inject_fault='raise'" in captured.err
+    assert "kernel start retried" in captured.err  # the line of toy-split_head
+    # The others ran and were written; the failed run still has its notebook and HTML.
+    for name in ("toy-split_head", "toy-masked_last_layer"):
+        assert (out / "runs" / f"{name}.ipynb").is_file() and (out / "runs" / f"{name}.html").is_file()
+    failed_html = (out / "runs" / "toy-masked_last_layer.html").read_text()
+    assert "An Exception was encountered" in failed_html  # papermill's banner
+    for name in ("00_seed_answer.html", "index.html", "results.csv", "lr_sweep.csv",
+                 "status.csv"):
+        assert (out / name).is_file(), name
+    assert (out / "bench" / "keep.txt").read_text() == "not the study's"
+    assert not list(out.glob(".staging-*"))
+    status = pd.read_csv(out / "status.csv").set_index("name")
+    assert status.loc["toy-masked_last_layer", "status"] == "failed"
+    assert status.loc["toy-split_head", "status"] == "ok"
+    assert status.loc["toy-split_head", "attempts"] == 2
+    results = pd.read_csv(out / "results.csv")
+    assert set(results.strategy) == {"split_head"}
+    assert results.holds.all()
+    # The summary lists the failure with a link to its report.
+    index = (out / "index.html").read_text()
+    assert 'href="runs/toy-masked_last_layer.html"' in index
+    assert "Every run succeeded" not in index
+    _offline(out)
+
+
+@pytest.mark.slow
+def test_a_hung_cell_fails_cleanly_naming_the_cell(tmp_path):
+    task = study.Task("toy-split_head", "strategy.ipynb", "runs/toy-split_head.ipynb",
+                      dict(GOOD, inject_fault="hang"), "toy", "split_head")
+    started = time.monotonic()
+    s = study.execute(task, str(tmp_path), cell_timeout=8)
+    assert time.monotonic() - started < 120
+    assert s["status"] == "failed"
+    assert "exceeded the per-cell timeout of 8 s" in s["error"]
+    assert "study.run_grid(cfg)" in s["error"]  # the cell is named
+    nb = nbformat.read(tmp_path / "runs" / "toy-split_head.ipynb", as_version=4)
+    assert "papermill-error-cell-tag" in nb.cells[0].metadata.get("tags", [])
+    html = (tmp_path / "runs" / "toy-split_head.html").read_text()
+    assert "exceeded the per-cell timeout" in html
+
+
+@pytest.mark.slow
+def test_an_interrupted_study_leaves_the_previous_reports_readable(tmp_path):
+    out = tmp_path / "reports"
+    (out / "runs").mkdir(parents=True)
+    previous = {"index.html": "<html>previous</html>", "results.csv": "a,b\n1,2\n",
+                "runs/toy-split_head.html": "<html>previous run</html>"}
+    for name, text in previous.items():
+        (out / name).write_text(text)
+    proc = subprocess.Popen([sys.executable, "-m", "selective_update", "study", "--quick",
+                             "--datasets", "toy", "--strategies", "split_head", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(out.glob(".staging-*/runs/*.ipynb")) and time.monotonic() < deadline:
+            time.sleep(0.2)  # wait until a kernel is running a notebook
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    assert "interrupted" in output
+    for name, text in previous.items():
+        assert (out / name).read_text() == text
+    assert not list(out.glob(".staging-*"))
+    # No worker or kernel outlives the study (they were in its session).
+    time.sleep(1)
+    alive = subprocess.run(["ps", "-o", "pid=", "-s", str(proc.pid)], capture_output=True,
+                           text=True).stdout.split()
+    assert alive == []
