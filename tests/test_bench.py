@@ -53,6 +53,7 @@ def test_quick_bench_writes_csv_html_and_figure(tmp_path):
     (["--device", "cuda"], "--device"),  # tf1 is in the default frameworks
     (["--device", "cuda", "--frameworks", "tf1"], "--device"),
     (["--study-floor", "--parts", "table"], "--study-floor"),
+    (["--floor-threads", "-1"], "--floor-threads"),
 ])
 def test_bad_options_exit_2_before_writing(tmp_path, capsys, argv, option):
     out = tmp_path / "reports"

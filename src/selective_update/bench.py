@@ -158,6 +158,9 @@ def add_arguments(parser):
                              + " (default all; quick: table,jacobian)")
     parser.add_argument("--study-floor", action="store_true",
                         help="only measure the study floor (same as --parts floor)")
+    parser.add_argument("--floor-threads", type=int, default=0, metavar="N",
+                        help="threads of the study-floor process (default 0: each framework's own "
+                             "default, as in a study run); N >= 1 pins torch and tf1 to N")
     parser.add_argument("--widths", type=_int_list, default=SWEEP_WIDTHS,
                         help=f"sweep widths W of {SWEEP_IN}-W-{SWEEP_OUT} at batch "
                              f"{SWEEP_WIDTH_BATCH}")
@@ -175,6 +178,9 @@ def _resolve(args):
     error = args.bench_parser.error if hasattr(args, "bench_parser") else _exit_usage
     if args.study_floor and args.parts is not None and args.parts != ("floor",):
         error("--study-floor: measures only the floor; allowed: without --parts, or --parts floor")
+    if args.floor_threads < 0:
+        error(f"--floor-threads: got {args.floor_threads}; allowed: 0 (framework defaults) or an "
+              "integer >= 1")
     if args.study_floor:
         args.parts = ("floor",)
     if args.parts is None:
@@ -476,16 +482,24 @@ def slopes(rows) -> list:
 
 # --- the study's floor --------------------------------------------------------------------------
 
-def study_floor_grid(grid=None) -> dict:
-    """Compute the study's default grid with selective_update.run in this process; time its parts."""
+def study_floor_grid(grid=None, threads=0) -> dict:
+    """Compute the study's default grid with selective_update.run in this process; time its parts.
+
+    threads: 0 keeps each framework's default thread count; N >= 1 pins torch and tf1 to N.
+    """
     import warnings
 
     t0 = time.perf_counter()
     import selective_update as su
     from selective_update import datasets
-    for fw in (grid or FLOOR_GRID)["frameworks"]:
-        su.backend(fw)
     grid = grid or FLOOR_GRID
+    for fw in grid["frameworks"]:
+        module = su.backend(fw)
+        if threads and fw == "tf1":
+            module.THREADS = threads
+        if threads and fw == "torch":
+            import torch
+            torch.set_num_threads(threads)
     times = {"import_s": time.perf_counter() - t0, "prepare_s": 0.0,
              **{f"{fw}_s": 0.0 for fw in grid["frameworks"]}}
     runs = 0
@@ -513,14 +527,14 @@ def study_floor_grid(grid=None) -> dict:
     return times
 
 
-def _floor_child():
+def _floor_child(threads=0):
     """Entry point of the fresh process that measures the floor; prints one JSON line."""
-    print(FLOOR_TAG + json.dumps(study_floor_grid()), flush=True)
+    print(FLOOR_TAG + json.dumps(study_floor_grid(threads=threads)), flush=True)
 
 
 def bench_floor(args, env, log) -> tuple:
     """Run the study grid in a fresh Python process (default threads, like the study)."""
-    code = "from selective_update.bench import _floor_child; _floor_child()"
+    code = f"from selective_update.bench import _floor_child; _floor_child({args.floor_threads})"
     environ = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
     load = _load()
     start = time.perf_counter()
@@ -542,7 +556,8 @@ def bench_floor(args, env, log) -> tuple:
     row = dict(part="study_floor", framework="+".join(g["frameworks"]), strategy="all",
                sizes="toy 3-4-2/8 + digits 64-4-10/32", width="", batch="", n_params="",
                median_s=wall, q1_s=wall, q3_s=wall, ratio_to_plain=float("nan"), goal="",
-               meets_goal="", repeats=1, threads="default", device="cpu", dtype="float64",
+               meets_goal="", repeats=1, threads=args.floor_threads or "default",
+               device="cpu", dtype="float64",
                load_1m=load, machine=env["machine"], python=env["python"], numpy=env["numpy"],
                torch=env["torch"], tensorflow=env["tensorflow"], note=note)
     log(f"study floor: {wall:.1f} s wall ({note})")
@@ -716,7 +731,8 @@ def write_reports(out, rows, slope_rows, args, env, notes, floor):
         frow, parts = floor
         body.append(section("The study's floor", f"<p>{html.escape(frow['note'])}</p>"
                             f"<p><b>{frow['median_s']:.1f} s</b> wall for the default grid in one "
-                            "plain Python process (no notebooks), default threads; compare with "
+                            "plain Python process (no notebooks), threads "
+                            f"{args.floor_threads or 'framework defaults'}; compare with "
                             "<code>make study</code>.</p>"))
     show = frame.copy()
     for col in ("median_s", "q1_s", "q3_s"):
