@@ -271,36 +271,58 @@ def _floor_line(grid):
     grid.figure.text(0.01, 0.003, f"dotted: exactly 0 (drawn at {LOG_FLOOR:g})", fontsize=8)
 
 
+def _panels(frame, rows, cols, y, *, logy, title=None, sharey=True, width=4.0, height=2.1):
+    """Small multiples with seaborn lines: one panel per (row value, col value); max over seeds."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    row_values = list(dict.fromkeys(frame[rows])) if rows else [None]
+    col_values = list(dict.fromkeys(frame[cols]))
+    fig, axes = plt.subplots(len(row_values), len(col_values), squeeze=False, sharex=True,
+                             sharey=sharey, figsize=(width * len(col_values),
+                                                     height * len(row_values) + 0.6))
+    hue_order = list(dict.fromkeys(frame.optimizer))
+    for i, rv in enumerate(row_values):
+        for j, cv in enumerate(col_values):
+            ax = axes[i][j]
+            part = frame[(frame[cols] == cv) & ((frame[rows] == rv) if rows else True)]
+            sns.lineplot(data=part, x="step", y=y, hue="optimizer", hue_order=hue_order,
+                         style="framework", style_order=["tf1", "torch"], estimator=None,
+                         markers=True, ax=ax, legend=(i == 0 and j == len(col_values) - 1))
+            ax.set_title(" | ".join(str(v) for v in (rv, cv) if v is not None), fontsize=9)
+            if logy:
+                ax.set_yscale("log")
+                ax.axhline(LOG_FLOOR, color="grey", lw=0.8, ls=":")
+    legend = axes[0][-1].get_legend()
+    if legend is not None:
+        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
+    if logy:
+        fig.text(0.01, 0.002, f"dotted: exactly 0 (drawn at {LOG_FLOOR:g})", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def plot_drift(rows, title=None):
     """Drift of the kept outputs per step, batch and held-out, log scale (max over seeds)."""
     if rows.empty:
         return None
-    import seaborn as sns
-
     long = drift_long(rows[rows.step > 0])
-    grid = sns.relplot(data=long, x="step", y="drift", hue="optimizer", style="framework",
-                       col="split", row="set-up", kind="line", estimator="max", errorbar=None,
-                       markers=True, height=2.0, aspect=1.8, facet_kws={"sharey": True})
-    grid.set(yscale="log")
-    _floor_line(grid)
-    if title:
-        grid.figure.suptitle(title, y=1.01)
-    return grid
+    keys = ["set-up", "split", "optimizer", "framework", "step"]
+    top = long.groupby(keys, sort=False)["drift"].max().reset_index()
+    return _panels(top, "set-up", "split", "drift", logy=True, title=title)
 
 
 def plot_loss(rows, title=None):
     """Trained outputs' loss per step (mean over seeds), one panel per optimizer set-up."""
     if rows.empty:
         return None
-    import seaborn as sns
-
     frame = rows.assign(**{"set-up": _setup_label(rows)})
-    grid = sns.relplot(data=frame, x="step", y="train_loss", hue="optimizer", style="framework",
-                       col="set-up", col_wrap=4, kind="line", errorbar=None, markers=True,
-                       height=2.2, aspect=1.2, facet_kws={"sharey": False})
-    if title:
-        grid.figure.suptitle(title, y=1.03)
-    return grid
+    keys = ["set-up", "optimizer", "framework", "step"]
+    mean = frame.groupby(keys, sort=False)["train_loss"].mean().reset_index()
+    return _panels(mean, None, "set-up", "train_loss", logy=False, title=title, sharey=False,
+                   width=3.2, height=2.4)
 
 
 def final_rows(rows):
@@ -379,13 +401,16 @@ def plot_drift_vs_lr(sweep, strategies=None):
                        col="strategy", row="dataset", kind="line", markers=True, errorbar=None,
                        height=2.4, aspect=1.2)
     grid.set(xscale="log", yscale="log", ylabel="one-step batch drift")
-    for ax in grid.axes.flat:  # reference slopes through the axis' first point
-        lines = ax.get_lines()
-        if lines and len(lines[0].get_xdata()):
-            x0, y0 = lines[0].get_xdata()[0], lines[0].get_ydata()[0]
-            xs = np.array(sorted(frame.lr.unique()))
-            ax.plot(xs, y0 * (xs / x0) ** 2, color="black", lw=0.8, ls="--")
-            ax.plot(xs, y0 * (xs / x0), color="grey", lw=0.8, ls=":")
+    grid.set_titles("{row_name} | {col_name}", size=9)
+    lrs = np.array(sorted(frame.lr.unique()))
+    for ax in grid.axes.flat:  # reference slopes through the panel's largest-lr point
+        ax.set_xticks(lrs, [f"{v:.3g}" for v in lrs], minor=False)
+        ax.set_xticks([], minor=True)
+        lines = [line for line in ax.get_lines() if len(line.get_xdata())]
+        if lines:
+            x0, y0 = lines[0].get_xdata()[-1], lines[0].get_ydata()[-1]
+            ax.plot(lrs, y0 * (lrs / x0) ** 2, color="black", lw=0.8, ls="--")
+            ax.plot(lrs, y0 * (lrs / x0), color="grey", lw=0.8, ls=":")
     grid.figure.text(0.01, 0.003, "dashed: slope 2; dotted: slope 1", fontsize=8)
     return grid
 

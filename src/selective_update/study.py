@@ -168,6 +168,9 @@ def deterministic():
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
+    # `import tensorflow` eagerly imports Keras 3 (~2 s of every kernel's start); with this set
+    # and tf_keras not installed, TF skips that import. Nothing here uses Keras (no tf.keras).
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     if "tensorflow" not in sys.modules:  # absl logs "no cuda drivers" to fd 2 before any setting
         saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
         try:
