@@ -158,9 +158,9 @@ def add_arguments(parser):
                              + " (default all; quick: table,jacobian)")
     parser.add_argument("--study-floor", action="store_true",
                         help="only measure the study floor (same as --parts floor)")
-    parser.add_argument("--floor-threads", type=int, default=0, metavar="N",
-                        help="threads of the study-floor process (default 0: each framework's own "
-                             "default, as in a study run); N >= 1 pins torch and tf1 to N")
+    parser.add_argument("--floor-threads", type=int, default=1, metavar="N",
+                        help="threads of the study-floor process: N >= 1 pins torch and tf1 to N "
+                             "(default 1, as the study's workers); 0 keeps framework defaults")
     parser.add_argument("--widths", type=_int_list, default=SWEEP_WIDTHS,
                         help=f"sweep widths W of {SWEEP_IN}-W-{SWEEP_OUT} at batch "
                              f"{SWEEP_WIDTH_BATCH}")
@@ -533,7 +533,7 @@ def _floor_child(threads=0):
 
 
 def bench_floor(args, env, log) -> tuple:
-    """Run the study grid in a fresh Python process (default threads, like the study)."""
+    """Run the study grid in a fresh Python process (--floor-threads; 1 like the study's workers)."""
     code = f"from selective_update.bench import _floor_child; _floor_child({args.floor_threads})"
     environ = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
     load = _load()
