@@ -34,6 +34,11 @@ def test_notebook_is_committed_clean_with_one_documented_parameters_cell(name):
             assert cell.outputs == [] and cell.execution_count is None, cell.source[:40]
     params = pm.inspect_notebook(str(NOTEBOOKS / name))
     assert params, "papermill finds no parameters"
+    import ast
+
+    assigned = [t.target.id if isinstance(t, ast.AnnAssign) else t.targets[0].id
+                for t in ast.parse(tagged[0].source).body]
+    assert list(params) == assigned  # papermill's parser sees every parameter
     undocumented = [p for p, info in params.items() if not info["help"].strip()]
     assert undocumented == []
 
