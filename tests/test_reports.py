@@ -160,3 +160,14 @@ def test_render_html_is_offline_inlines_figures_and_shows_injected_parameters(tm
 def test_the_offline_template_is_package_data():
     assert (report.TEMPLATES / report.TEMPLATE / "index.html.j2").is_file()
     assert (report.TEMPLATES / report.TEMPLATE / "conf.json").is_file()
+
+
+def test_promise_markdown_marks_a_promise_that_did_not_hold():
+    rows = pd.DataFrame({
+        "strategy": ["split_head", "null_space"], "promise": ["exact", "first_order"],
+        "seed": 0, "drift_train": [0.0, 1e-3], "drift_eval": [0.0, 2e-2],
+        "holds": [True, False], "drift_ratio": [np.nan, 1.5]})
+    text = report.promise_markdown(rows)
+    lines = {line.split("|")[1].strip(): line for line in text.splitlines()[2:]}
+    assert lines["`split_head`"].endswith("| yes |")
+    assert lines["`null_space`"].endswith("| **no** |") and "| 1.5 |" in lines["`null_space`"]

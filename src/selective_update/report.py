@@ -101,6 +101,18 @@ def promise_table(rows, by=("framework", "optimizer", "weight_decay", "warm_star
     return table
 
 
+def promise_markdown(results) -> str:
+    """The measured promise table (strategy x promise) as Markdown, e.g. for the README."""
+    lines = ["| strategy | promise | max batch drift | max held-out drift | min lr ratio | "
+             "held in every run |", "|---|---|---|---|---|---|"]
+    for r in promise_table(results, by=("strategy", "promise")).to_dict("records"):
+        ratio = "" if np.isnan(r["min lr ratio"]) else f"{r['min lr ratio']:.3g}"
+        lines.append(f"| `{r['strategy']}` | {r['promise']} | {r['max batch drift']:.3g} | "
+                     f"{r['max held-out drift']:.3g} | {ratio} | "
+                     f"{'yes' if r['holds'] else '**no**'} |")
+    return "\n".join(lines)
+
+
 def style_result(table):
     """Colour the result column (green pass, red FAIL) and format the numbers."""
     def colour(value):

@@ -7,8 +7,9 @@ The batch runs notebooks/strategy.ipynb once per dataset x strategy (the grid is
 plus notebooks/00_seed_answer.ipynb, in parallel worker processes through papermill's Python API;
 renders each executed notebook to offline HTML in the worker; concatenates the runs' tidy rows
 into results.csv; runs notebooks/summary.ipynb into index.html. Everything is built in a staging
-folder beside --out and moved in at the end, file by file with os.replace, so an interrupted or
-refused study leaves the previous reports complete.
+folder inside --out (.staging-<pid>) and moved in at the end (runs/ swapped whole, each other
+file with os.replace), so an interrupted or refused study leaves the previous reports complete.
+Each notebook gets a fresh kernel; the kernels run single-threaded (see deterministic()).
 """
 from __future__ import annotations
 
