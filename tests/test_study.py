@@ -46,7 +46,7 @@ BAD_PARAMS = [
     ("keep", [1], "train: got [1]; allowed: outputs disjoint from keep=[1]"),
     ("train", [], "train: got []"),
     ("dtype", "float16", "dtype: got 'float16'; allowed: float32, float64"),
-    ("inject_fault", "boom", "inject_fault: got 'boom'; allowed: None, raise, hang"),
+    ("inject_fault", "boom", "inject_fault: got 'boom'; allowed: None, raise, hang, die"),
 ]
 
 
@@ -212,6 +212,17 @@ def test_a_hung_cell_fails_cleanly_naming_the_cell(tmp_path):
     assert "papermill-error-cell-tag" in nb.cells[0].metadata.get("tags", [])
     html = (tmp_path / "runs" / "toy-split_head.html").read_text()
     assert "exceeded the per-cell timeout" in html
+
+
+@pytest.mark.slow
+def test_a_kernel_killed_mid_run_fails_cleanly_naming_the_cell(tmp_path):
+    task = study.Task("toy-split_head", "strategy.ipynb", "runs/toy-split_head.ipynb",
+                      dict(GOOD, inject_fault="die"), "toy", "split_head")
+    s = study.execute(task, str(tmp_path), cell_timeout=120)
+    assert s["status"] == "failed" and s["attempts"] == 1
+    assert "lost its kernel" in s["error"] and "study.run_grid(cfg)" in s["error"]
+    html = (tmp_path / "runs" / "toy-split_head.html").read_text()
+    assert "DeadKernelError" in html and report.external_references(html) == []
 
 
 @pytest.mark.slow

@@ -41,7 +41,7 @@ QUICK_GRID = dict(optimizers=["sgd", "adam"], weight_decays=[0.0, 0.01], warm_st
                   lr=0.1, steps=3, seeds=[0])
 # One-step runs at lr * factor (first optimizer set-up, first seed): drift vs lr in the summary.
 LR_FACTORS = (1.0, 0.5, 0.25, 0.125)
-FAULTS = ("raise", "hang")  # test hook: make one run fail on purpose
+FAULTS = ("raise", "hang", "die")  # test hook: make one run fail on purpose
 RUN_FAULTS = FAULTS + ("kernel_start",)  # --inject-fault also fakes a kernel that fails to start
 MISSING_KERNEL = "selective-update-test-hook-missing-kernel"
 CELL_TIMEOUT = 600.0  # seconds per cell, default
@@ -199,6 +199,8 @@ def _inject(fault):
         raise RuntimeError("inject_fault='raise': this run fails on purpose (test hook)")
     if fault == "hang":
         time.sleep(10 ** 6)
+    if fault == "die":  # the kernel is killed mid-run (as by the OOM killer)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _accuracy(outputs, y, classes):
