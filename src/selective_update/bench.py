@@ -663,7 +663,7 @@ def goal_table(frame):
                     mark = " ok" if r.meets_goal else " MISSED"
                 row[f"{fw} {r.strategy}"] = f"{r.ratio_to_plain:.2f}x{mark}"
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).fillna("-")
 
 
 def write_reports(out, rows, slope_rows, args, env, notes, floor):
@@ -695,8 +695,10 @@ def write_reports(out, rows, slope_rows, args, env, notes, floor):
             ("versions", f"python {env['python']}, numpy {env['numpy']}, torch {env['torch']}, "
                          f"tensorflow {env['tensorflow'] or '-'}"),
             ("finished", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
-            ("load average (1 min)", ", ".join(map(str, sorted({r['load_1m'] for r in rows})[:1]
-                                                    + sorted({r['load_1m'] for r in rows})[-1:])))]
+            ("load average (1 min)",
+             f"{min(r['load_1m'] for r in rows)} to {max(r['load_1m'] for r in rows)} while "
+             "measuring (column load_1m): the CPU may be shared, so absolute times are noisy; "
+             "ratios are of steps interleaved under the same load")]
     body = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
             "<title>selective-update: bench</title>",
             "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
