@@ -328,17 +328,48 @@ def time_interleaved(steps, repeats, warmup=WARMUP, sync=None) -> dict:
     return seconds
 
 
-@contextlib.contextmanager
-def jacobian_projection():
-    """Make the torch null_space step project with the materialized Jacobian (restored after)."""
-    from . import torch as su_torch
+class ReferenceNullSpaceStep:
+    """One torch null_space step (masked loss, sgd, project, apply) with a given projection.
 
-    fast = su_torch.project_step
-    su_torch.project_step = su_torch.project_step_jacobian
-    try:
-        yield
-    finally:
-        su_torch.project_step = fast
+    Built from public pieces only (nullspace.forward, make_optimizer, project_step[_jacobian]),
+    so the Jacobian reference does not depend on how _Trainer.step is written.
+    """
+
+    def __init__(self, params, data, args, project):
+        import torch
+
+        from . import nullspace, torch as su_torch
+        dt = getattr(torch, args.dtype)
+
+        def leaf(a):
+            return torch.tensor(np.asarray(a), dtype=dt, device=args.device, requires_grad=True)
+
+        L = core.n_layers(params)
+        self.Ws = [leaf(params[f"W{l}"]) for l in range(1, L + 1)]
+        self.bs = [leaf(params[f"b{l}"]) for l in range(1, L + 1)]
+        self.x = torch.as_tensor(data.x, dtype=dt, device=args.device)
+        self.y = torch.as_tensor(data.y, dtype=dt, device=args.device)
+        self.mask = torch.as_tensor(core.train_mask(data.y.shape[1], TRAIN), dtype=dt,
+                                    device=args.device)
+        self.opt = su_torch.make_optimizer("sgd", self.Ws + self.bs, LR, 0.0)
+        self.forward = lambda: nullspace.forward(su_torch, self.Ws, self.bs, self.x)
+        self.project, self.torch = project, torch
+
+    def __call__(self):
+        torch = self.torch
+        _, out = self.forward()
+        params = self.Ws + self.bs
+        grads = torch.autograd.grad(((self.mask * (out - self.y)) ** 2).mean(), params)
+        for p, g in zip(params, grads):
+            p.grad = g
+        with torch.no_grad():
+            old = [p.clone() for p in params]
+            self.opt.step()
+            L = len(self.Ws)
+            steps = [p - o for p, o in zip(params, old)]
+            dWs, dbs = self.project(old[:L], old[L:], self.x, KEEP, steps[:L], steps[L:])
+            for p, o, d in zip(params, old, dWs + dbs):
+                p.copy_(o + d)
 
 
 def jacobian_entries(params, batch) -> int:
@@ -385,10 +416,13 @@ def _jacobian_step(params, data, sizes, batch, args, env, log) -> list:
         log(f"jacobian {'-'.join(map(str, sizes))}/{batch}: skipped ({entries:,} Jacobian entries "
             f"> {JACOBIAN_MAX_ENTRIES:,})")
         return []
-    steps, sync = torch_steps(("null_space",), params, data, args)
-    with jacobian_projection():
-        seconds = time_interleaved(steps, min(args.repeats, JACOBIAN_REPEATS), warmup=1, sync=sync)
-    return [_row("table", "torch", "null_space_jacobian", sizes, batch, seconds["null_space"], env,
+    from . import torch as su_torch
+
+    _, sync = torch_steps((PLAIN,), params, data, args)
+    step = ReferenceNullSpaceStep(params, data, args, su_torch.project_step_jacobian)
+    seconds = time_interleaved({"jacobian": step}, min(args.repeats, JACOBIAN_REPEATS), warmup=1,
+                               sync=sync)
+    return [_row("table", "torch", "null_space_jacobian", sizes, batch, seconds["jacobian"], env,
                  args, note="null_space step, projection by torch.func.jacrev + pinv")]
 
 
