@@ -53,7 +53,8 @@ WARMUP = 3
 # The materialized Jacobian has batch * kept * params entries; beyond this many (160 MB in
 # float64) one jacrev + pinv takes many seconds (784-512-10 at batch 128: ~27 s on one core).
 JACOBIAN_MAX_ENTRIES = 20_000_000
-JACOBIAN_REPEATS = 3
+JACOBIAN_REPEATS = 5  # table; the sweep's Jacobian points take min(--sweep-repeats, 3)
+JACOBIAN_SWEEP_REPEATS = 3
 GOALS = {"null_space": 2.5, "null_space_corrected": 5.0, "split_head": 1.05,
          "masked_last_layer": 1.05}
 # The study's default grid (issue 3), measured as one plain process: the floor for `make study`.
@@ -467,7 +468,8 @@ def bench_sweep(args, env, log) -> list:
             if jac:
                 cases = projection_cases(params, data, args, jacobian=True)
                 del cases["projection_gram"]
-                seconds.update(time_interleaved(cases, min(args.sweep_repeats, JACOBIAN_REPEATS),
+                seconds.update(time_interleaved(cases, min(args.sweep_repeats,
+                                                           JACOBIAN_SWEEP_REPEATS),
                                                 warmup=1, sync=sync))
             rows += [_row(part, fw, name, sizes, batch, t, env, args, note="projection only")
                      for name, t in seconds.items()]
@@ -725,7 +727,8 @@ def write_reports(out, rows, slope_rows, args, env, notes, floor):
              "none: no GPU on this machine; the bench ran on CPU only"),
             ("dtype", args.dtype), ("optimizer", f"sgd, lr {LR:g}, keep {KEEP}, train {TRAIN}"),
             ("repeats", f"{args.repeats} per case (median; Jacobian {JACOBIAN_REPEATS}, sweep "
-                        f"{args.sweep_repeats}), warm-up {WARMUP}"),
+                        f"{args.sweep_repeats}, sweep Jacobian {JACOBIAN_SWEEP_REPEATS}), "
+                        f"warm-up {WARMUP}"),
             ("versions", f"python {env['python']}, numpy {env['numpy']}, torch {env['torch']}, "
                          f"tensorflow {env['tensorflow'] or '-'}"),
             ("finished", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
