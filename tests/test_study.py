@@ -199,6 +199,27 @@ def test_batch_with_a_failing_run_and_a_kernel_retry_keeps_the_others(tmp_path, 
 
 
 @pytest.mark.slow
+def test_a_reused_kernel_starts_each_notebook_clean_and_gives_the_same_rows(tmp_path):
+    params = dict(GOOD, strategy="null_space", optimizers=["sgd", "adam"], steps=2)
+    runs = []
+    try:
+        for i in (1, 2):
+            task = study.Task(f"run{i}", "strategy.ipynb", f"run{i}/toy-null_space.ipynb",
+                              params, "toy", "null_space")
+            s = study.execute(task, str(tmp_path), cell_timeout=300, reuse=True)
+            assert s["status"] == "ok", s["error"]
+            runs.append(study._KERNEL["km"])
+    finally:
+        study._shutdown_kernel()
+    assert runs[0] is runs[1] and runs[0] is not None  # the same kernel ran both
+    second = nbformat.read(tmp_path / "run2" / "toy-null_space.ipynb", as_version=4)
+    counts = [c.execution_count for c in second.cells if c.cell_type == "code"]
+    assert counts == list(range(1, len(counts) + 1))  # a fresh session: In [1], In [2], ...
+    first_rows = (tmp_path / "run1" / "toy-null_space.csv").read_bytes()
+    assert first_rows == (tmp_path / "run2" / "toy-null_space.csv").read_bytes()
+
+
+@pytest.mark.slow
 def test_a_hung_cell_fails_cleanly_naming_the_cell(tmp_path):
     task = study.Task("toy-split_head", "strategy.ipynb", "runs/toy-split_head.ipynb",
                       dict(GOOD, inject_fault="hang"), "toy", "split_head")
