@@ -78,11 +78,21 @@ def _least_norm_correction(F, hs, deltas, residual):
     return vjp(F, hs, deltas, F.reshape(alpha, (K, n)))
 
 
-def project(F, Ws, bs, x, keep, dWs, dbs):
+def correction(F, Ws, bs, x, keep, dWs, dbs, hs=None):
+    """Return J^T (J J^T)^+ J (dWs, dbs): the part of a step that moves the kept outputs at x.
+
+    `hs`: the layer inputs [x, h1, ...] at (Ws, bs) when the caller already has them (the
+    gradient's forward pass); the forward pass is then skipped.
+    """
+    if hs is None:
+        hs, _ = forward(F, Ws, bs, x)
+    deltas = kept_deltas(F, Ws, hs, kept_seed(F, keep, x.shape[0], Ws[-1].shape[1], x))
+    return _least_norm_correction(F, hs, deltas, jvp(F, hs, deltas, dWs, dbs))
+
+
+def project(F, Ws, bs, x, keep, dWs, dbs, hs=None):
     """Project a proposed step (dWs, dbs) onto the null space of the kept outputs' Jacobian at x."""
-    hs, out = forward(F, Ws, bs, x)
-    deltas = kept_deltas(F, Ws, hs, kept_seed(F, keep, x.shape[0], out.shape[1], x))
-    cWs, cbs = _least_norm_correction(F, hs, deltas, jvp(F, hs, deltas, dWs, dbs))
+    cWs, cbs = correction(F, Ws, bs, x, keep, dWs, dbs, hs)
     return [d - c for d, c in zip(dWs, cWs)], [d - c for d, c in zip(dbs, cbs)]
 
 
@@ -93,31 +103,49 @@ def kept_outputs(F, Ws, bs, x, keep):
     return F.einsum("kbj,bj->kb", seed, out)
 
 
-def gauss_newton(F, Ws, bs, x, keep, target):
-    """Take one Gauss-Newton step that moves the kept outputs at x back to target (K, n)."""
+def _kept_residual(F, Ws, bs, x, keep, target):
+    """Return the layer inputs at (Ws, bs) and the kept outputs' residual (K, n) from target."""
     hs, out = forward(F, Ws, bs, x)
     seed = kept_seed(F, keep, x.shape[0], out.shape[1], x)
-    deltas = kept_deltas(F, Ws, hs, seed)
-    residual = F.einsum("kbj,bj->kb", seed, out) - target
+    return hs, F.einsum("kbj,bj->kb", seed, out) - target
+
+
+def gauss_newton(F, Ws, bs, x, keep, target, hs=None, residual=None):
+    """Take one Gauss-Newton step that moves the kept outputs at x back to target (K, n).
+
+    `hs`, `residual`: the forward pass at (Ws, bs) when the caller has it (restore does).
+    """
+    if hs is None:
+        hs, residual = _kept_residual(F, Ws, bs, x, keep, target)
+    deltas = kept_deltas(F, Ws, hs, kept_seed(F, keep, x.shape[0], Ws[-1].shape[1], x))
     cWs, cbs = _least_norm_correction(F, hs, deltas, residual)
     return [W - c for W, c in zip(Ws, cWs)], [b - c for b, c in zip(bs, cbs)]
 
 
 def restore(F, Ws, bs, x, keep, target, tol, max_steps):
-    """Take Gauss-Newton steps until the kept outputs at x are within tol of target (K, n)."""
+    """Take Gauss-Newton steps until the kept outputs at x are within tol of target (K, n).
+
+    One forward pass per step: the pass that measures the error also feeds the next step.
+    """
     L = len(Ws)
 
-    def error(Ws, bs):
-        return F.reduce_max(abs(kept_outputs(F, Ws, bs, x, keep) - target))
+    def state(Ws, bs):
+        hs, residual = _kept_residual(F, Ws, bs, x, keep, target)
+        return F.reduce_max(abs(residual)), residual, hs[1:]
 
-    def cond(i, err, *layers):
+    def cond(i, err, residual, *rest):
         return (i < max_steps) & (err > tol)
 
-    def body(i, err, *layers):
-        Ws, bs = gauss_newton(F, list(layers[:L]), list(layers[L:]), x, keep, target)
-        return (i + 1, error(Ws, bs), *Ws, *bs)
+    def body(i, err, residual, *rest):
+        hidden, layers = list(rest[:L - 1]), rest[L - 1:]
+        Ws, bs = gauss_newton(F, list(layers[:L]), list(layers[L:]), x, keep, target,
+                              hs=[x] + hidden, residual=residual)
+        err, residual, hidden = state(Ws, bs)
+        return (i + 1, err, residual, *hidden, *Ws, *bs)
 
-    _, err, *layers = F.while_loop(cond, body, (0, error(Ws, bs), *Ws, *bs))
+    err, residual, hidden = state(Ws, bs)
+    _, err, _, *rest = F.while_loop(cond, body, (0, err, residual, *hidden, *Ws, *bs))
+    layers = rest[L - 1:]
     return list(layers[:L]), list(layers[L:]), err
 
 

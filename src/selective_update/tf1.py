@@ -138,6 +138,7 @@ class Graph:
                 self.variables = [t for p in zip(self.Ws, self.bs) for t in p]
             layers_W, layers_b = self.Ws[:L - 1] + [W_L], self.bs[:L - 1] + [b_L]
             hs, self.out = nullspace.forward(F, layers_W, layers_b, self.x)
+            self.hs = hs  # the loss's forward pass: projected steps reuse it (same values)
             self.hidden = hs[1]
             self.out_any = nullspace.forward(F, layers_W, layers_b, self.x_any)[1]
             mask = tf.constant(core.train_mask(sizes[-1], train), dt)
@@ -190,11 +191,13 @@ class Graph:
         old_Ws, old_bs = old[0::2], old[1::2]
         dWs = [n - o for n, o in zip(new[0::2], old_Ws)]
         dbs = [n - o for n, o in zip(new[1::2], old_bs)]
-        dWs, dbs = project_step(old_Ws, old_bs, self.x, self.keep, dWs, dbs)
+        # self.hs / self.out: the gradients' forward pass, evaluated before apply in this run.
+        dWs, dbs = nullspace.project(F, old_Ws, old_bs, self.x, self.keep, dWs, dbs, hs=self.hs)
         Ws = [o + d for o, d in zip(old_Ws, dWs)]
         bs = [o + d for o, d in zip(old_bs, dbs)]
         if s.corrected:
-            target = nullspace.kept_outputs(F, old_Ws, old_bs, self.x, self.keep)
+            seed = nullspace.kept_seed(F, self.keep, self.x.shape[0], self.out.shape[1], self.x)
+            target = F.einsum("kbj,bj->kb", seed, self.out)
             Ws, bs, _ = nullspace.restore(F, Ws, bs, self.x, self.keep, target, self.tol,
                                           core.GAUSS_NEWTON_MAX_STEPS)
         values = [t for p in zip(Ws, bs) for t in p]

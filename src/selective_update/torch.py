@@ -148,6 +148,7 @@ class _Trainer:
         self.net = Net(cfg["params"], split=split, dtype=cfg["dtype"], device=dev)
         self.opt = make_optimizer(cfg["optimizer"], self.net.parameters(), cfg["lr"],
                                   cfg["weight_decay"])
+        self._before = self._delta = None  # projected steps' buffers, made at the first one
 
     def set_lr(self, lr):
         """Change the optimizer's learning rate (its state stays)."""
@@ -155,18 +156,21 @@ class _Trainer:
             group["lr"] = lr
 
     def _gradients(self, strategy, variables):
+        """Return the strategy's gradients and, detached, the forward pass they came from."""
         s = core.STRATEGIES[strategy]
-        _, out = self.net.forward(self.x)
+        hs, out = self.net.forward(self.x)
         if s.loss == "output_gradient":
-            return torch.autograd.grad(out, variables, grad_outputs=self.G)
-        err = out - self.y if s.loss == "full" else self.mask * (out - self.y)
-        return torch.autograd.grad((err ** 2).mean(), variables)
+            grads = torch.autograd.grad(out, variables, grad_outputs=self.G)
+        else:
+            err = out - self.y if s.loss == "full" else self.mask * (out - self.y)
+            grads = torch.autograd.grad((err ** 2).mean(), variables)
+        return grads, [h.detach() for h in hs], out.detach()
 
     def step(self, strategy):
         """Take one optimizer step of `strategy`."""
         s = core.STRATEGIES[strategy]
         variables = self.net.trainable(strategy, self.cfg["train"])
-        grads = self._gradients(strategy, variables)
+        grads, hs, out = self._gradients(strategy, variables)
         for p in self.net.parameters():
             p.grad = None  # None, not zero: optimizers skip it (no decay, no state update)
         for p, g in zip(variables, grads):
@@ -174,21 +178,28 @@ class _Trainer:
         if not s.projected:
             self.opt.step()
             return
+        keep, L = self.cfg["keep"], len(self.net.Ws)
         with torch.no_grad():
-            Ws, bs = self.net.Ws, self.net.bs
-            old_Ws, old_bs = [W.clone() for W in Ws], [b.clone() for b in bs]
+            params = self.net.Ws + self.net.bs
+            if self._before is None:  # reused every step: no large allocation per step
+                self._before = [torch.empty_like(p) for p in params]
+                self._delta = [torch.empty_like(p) for p in params]
+            for o, p in zip(self._before, params):
+                o.copy_(p)
             self.opt.step()
-            dWs, dbs = project_step(old_Ws, old_bs, self.x, self.cfg["keep"],
-                                    [W - o for W, o in zip(Ws, old_Ws)],
-                                    [b - o for b, o in zip(bs, old_bs)])
-            new_Ws = [o + d for o, d in zip(old_Ws, dWs)]
-            new_bs = [o + d for o, d in zip(old_bs, dbs)]
+            for d, p, o in zip(self._delta, params, self._before):
+                torch.sub(p, o, out=d)
+            # hs: the gradient's forward pass, at the parameters before the step.
+            cWs, cbs = nullspace.correction(F, self._before[:L], self._before[L:], self.x, keep,
+                                            self._delta[:L], self._delta[L:], hs=hs)
+            for p, o, d, c in zip(params, self._before, self._delta, cWs + cbs):
+                p.copy_(o).add_(d.sub_(c))  # old + (step - correction), as project_step
             if s.corrected:
-                new_Ws, new_bs = restore_kept(new_Ws, new_bs, self.x, self.cfg["keep"],
-                                              nullspace.kept_outputs(F, old_Ws, old_bs, self.x,
-                                                                     self.cfg["keep"]))
-            for p, v in zip(Ws + bs, new_Ws + new_bs):
-                p.copy_(v)
+                seed = nullspace.kept_seed(F, keep, out.shape[0], out.shape[1], out)
+                target = F.einsum("kbj,bj->kb", seed, out)  # kept outputs before the step
+                new_Ws, new_bs = restore_kept(params[:L], params[L:], self.x, keep, target)
+                for p, v in zip(params, new_Ws + new_bs):
+                    p.copy_(v)
 
     def outputs(self, x):
         """Return the outputs at x as numpy."""
