@@ -14,6 +14,9 @@ DATA_DIR = Path(__file__).resolve().parents[2] / "data"  # the repo's data/ (edi
 DIGITS_TRAIN = 1200  # rows of the shuffled 1797 digits used for training; the rest are held out
 PRETRAIN_STEPS = 300  # full-batch momentum steps that fit the digits net on every class first
 PRETRAIN_LR = 0.5
+# Hidden width when none is given: the seed's 4 for toy; 16 for digits, where 4 units reach only
+# 64% held-out accuracy (16: 95%) and 1,210 parameters leave a null space for 9 x 32 constraints.
+DEFAULT_HIDDEN = {"toy": 4, "digits": 16}
 
 
 @dataclass(frozen=True)
@@ -129,10 +132,11 @@ def accuracy(outputs, y, classes):
     return float((outputs[rows].argmax(axis=-1) == labels[rows]).mean())
 
 
-def prepare(dataset, *, n_sample=None, hidden=4, seed=0, keep=None, train=None,
+def prepare(dataset, *, n_sample=None, hidden=None, seed=0, keep=None, train=None,
             data_dir=DATA_DIR) -> Setup:
     """Return the data, initial params and outputs one study run starts from."""
     core._check_choice("dataset", dataset, DATASETS)
+    hidden = DEFAULT_HIDDEN[dataset] if hidden is None else hidden
     core._check_int("hidden", hidden, 1)
     core._check_int("seed", seed, 0)
     full = load_dataset(dataset, data_dir)
