@@ -262,8 +262,16 @@ def test_an_interrupted_study_leaves_the_previous_reports_readable(tmp_path):
         deadline = time.monotonic() + 60
         while not list(out.glob(".staging-*/runs/*.ipynb")) and time.monotonic() < deadline:
             time.sleep(0.2)  # wait until a kernel is running a notebook
+        time.sleep(1)
+        table = [line.split(None, 2) for line in subprocess.run(
+            ["ps", "-eo", "pid=,ppid=,sid="], capture_output=True, text=True).stdout.splitlines()]
+        session = {int(p) for p, _, sid in table if int(sid) == proc.pid}
+        kernels = {int(p) for p, ppid, _ in table if int(ppid) in session} - session
+        assert kernels, "no kernel was running when the study was interrupted"
+        started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=60)
+        assert time.monotonic() - started < 10  # workers end at once, with their kernels
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -272,12 +280,20 @@ def test_an_interrupted_study_leaves_the_previous_reports_readable(tmp_path):
     for name, text in previous.items():
         assert (out / name).read_text() == text
     assert not list(out.glob(".staging-*"))
-    # No worker or kernel outlives the study for long (they were in its session).
-    deadline = time.monotonic() + 20
+    # No worker (the study's session) and no kernel (their own sessions) outlives the study.
+    deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        alive = subprocess.run(["ps", "-o", "pid=,cmd=", "-s", str(proc.pid)],
-                               capture_output=True, text=True).stdout.strip()
+        alive = [pid for pid in session | kernels if _alive(pid)]
         if not alive:
             break
         time.sleep(0.5)
-    assert alive == ""
+    assert alive == []
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie (not yet reaped) is dead
+        return f.read().split(") ", 1)[1][0] != "Z"

@@ -500,22 +500,44 @@ def _reuse_engine():
 
 
 def _shutdown_kernel():
+    """Shut this process's kernel down (if any)."""
+    from jupyter_core.utils import run_sync
+
     km, _KERNEL["km"] = _KERNEL["km"], None
     if km is not None:
         try:
-            km.shutdown_kernel(now=True)
+            run_sync(km.shutdown_kernel)(now=True)
         except Exception:  # noqa: BLE001 - it is going away either way
             pass
 
 
+def _control_client(km):
+    """A blocking client on the kernel, for our own start-up and reset requests."""
+    from jupyter_client import BlockingKernelClient
+
+    # As km.client() builds its clients: the kernel's session and (CurveZMQ) keys.
+    kw = dict(km.get_connection_info(session=True), connection_file=km.connection_file,
+              parent=km)
+    for key in ("curve_publickey", "curve_secretkey"):
+        if isinstance(kw.get(key), str):
+            kw[key] = kw[key].encode("ascii")
+    kc = BlockingKernelClient(**kw)
+    kc.start_channels()
+    return kc
+
+
 def _reused_kernel(kernel_name):
-    """Return this worker's running kernel (reset to a fresh namespace), starting one if needed."""
-    from jupyter_client import KernelManager
+    """Return this process's running kernel (reset to a fresh namespace), starting one if needed.
+
+    An AsyncKernelManager, as papermill's own: nbclient then polls the kernel asynchronously,
+    so that its per-cell timeout fires while a cell hangs.
+    """
+    from jupyter_client import AsyncKernelManager
+    from jupyter_core.utils import run_sync
 
     km = _KERNEL["km"]
-    if km is not None and km.is_alive():
-        kc = km.client()
-        kc.start_channels()
+    if km is not None and run_sync(km.is_alive)():
+        kc = _control_client(km)
         try:
             kc.wait_for_ready(timeout=START_TIMEOUT)
             reply = kc.execute_interactive(RESET, silent=True, store_history=False, timeout=60)
@@ -526,18 +548,17 @@ def _reused_kernel(kernel_name):
         finally:
             kc.stop_channels()
     _shutdown_kernel()
-    km = KernelManager(kernel_name=kernel_name)
-    km.start_kernel()  # NoSuchKernel, port races...: the caller retries once
-    kc = km.client()
-    kc.start_channels()
+    km = AsyncKernelManager(kernel_name=kernel_name)
+    run_sync(km.start_kernel)()  # NoSuchKernel, port races...: the caller retries once
+    _KERNEL["km"] = km
+    kc = _control_client(km)
     try:
         kc.wait_for_ready(timeout=START_TIMEOUT)
     except BaseException:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
+        _shutdown_kernel()
         raise
-    kc.stop_channels()
-    _KERNEL["km"] = km
+    finally:
+        kc.stop_channels()
     if multiprocessing.parent_process() is not None:
         multiprocessing.util.Finalize(None, _shutdown_kernel, exitpriority=10)
     return km
@@ -550,9 +571,16 @@ def _sigterm(signum, frame):
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+def _worker_exit(signum, frame):
+    """End a worker at once on SIGTERM/SIGINT, shutting its kernel down first."""
+    _shutdown_kernel()
+    os._exit(128 + signum)
+
+
 def _worker_init():
-    """Set up a worker process: SIGTERM unwinds (so kernels are shut down), one thread each."""
-    signal.signal(signal.SIGTERM, _sigterm)
+    """Set up a worker process: an interrupt ends it with its kernel; one thread per kernel."""
+    signal.signal(signal.SIGTERM, _worker_exit)
+    signal.signal(signal.SIGINT, _worker_exit)
     for key, value in {**THREAD_ENV, "TF_CPP_MIN_LOG_LEVEL": "3",
                        "PYDEVD_DISABLE_FILE_VALIDATION": "1"}.items():
         os.environ.setdefault(key, value)  # inherited by the kernels this worker starts
@@ -608,15 +636,15 @@ def _execute(task, staging, output, params, cell_timeout, start, reuse):
         kernel = MISSING_KERNEL if task.fault == "kernel_start" and attempts == 1 else KERNEL
         output.unlink(missing_ok=True)
         try:
-            engine = {}
-            if reuse:
-                if kernel != KERNEL:
-                    _shutdown_kernel()  # the test hook starts a kernel that cannot start
-                engine = dict(engine_name=_reuse_engine(), km=_reused_kernel(kernel))
+            # The kernel is started here, not by papermill, so that this process can always
+            # shut it down (an interrupt, a failure, or the end of a --fresh-kernels run).
+            if not reuse or kernel != KERNEL:
+                _shutdown_kernel()  # (the test hook starts a kernel that cannot start)
+            km = _reused_kernel(kernel)
             pm.execute_notebook(str(NOTEBOOKS / task.notebook), str(output), parameters=params,
                                 kernel_name=kernel, progress_bar=False,
                                 start_timeout=START_TIMEOUT, execution_timeout=cell_timeout,
-                                **engine)
+                                engine_name=_reuse_engine(), km=km)
             status, error = "ok", ""
             break
         except pm.PapermillExecutionError as e:
@@ -646,7 +674,7 @@ def _execute(task, staging, output, params, cell_timeout, start, reuse):
                     continue  # parallel kernel starts can race on ports: retry once
             _mark_failure(output, error, type(e).__name__)
             break
-    if status != "ok":
+    if status != "ok" or not reuse:
         _shutdown_kernel()  # a kernel that saw a failure is not reused
     html = output.with_suffix(".html")
     if output.is_file():
