@@ -99,7 +99,7 @@ _describe = {_optimizer: ", ".join(core.OPTIMIZERS), _decay: "finite numbers >= 
 
 
 def check_params(*, strategy, dataset, optimizers, weight_decays, warm_start_steps, lr, steps,
-                 seeds, n_sample=None, hidden=4, keep=None, train=None, dtype="float64",
+                 seeds, n_sample=None, hidden=None, keep=None, train=None, dtype="float64",
                  results_dir=None, inject_fault=None) -> dict:
     """Validate every parameter of notebooks/strategy.ipynb; raise ValueError naming the first bad.
 
@@ -113,6 +113,7 @@ def check_params(*, strategy, dataset, optimizers, weight_decays, warm_start_ste
     core._check_real("lr", lr, 0.0, strict=True)
     core._check_int("steps", steps, 1)
     seeds = [int(v) for v in _check_list("seeds", seeds, _count)]
+    hidden = datasets.DEFAULT_HIDDEN[dataset] if hidden is None else hidden
     core._check_int("hidden", hidden, 1)
     core._check_choice("dtype", dtype, core.DTYPES)
     if results_dir is not None:
@@ -237,8 +238,9 @@ def run_grid(cfg) -> Grid:
                         promised = r.promise
                         half, ratio = None, np.nan
                         if promised == "first_order":
+                            # halve the strategy's own step only: same warm start, same state
                             half = su.run(strategy, fw, lr=cfg["lr"] / 2, steps=1, **set_up,
-                                          **common).drift_train[1]
+                                          warm_start_lr=cfg["lr"], **common).drift_train[1]
                             ratio = report.drift_ratio(r.drift_train[1], half)
                         verdict = report.promise_holds(promised, r.drift_train, r.drift_eval,
                                                        dtype=cfg["dtype"],
@@ -265,7 +267,8 @@ def run_grid(cfg) -> Grid:
                 for opt in cfg["optimizers"]:
                     for factor in LR_FACTORS:
                         r = su.run(strategy, fw, lr=cfg["lr"] * factor, steps=1, optimizer=opt,
-                                   weight_decay=wd, warm_start_steps=warm, **common)
+                                   weight_decay=wd, warm_start_steps=warm,
+                                   warm_start_lr=cfg["lr"], **common)
                         sweep.append(dict(dataset=dataset, strategy=strategy, framework=fw,
                                           optimizer=opt, weight_decay=wd, warm_start_steps=warm,
                                           seed=seed, lr=cfg["lr"] * factor,
