@@ -128,3 +128,14 @@ def test_trivial_null_space_warns_and_does_not_crash(framework):
     with warnings.catch_warnings():
         warnings.simplefilter("error", su.TrivialNullSpaceWarning)
         su.run("null_space", framework, params=PARAMS, data=DATA, steps=1)  # 26 > 8: no warning
+
+
+@pytest.mark.parametrize("framework", su.FRAMEWORKS)
+def test_warm_start_runs_at_warm_start_lr_and_only_the_strategy_step_changes(framework):
+    kw = dict(params=PARAMS, data=DATA, optimizer="momentum", warm_start_steps=2, steps=1)
+    base = su.run("null_space", framework, lr=0.1, **kw)
+    half = su.run("null_space", framework, lr=0.05, warm_start_lr=0.1, **kw)
+    other = su.run("null_space", framework, lr=0.05, **kw)  # warm start at 0.05 too
+    assert np.array_equal(base.outputs[0], half.outputs[0])  # same state after the warm start
+    assert not np.allclose(base.outputs[0], other.outputs[0])
+    assert not np.array_equal(base.outputs[1], half.outputs[1])

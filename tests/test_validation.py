@@ -32,6 +32,8 @@ BAD = [
     ("weight_decay", math.nan),
     ("warm_start_steps", -1),
     ("warm_start_steps", 1.5),
+    ("warm_start_lr", 0.0),
+    ("warm_start_lr", math.nan),
     ("keep", ()),
     ("keep", (2,)),
     ("keep", (-1,)),

@@ -519,15 +519,17 @@ def slopes(rows) -> list:
 # --- the study's floor --------------------------------------------------------------------------
 
 def study_floor_grid(grid=None, threads=0) -> dict:
-    """Compute the study's default grid with selective_update.run in this process; time its parts.
+    """Compute the study's own grids (study.run_grid, no notebooks) in this process; time them.
 
+    The same work as the strategy notebooks' computation cells: every run, the lr/2 runs of the
+    first-order check and the lr sweep; no kernels, figures or HTML.
     threads: 0 keeps each framework's default thread count; N >= 1 pins torch and tf1 to N.
     """
     import warnings
 
     t0 = time.perf_counter()
     import selective_update as su
-    from selective_update import datasets
+    from selective_update import study
     grid = grid or FLOOR_GRID
     for fw in grid["frameworks"]:
         module = su.backend(fw)
@@ -536,29 +538,17 @@ def study_floor_grid(grid=None, threads=0) -> dict:
         if threads and fw == "torch":
             import torch
             torch.set_num_threads(threads)
-    times = {"import_s": time.perf_counter() - t0, "prepare_s": 0.0,
-             **{f"{fw}_s": 0.0 for fw in grid["frameworks"]}}
-    runs = 0
+    times = {"import_s": time.perf_counter() - t0}
+    rows = 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for dataset in grid["datasets"]:
-            for seed in grid["seeds"]:
-                t = time.perf_counter()
-                setup = datasets.prepare(dataset, seed=seed)
-                times["prepare_s"] += time.perf_counter() - t
-                for strategy in core.STRATEGIES:
-                    for fw in grid["frameworks"]:
-                        t = time.perf_counter()
-                        for opt in grid["optimizers"]:
-                            for wd in grid["weight_decays"]:
-                                for warm in grid["warm_start_steps"]:
-                                    su.run(strategy, fw, params=setup.params, data=setup.data,
-                                           keep=setup.keep, train=setup.train, optimizer=opt,
-                                           lr=grid["lr"], steps=grid["steps"], weight_decay=wd,
-                                           warm_start_steps=warm)
-                                    runs += 1
-                        times[f"{fw}_s"] += time.perf_counter() - t
-    times["runs"] = runs
+            t = time.perf_counter()
+            for strategy in core.STRATEGIES:
+                cfg = study.check_params(strategy=strategy, dataset=dataset, **study.DEFAULT_GRID)
+                rows += len(study.run_grid(cfg).rows)
+            times[f"{dataset}_s"] = time.perf_counter() - t
+    times["runs"] = rows // (study.DEFAULT_GRID["steps"] + 1)  # main runs; each has steps+1 rows
     times["in_process_s"] = time.perf_counter() - t0
     return times
 
@@ -586,11 +576,12 @@ def bench_floor(args, env, log) -> tuple:
             f"{'/'.join(g['frameworks'])} x {len(g['optimizers'])} optimizers x wd "
             f"{'/'.join(map(str, g['weight_decays']))} x warm "
             f"{'/'.join(map(str, g['warm_start_steps']))} x {len(g['seeds'])} seeds, "
-            f"{g['steps']} steps, lr {g['lr']}: {parts['runs']} runs")
+            f"{g['steps']} steps, lr {g['lr']}: {parts['runs']} runs plus the study's lr/2 and "
+            "lr-sweep runs, by study.run_grid")
     note = (f"{grid}; wall of one fresh process (interpreter start included); "
             + ", ".join(f"{k} {v:.2f}" for k, v in parts.items() if k.endswith("_s")))
     row = dict(part="study_floor", framework="+".join(g["frameworks"]), strategy="all",
-               sizes="toy 3-4-2/8 + digits 64-4-10/32", width="", batch="", n_params="",
+               sizes="toy 3-4-2/8 + digits 64-16-10/32", width="", batch="", n_params="",
                median_s=wall, q1_s=wall, q3_s=wall, ratio_to_plain=float("nan"), goal="",
                meets_goal="", repeats=1, threads=args.floor_threads or "default",
                device="cpu", dtype="float64",

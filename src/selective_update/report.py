@@ -66,7 +66,7 @@ def promise_holds(promise, drift_train, drift_eval, *, dtype="float64",
         one, half = float(drift_train[1]), float(drift_train_half_lr)
         if one <= tol:
             return Verdict(True, f"one-step batch drift {one:.3g} <= {tol:g}; {seen}")
-        ratio = one / half if half > 0 else float("inf")
+        ratio = drift_ratio(one, half)
         return Verdict(ratio >= FIRST_ORDER_RATIO, f"lr/(lr/2) drift ratio {ratio:.3g}; {seen}")
     return Verdict(True, f"nothing promised; {seen}")
 

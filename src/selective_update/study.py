@@ -145,8 +145,12 @@ _SETUPS: dict = {}
 
 
 def _prepare(dataset, n_sample, hidden, seed, keep, train):
-    key = (dataset, n_sample, hidden, seed, None if keep is None else tuple(keep),
-           None if train is None else tuple(train))
+    # key on the resolved values, so check_params (defaults) and run_grid (filled in) share it
+    default_keep, default_train = datasets.default_outputs(dataset)
+    key = (dataset, n_sample or datasets.DEFAULT_N_SAMPLE[dataset],
+           hidden or datasets.DEFAULT_HIDDEN[dataset], seed,
+           tuple(default_keep if keep is None else keep),
+           tuple(default_train if train is None else train))
     if key not in _SETUPS:
         _SETUPS[key] = datasets.prepare(dataset, n_sample=n_sample, hidden=hidden, seed=seed,
                                         keep=keep, train=train)
