@@ -145,12 +145,13 @@ _SETUPS: dict = {}
 
 
 def _prepare(dataset, n_sample, hidden, seed, keep, train):
-    # key on the resolved values, so check_params (defaults) and run_grid (filled in) share it
+    # key on the resolved values, so check_params (defaults) and run_grid (filled in) share it;
+    # repr keeps True apart from 1, so a bad value never hits a cached good one
     default_keep, default_train = datasets.default_outputs(dataset)
-    key = (dataset, n_sample or datasets.DEFAULT_N_SAMPLE[dataset],
-           hidden or datasets.DEFAULT_HIDDEN[dataset], seed,
-           tuple(default_keep if keep is None else keep),
-           tuple(default_train if train is None else train))
+    key = repr((dataset, datasets.DEFAULT_N_SAMPLE[dataset] if n_sample is None else n_sample,
+                datasets.DEFAULT_HIDDEN[dataset] if hidden is None else hidden, seed,
+                tuple(default_keep if keep is None else keep),
+                tuple(default_train if train is None else train)))
     if key not in _SETUPS:
         _SETUPS[key] = datasets.prepare(dataset, n_sample=n_sample, hidden=hidden, seed=seed,
                                         keep=keep, train=train)
