@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import core
+from . import core, report
 
 FRAMEWORK_ORDER = ("torch", "tf1")
 PARTS = ("table", "jacobian", "sweep", "floor")
@@ -593,13 +593,6 @@ def bench_floor(args, env, log) -> tuple:
 
 # --- writing ------------------------------------------------------------------------------------
 
-def _atomic_write(path, data: bytes):
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _png(fig) -> bytes:
     import io
     buffer = io.BytesIO()
@@ -700,10 +693,10 @@ def write_reports(out, rows, slope_rows, args, env, notes, floor):
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
-    _atomic_write(out / "bench.csv", frame.to_csv(index=False, lineterminator="\n").encode())
+    report.atomic_write(out / "bench.csv", frame.to_csv(index=False, lineterminator="\n").encode())
     pngs = figures(frame)
     for name, data in pngs.items():
-        _atomic_write(out / "figures" / name, data)
+        report.atomic_write(out / "figures" / name, data)
 
     def section(title, body):
         return f"<h2>{html.escape(title)}</h2>\n{body}\n"
@@ -773,7 +766,7 @@ def write_reports(out, rows, slope_rows, args, env, notes, floor):
         columns=["machine", "python", "numpy", "torch", "tensorflow"]).to_html(index=False)))
     body.append("</body></html>\n")
     page = "\n".join(body)
-    _atomic_write(out / "bench.html", page.encode())
+    report.atomic_write(out / "bench.html", page.encode())
     return frame
 
 

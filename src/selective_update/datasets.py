@@ -67,14 +67,12 @@ def build_tables():
 
 def write_data(out=DATA_DIR):
     """Write data/toy.csv and data/digits.csv (float64 round-trips exactly through %.17g)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    from .report import atomic_write
+
     paths = []
     for name, frame in build_tables().items():
-        path = out / name
-        tmp = path.with_suffix(".csv.tmp")
-        frame.to_csv(tmp, index=False, float_format="%.17g", lineterminator="\n")
-        tmp.replace(path)  # atomic: a reader never sees half a file
+        path = Path(out) / name
+        atomic_write(path, frame.to_csv(index=False, float_format="%.17g", lineterminator="\n"))
         paths.append(path)
     return paths
 
