@@ -83,16 +83,6 @@ CSV_COLUMNS = ("part", "framework", "strategy", "sizes", "width", "batch", "n_pa
 
 # --- options ----------------------------------------------------------------------------------
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: an integer >= 1")
-    return value
-
-
 def _int_list(text):
     try:
         values = tuple(int(v) for v in text.split(","))
@@ -142,11 +132,11 @@ def add_arguments(parser):
                         help="table sizes as WIDTHS/BATCH list (default "
                              + ",".join("-".join(map(str, s)) + f"/{b}" for s, b in TABLE_SIZES)
                              + ")")
-    parser.add_argument("--repeats", type=_positive_int, default=None,
+    parser.add_argument("--repeats", type=core.positive_int_option, default=None,
                         help="timed steps per case; medians are reported (default 21, quick 1)")
-    parser.add_argument("--sweep-repeats", type=_positive_int, default=7,
+    parser.add_argument("--sweep-repeats", type=core.positive_int_option, default=7,
                         help="timed steps per sweep point (default 7)")
-    parser.add_argument("--threads", type=_positive_int, default=1,
+    parser.add_argument("--threads", type=core.positive_int_option, default=1,
                         help="torch.set_num_threads and tf1 session intra-op threads (default 1)")
     parser.add_argument("--frameworks", type=_choice_list(FRAMEWORK_ORDER),
                         default=FRAMEWORK_ORDER, help="comma-separated subset of torch,tf1")

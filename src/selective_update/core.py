@@ -292,6 +292,19 @@ def _check_data(data):
         _fail("data", "x and x_eval differ in width", "the same input width")
 
 
+def positive_int_option(text):
+    """Parse a command-line integer >= 1 (an argparse type: a bad one exits 2 naming the option)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: an integer >= 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"got {value}; allowed: an integer >= 1")
+    return value
+
+
 def check_run(strategy, framework, *, params, data, keep=(0,), train=(1,), optimizer="sgd", lr=0.1,
               steps=1, weight_decay=0.0, warm_start_steps=0, dtype="float64", device="cpu",
               warm_start_lr=None, warn=True) -> dict:

@@ -341,16 +341,6 @@ class Task:
     fault: str | None = None  # test hook: "kernel_start" fakes a kernel that fails to start
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: an integer >= 1") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"got {value}; allowed: an integer >= 1")
-    return value
-
-
 def _positive_float(text):
     try:
         value = float(text)
@@ -389,7 +379,7 @@ def add_arguments(parser):
     parser.add_argument("--datasets", nargs="+", choices=list(datasets.DATASETS),
                         default=list(datasets.DATASETS), metavar="DATASET",
                         help="datasets (default: both): " + ", ".join(datasets.DATASETS))
-    parser.add_argument("--jobs", type=_positive_int, default=2,
+    parser.add_argument("--jobs", type=core.positive_int_option, default=2,
                         help="notebooks run in parallel (default: 2)")
     parser.add_argument("--quick", action="store_true",
                         help="a small grid (1 seed, sgd and adam, 3 steps) for tests")
