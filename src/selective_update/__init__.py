@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import importlib
 
-from .core import (ADAM_BETAS, ADAM_EPS, DTYPES, FRAMEWORKS, GAUSS_NEWTON_MAX_STEPS, MOMENTUM,
-                   RESTORE_TOL,
-                   OPTIMIZERS, PROMISES, SEED_PHASES, STRATEGIES, Data, RunResult, SeedDemo,
-                   Strategy, TrivialNullSpaceWarning, check_run, drift, init_params,
-                   make_toy_data, promise)
+from . import validation
+from .core import (DTYPES, FRAMEWORKS, OPTIMIZERS, PROMISES, SEED_PHASES, STRATEGIES, Data,
+                   RunResult, SeedDemo, Strategy, TrivialNullSpaceWarning, check_run, drift,
+                   init_params, make_toy_data, promise)
+from .settings import ADAM_BETAS, ADAM_EPS, GAUSS_NEWTON_MAX_STEPS, MOMENTUM, RESTORE_TOL
 
 __version__ = "0.1.0"
 
 
 def backend(name):
     """Import and return the framework module `tf1` or `torch`."""
-    core._check_choice("framework", name, FRAMEWORKS)
+    validation.check_choice("framework", name, FRAMEWORKS)
     return importlib.import_module(f"{__name__}.{name}")
 
 

@@ -1,7 +1,6 @@
 """Framework-free core: data, strategies and their promises, masks, validation, metrics."""
 from __future__ import annotations
 
-import math
 import numbers
 import warnings
 from dataclasses import dataclass, field
@@ -9,22 +8,16 @@ from types import MappingProxyType
 
 import numpy as np
 
+from .settings import (ADAM_BETAS, ADAM_EPS, GAUSS_NEWTON_MAX_STEPS, MOMENTUM,  # noqa: F401
+                       RESTORE_TOL)
+from .validation import (check_choice, check_disjoint, check_int, check_outputs,
+                         check_real, fail)
+
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 FRAMEWORKS = ("tf1", "torch")
 DTYPES = ("float32", "float64")
 PROMISES = ("exact", "batch_exact", "first_order", "none")
 DEVICES = ("cpu", "cuda")
-
-# Optimizer constants shared by both frameworks (torch defaults; TF1 is set to match).
-MOMENTUM = 0.9
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
-# null_space_corrected takes Gauss-Newton steps until the kept outputs on the batch are back within
-# RESTORE_TOL of their values before the step, at most GAUSS_NEWTON_MAX_STEPS (the toy batch's Gram
-# is ill-conditioned, so Adam-sized steps can need 7-9; SGD steps need 2-3).
-GAUSS_NEWTON_MAX_STEPS = 12
-RESTORE_TOL = {"float64": 1e-13, "float32": 1e-5}
-
 
 @dataclass(frozen=True)
 class Strategy:
@@ -90,10 +83,10 @@ def _toy_split(rng, n, noise):
 
 def make_toy_data(n_sample=8, n_eval=256, seed=0, noise=0.01) -> Data:
     """Draw the seed's data: x ~ U[0,1)^3, y1 = sum(x), y2 = sum(x^2) + noise * U[0,1)."""
-    _check_int("n_sample", n_sample, 1)
-    _check_int("n_eval", n_eval, 1)
-    _check_int("seed", seed, 0)
-    _check_real("noise", noise, 0.0)
+    check_int("n_sample", n_sample, 1)
+    check_int("n_eval", n_eval, 1)
+    check_int("seed", seed, 0)
+    check_real("noise", noise, 0.0)
     rng = np.random.default_rng(seed)
     x, y = _toy_split(rng, n_sample, noise)
     x_eval, y_eval = _toy_split(rng, n_eval, noise)
@@ -109,8 +102,8 @@ def init_params(sizes=(3, 4, 2), seed=0, stddev=0.1) -> dict:
                          "at least 3 positive integers")
     if sizes[-1] < 2:
         raise ValueError(f"sizes: got {sizes!r}; allowed: at least 2 outputs")
-    _check_int("seed", seed, 0)
-    _check_real("stddev", stddev, 0.0)
+    check_int("seed", seed, 0)
+    check_real("stddev", stddev, 0.0)
     rng = np.random.default_rng(seed)
     params = {}
     for layer, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
@@ -132,10 +125,10 @@ def layer_sizes(params) -> tuple:
 
 def promise(strategy, optimizer, *, weight_decay=0.0, warm_start_steps=0) -> str:
     """Say what a strategy guarantees for the kept outputs under this optimizer set-up."""
-    _check_choice("strategy", strategy, STRATEGIES)
-    _check_choice("optimizer", optimizer, OPTIMIZERS)
-    _check_real("weight_decay", weight_decay, 0.0)
-    _check_int("warm_start_steps", warm_start_steps, 0)
+    check_choice("strategy", strategy, STRATEGIES)
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_real("weight_decay", weight_decay, 0.0)
+    check_int("warm_start_steps", warm_start_steps, 0)
     if strategy == "split_head":
         return "exact"
     if strategy == "null_space":
@@ -219,50 +212,18 @@ def make_result(cfg, outputs, eval_outputs, params, step_seconds) -> RunResult:
     )
 
 
-# --- validation: one line naming the parameter and what is allowed, before any work -------------
+# --- validation of a run's arguments (one line naming the parameter, before any work) -------
 
-def _fail(name, value, allowed):
-    raise ValueError(f"{name}: got {value!r}; allowed: {allowed}")
-
-
-def _check_choice(name, value, choices):
-    if not isinstance(value, str) or value not in choices:
-        _fail(name, value, ", ".join(choices))
-
-
-def _check_int(name, value, low):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        _fail(name, value, f"an integer >= {low}")
-
-
-def _check_real(name, value, low, *, strict=False):
-    ok = (not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
-          and (value > low if strict else value >= low))
-    if not ok:
-        _fail(name, value, f"a finite number {'>' if strict else '>='} {low}")
-
-
-def _check_outputs(name, value, n_out):
-    allowed = f"a non-empty list of distinct output indices in 0..{n_out - 1}"
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        value = (value,)
-    if not isinstance(value, (list, tuple)) or not value:
-        _fail(name, value, allowed)
-    if not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) and 0 <= i < n_out
-               for i in value) or len(set(value)) != len(value):
-        _fail(name, value, allowed)
-    return tuple(int(i) for i in value)
-
-
-def _check_params(params, data):
+def check_params(params, data):
+    """Check a params dict (W1, b1, ..., WL, bL) whose shapes chain from data.x to data.y."""
     allowed = "a dict W1, b1, ..., WL, bL (L >= 2) of float arrays whose shapes chain from data.x"
     if not isinstance(params, dict) or "W1" not in params:
-        _fail("params", type(params).__name__ if not isinstance(params, dict) else sorted(params),
-              allowed)
+        fail("params", type(params).__name__ if not isinstance(params, dict) else sorted(params),
+             allowed)
     L = n_layers(params)
     expected = {f"{p}{l}" for l in range(1, L + 1) for p in "Wb"}
     if L < 2 or set(params) != expected:
-        _fail("params", sorted(params), allowed)
+        fail("params", sorted(params), allowed)
     width = data.x.shape[1]
     for l in range(1, L + 1):
         W, b = np.asarray(params[f"W{l}"]), np.asarray(params[f"b{l}"])
@@ -270,65 +231,52 @@ def _check_params(params, data):
             raise ValueError(f"params: W{l} {W.shape} / b{l} {b.shape} do not fit input width "
                              f"{width}; allowed: W{l} ({width}, d), b{l} (d,)")
         if not (np.all(np.isfinite(W)) and np.all(np.isfinite(b))):
-            _fail("params", f"non-finite values in layer {l}", "finite numbers")
+            fail("params", f"non-finite values in layer {l}", "finite numbers")
         width = W.shape[1]
     if data.y.shape[1] != width or data.y_eval.shape[1] != width:
         raise ValueError(f"params: {width} outputs but data.y has {data.y.shape[1]} columns; "
                          "allowed: as many outputs as target columns")
     if width < 2:
-        _fail("params", f"{width} output", "at least 2 outputs")
+        fail("params", f"{width} output", "at least 2 outputs")
 
 
-def _check_data(data):
+def check_data(data):
+    """Check a Data of finite, non-empty 2-D arrays with matching lengths and widths."""
     if not isinstance(data, Data):
-        _fail("data", type(data).__name__, "a selective_update.Data (make_toy_data, load_dataset)")
+        fail("data", type(data).__name__, "a selective_update.Data (make_toy_data, load_dataset)")
     for name in ("x", "y", "x_eval", "y_eval"):
         a = getattr(data, name)
         if not isinstance(a, np.ndarray) or a.ndim != 2 or len(a) == 0 or not np.all(np.isfinite(a)):
-            _fail("data", f"{name} is not a finite non-empty 2-D array", "finite 2-D float arrays")
+            fail("data", f"{name} is not a finite non-empty 2-D array", "finite 2-D float arrays")
     if len(data.x) != len(data.y) or len(data.x_eval) != len(data.y_eval):
-        _fail("data", "x and y differ in length", "as many targets as inputs")
+        fail("data", "x and y differ in length", "as many targets as inputs")
     if data.x.shape[1] != data.x_eval.shape[1]:
-        _fail("data", "x and x_eval differ in width", "the same input width")
-
-
-def positive_int_option(text):
-    """Parse a command-line integer >= 1 (an argparse type: a bad one exits 2 naming the option)."""
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: an integer >= 1") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"got {value}; allowed: an integer >= 1")
-    return value
+        fail("data", "x and x_eval differ in width", "the same input width")
 
 
 def check_run(strategy, framework, *, params, data, keep=(0,), train=(1,), optimizer="sgd", lr=0.1,
               steps=1, weight_decay=0.0, warm_start_steps=0, dtype="float64", device="cpu",
               warm_start_lr=None, warn=True) -> dict:
     """Validate every argument of run() and return them normalized; raise ValueError otherwise."""
-    _check_choice("strategy", strategy, STRATEGIES)
-    _check_choice("framework", framework, FRAMEWORKS)
-    _check_choice("optimizer", optimizer, OPTIMIZERS)
-    _check_real("lr", lr, 0.0, strict=True)
-    _check_int("steps", steps, 1)
-    _check_real("weight_decay", weight_decay, 0.0)
-    _check_int("warm_start_steps", warm_start_steps, 0)
+    check_choice("strategy", strategy, STRATEGIES)
+    check_choice("framework", framework, FRAMEWORKS)
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_real("lr", lr, 0.0, strict=True)
+    check_int("steps", steps, 1)
+    check_real("weight_decay", weight_decay, 0.0)
+    check_int("warm_start_steps", warm_start_steps, 0)
     if warm_start_lr is not None:
-        _check_real("warm_start_lr", warm_start_lr, 0.0, strict=True)
-    _check_choice("dtype", dtype, DTYPES)
-    _check_choice("device", device, DEVICES)
+        check_real("warm_start_lr", warm_start_lr, 0.0, strict=True)
+    check_choice("dtype", dtype, DTYPES)
+    check_choice("device", device, DEVICES)
     if framework == "tf1" and device != "cpu":
-        _fail("device", device, "'cpu' for framework tf1 (the cuda device is for torch)")
-    _check_data(data)
-    _check_params(params, data)
+        fail("device", device, "'cpu' for framework tf1 (the cuda device is for torch)")
+    check_data(data)
+    check_params(params, data)
     n_out = data.y.shape[1]
-    keep = _check_outputs("keep", keep, n_out)
-    train = _check_outputs("train", train, n_out)
-    if set(keep) & set(train):
-        _fail("train", list(train), f"outputs disjoint from keep={list(keep)}")
+    keep = check_outputs("keep", keep, n_out)
+    train = check_outputs("train", train, n_out)
+    check_disjoint(keep, train)
     cfg = dict(strategy=strategy, framework=framework, params=params, data=data, keep=keep,
                train=train, optimizer=optimizer, lr=float(lr), steps=int(steps),
                weight_decay=float(weight_decay), warm_start_steps=int(warm_start_steps),

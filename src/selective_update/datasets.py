@@ -7,17 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import core
+from . import core, validation
+from .settings import (DATA_DIR, DEFAULT_HIDDEN, DEFAULT_N_SAMPLE, DIGITS_TRAIN, MOMENTUM,
+                       PRETRAIN_LR, PRETRAIN_STEPS)
 
 DATASETS = ("toy", "digits")
-DATA_DIR = Path(__file__).resolve().parents[2] / "data"  # the repo's data/ (editable install)
-DIGITS_TRAIN = 1200  # rows of the shuffled 1797 digits used for training; the rest are held out
-PRETRAIN_STEPS = 300  # full-batch momentum steps that fit the digits net on every class first
-PRETRAIN_LR = 0.5
-# Hidden width when none is given: the seed's 4 for toy; 16 for digits, where 4 units reach only
-# 64% held-out accuracy (16: 95%) and 1,210 parameters leave a null space for 9 x 32 constraints.
-DEFAULT_HIDDEN = {"toy": 4, "digits": 16}
-DEFAULT_N_SAMPLE = {"toy": 8, "digits": 32}
 
 
 @dataclass(frozen=True)
@@ -33,7 +27,7 @@ class Setup:
 
 def default_outputs(dataset):
     """Return the default (keep, train) outputs: toy keeps 0 and trains 1; digits trains class 9."""
-    core._check_choice("dataset", dataset, DATASETS)
+    validation.check_choice("dataset", dataset, DATASETS)
     return ((0,), (1,)) if dataset == "toy" else (tuple(range(9)), (9,))
 
 
@@ -67,7 +61,7 @@ def build_tables():
 
 def write_data(out=DATA_DIR):
     """Write data/toy.csv and data/digits.csv (float64 round-trips exactly through %.17g)."""
-    from .report import atomic_write
+    from .results import atomic_write
 
     paths = []
     for name, frame in build_tables().items():
@@ -90,7 +84,7 @@ def _read(name, data_dir):
 
 def load_dataset(name, data_dir=DATA_DIR) -> core.Data:
     """Load a dataset from its CSV file as Data (digits targets are one-hot over 10 classes)."""
-    core._check_choice("dataset", name, DATASETS)
+    validation.check_choice("dataset", name, DATASETS)
     train, held_out = _read(name, data_dir)
     if name == "toy":
         def xy(f):
@@ -119,7 +113,7 @@ def pretrain(params, x, y, steps=PRETRAIN_STEPS, lr=PRETRAIN_LR):
             if l > 1:
                 delta = (delta @ params[f"W{l}"].T) * hs[l - 1] * (1.0 - hs[l - 1])
             for k, g in grads.items():
-                velocity[k] = core.MOMENTUM * velocity[k] + g
+                velocity[k] = MOMENTUM * velocity[k] + g
                 params[k] -= lr * velocity[k]
     return params
 
@@ -134,21 +128,20 @@ def accuracy(outputs, y, classes):
 def prepare(dataset, *, n_sample=None, hidden=None, seed=0, keep=None, train=None,
             data_dir=DATA_DIR) -> Setup:
     """Return the data, initial params and outputs one study run starts from."""
-    core._check_choice("dataset", dataset, DATASETS)
+    validation.check_choice("dataset", dataset, DATASETS)
     hidden = DEFAULT_HIDDEN[dataset] if hidden is None else hidden
-    core._check_int("hidden", hidden, 1)
-    core._check_int("seed", seed, 0)
+    validation.check_int("hidden", hidden, 1)
+    validation.check_int("seed", seed, 0)
     full = load_dataset(dataset, data_dir)
     limit = len(full.x)
     n_sample = DEFAULT_N_SAMPLE[dataset] if n_sample is None else n_sample
-    if isinstance(n_sample, bool) or not isinstance(n_sample, int) or not 1 <= n_sample <= limit:
-        core._fail("n_sample", n_sample, f"an integer in 1..{limit} for dataset {dataset!r}")
+    if not validation.is_int(n_sample) or not 1 <= n_sample <= limit:
+        validation.fail("n_sample", n_sample, f"an integer in 1..{limit} for dataset {dataset!r}")
     default_keep, default_train = default_outputs(dataset)
     n_out = full.y.shape[1]
-    keep = core._check_outputs("keep", default_keep if keep is None else keep, n_out)
-    train = core._check_outputs("train", default_train if train is None else train, n_out)
-    if set(keep) & set(train):
-        core._fail("train", list(train), f"outputs disjoint from keep={list(keep)}")
+    keep = validation.check_outputs("keep", default_keep if keep is None else keep, n_out)
+    train = validation.check_outputs("train", default_train if train is None else train, n_out)
+    validation.check_disjoint(keep, train)
     sizes = (full.x.shape[1], hidden, n_out)
     params = core.init_params(sizes, seed=seed)
     if dataset == "digits":

@@ -11,18 +11,42 @@ gradient of every variable in the var_list (torch's coupled L2).
 """
 from __future__ import annotations
 
+import functools
+import os
 import sys
 import time
 
 import numpy as np
-import tensorflow as tf
 
-from . import core, nullspace
+
+def _import_tensorflow_quietly():
+    """Import TensorFlow with its C++ start-up chatter (cuda probing) kept off the terminal."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # C++ INFO/WARNING off; errors stay
+    # `import tensorflow` eagerly imports Keras 3 (~2 s); TF skips it with this set and tf_keras
+    # not installed. Nothing here uses tf.keras (selective_update.keras imports keras itself).
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    if "tensorflow" in sys.modules:
+        return
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, 2)  # absl logs "no cuda drivers" to fd 2 before any setting applies
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+_import_tensorflow_quietly()
+import tensorflow as tf  # noqa: E402
+
+from . import core, nullspace  # noqa: E402
 
 v1 = tf.compat.v1
 NAME = "tf1"
-F = sys.modules[__name__]  # this module is the namespace nullspace's math runs on
-THREADS = 0  # intra-op threads of new sessions; 0 lets TF choose (the bench pins it)
+ops = sys.modules[__name__]  # this module is the namespace nullspace's math runs on
+THREADS = 0  # intra-op threads of new sessions; 0 lets TF choose (configure() pins it)
 
 # --- aliases used by nullspace (d2l style) --------------------------------------------------------
 sigmoid = tf.sigmoid
@@ -137,10 +161,10 @@ class Graph:
                 W_L, b_L = self.Ws[-1], self.bs[-1]
                 self.variables = [t for p in zip(self.Ws, self.bs) for t in p]
             layers_W, layers_b = self.Ws[:L - 1] + [W_L], self.bs[:L - 1] + [b_L]
-            hs, self.out = nullspace.forward(F, layers_W, layers_b, self.x)
+            hs, self.out = nullspace.forward(ops, layers_W, layers_b, self.x)
             self.hs = hs  # the loss's forward pass: projected steps reuse it (same values)
             self.hidden = hs[1]
-            self.out_any = nullspace.forward(F, layers_W, layers_b, self.x_any)[1]
+            self.out_any = nullspace.forward(ops, layers_W, layers_b, self.x_any)[1]
             mask = tf.constant(core.train_mask(sizes[-1], train), dt)
             self.losses = {"full": tf.reduce_mean(tf.square(self.out - self.y)),
                            "masked": tf.reduce_mean(tf.square(mask * (self.out - self.y)))}
@@ -192,13 +216,13 @@ class Graph:
         dWs = [n - o for n, o in zip(new[0::2], old_Ws)]
         dbs = [n - o for n, o in zip(new[1::2], old_bs)]
         # self.hs / self.out: the gradients' forward pass, evaluated before apply in this run.
-        dWs, dbs = nullspace.project(F, old_Ws, old_bs, self.x, self.keep, dWs, dbs, hs=self.hs)
+        dWs, dbs = nullspace.project(ops, old_Ws, old_bs, self.x, self.keep, dWs, dbs, hs=self.hs)
         Ws = [o + d for o, d in zip(old_Ws, dWs)]
         bs = [o + d for o, d in zip(old_bs, dbs)]
         if s.corrected:
-            seed = nullspace.kept_seed(F, self.keep, self.x.shape[0], self.out.shape[1], self.x)
-            target = F.einsum("kbj,bj->kb", seed, self.out)
-            Ws, bs, _ = nullspace.restore(F, Ws, bs, self.x, self.keep, target, self.tol,
+            seed = nullspace.kept_seed(ops, self.keep, self.x.shape[0], self.out.shape[1], self.x)
+            target = ops.einsum("kbj,bj->kb", seed, self.out)
+            Ws, bs, _ = nullspace.restore(ops, Ws, bs, self.x, self.keep, target, self.tol,
                                           core.GAUSS_NEWTON_MAX_STEPS)
         values = [t for p in zip(Ws, bs) for t in p]
         return tf.group(*[v.assign(t) for v, t in zip(var_list, values)])
@@ -242,9 +266,38 @@ def graph_for(strategies, cfg) -> Graph:
     return _GRAPHS[key]
 
 
+def configure(threads=None):
+    """Make TF ops deterministic; pin the intra-op threads of new sessions when given."""
+    global THREADS
+    tf.config.experimental.enable_op_determinism()
+    if threads:
+        THREADS = threads
+
+
+def make_steps(strategies, **run_kwargs):
+    """Return ({strategy: callable running its step op once}, sync); split_head has its own graph.
+
+    run_kwargs are run()'s (params, data, keep, train, optimizer, lr, weight_decay, ...).
+    """
+    cfg = core.check_run("all_params", NAME, warn=False, **run_kwargs)
+    steps = {}
+    for split in (False, True):
+        group = tuple(s for s in strategies
+                      if (core.STRATEGIES[s].trains == "train_heads") == split)
+        if not group:
+            continue
+        g = graph_for(group, cfg)
+        g.reset(cfg["params"])
+        feed = {g.x: cfg["data"].x, g.y: cfg["data"].y, g.lr: cfg["lr"],
+                g.weight_decay: cfg["weight_decay"]}
+        for s in group:
+            steps[s] = functools.partial(g.sess.run, g.ops[s], feed)
+    return steps, lambda: None
+
+
 def project_step(Ws, bs, x, keep, dWs, dbs):
     """Project a step onto the null space of the kept outputs' Jacobian (layer-wise Gram form)."""
-    return nullspace.project(F, Ws, bs, x, keep, dWs, dbs)
+    return nullspace.project(ops, Ws, bs, x, keep, dWs, dbs)
 
 
 def run(strategy, *, params, data, keep=(0,), train=(1,), optimizer="sgd", lr=0.1, steps=1,

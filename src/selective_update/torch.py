@@ -1,6 +1,7 @@
 """PyTorch port: the same strategies, optimizers and numbers as the tf1 module."""
 from __future__ import annotations
 
+import functools
 import sys
 import time
 
@@ -10,7 +11,7 @@ import torch
 from . import core, nullspace
 
 NAME = "torch"
-F = sys.modules[__name__]  # this module is the namespace nullspace's math runs on
+ops = sys.modules[__name__]  # this module is the namespace nullspace's math runs on
 
 # --- aliases used by nullspace (d2l style) --------------------------------------------------------
 sigmoid = torch.sigmoid
@@ -105,7 +106,7 @@ class Net:
     def forward(self, x):
         """Return the hidden activations and the outputs."""
         Ws, bs = self.layers()
-        return nullspace.forward(F, Ws, bs, x)
+        return nullspace.forward(ops, Ws, bs, x)
 
     def numpy_params(self):
         """Return the parameters as a params dict of numpy arrays."""
@@ -190,13 +191,13 @@ class _Trainer:
             for d, p, o in zip(self._delta, params, self._before):
                 torch.sub(p, o, out=d)
             # hs: the gradient's forward pass, at the parameters before the step.
-            cWs, cbs = nullspace.correction(F, self._before[:L], self._before[L:], self.x, keep,
+            cWs, cbs = nullspace.correction(ops, self._before[:L], self._before[L:], self.x, keep,
                                             self._delta[:L], self._delta[L:], hs=hs)
             for p, o, d, c in zip(params, self._before, self._delta, cWs + cbs):
                 p.copy_(o).add_(d.sub_(c))  # old + (step - correction), as project_step
             if s.corrected:
-                seed = nullspace.kept_seed(F, keep, out.shape[0], out.shape[1], out)
-                target = F.einsum("kbj,bj->kb", seed, out)  # kept outputs before the step
+                seed = nullspace.kept_seed(ops, keep, out.shape[0], out.shape[1], out)
+                target = ops.einsum("kbj,bj->kb", seed, out)  # kept outputs before the step
                 new_Ws, new_bs = restore_kept(params[:L], params[L:], self.x, keep, target)
                 for p, v in zip(params, new_Ws + new_bs):
                     p.copy_(v)
@@ -219,13 +220,13 @@ class _Trainer:
 
 def project_step(Ws, bs, x, keep, dWs, dbs):
     """Project a step onto the null space of the kept outputs' Jacobian (layer-wise Gram form)."""
-    return nullspace.project(F, Ws, bs, x, keep, dWs, dbs)
+    return nullspace.project(ops, Ws, bs, x, keep, dWs, dbs)
 
 
 def restore_kept(Ws, bs, x, keep, target):
     """Take Gauss-Newton steps until the kept outputs at x are back at target (K, n)."""
     tol = core.RESTORE_TOL[str(x.dtype).removeprefix("torch.")]
-    Ws, bs, _ = nullspace.restore(F, Ws, bs, x, keep, target, tol, core.GAUSS_NEWTON_MAX_STEPS)
+    Ws, bs, _ = nullspace.restore(ops, Ws, bs, x, keep, target, tol, core.GAUSS_NEWTON_MAX_STEPS)
     return Ws, bs
 
 
@@ -237,7 +238,7 @@ def project_step_jacobian(Ws, bs, x, keep, dWs, dbs):
 
     def kept(theta):
         parts = [p.reshape(s) for p, s in zip(torch.split(theta, sizes), shapes)]
-        return nullspace.kept_outputs(F, parts[0::2], parts[1::2], x, keep).reshape(-1)
+        return nullspace.kept_outputs(ops, parts[0::2], parts[1::2], x, keep).reshape(-1)
 
     J = torch.func.jacrev(kept)(flat)
     step = torch.cat([t.reshape(-1) for pair in zip(dWs, dbs) for t in pair])
@@ -246,8 +247,25 @@ def project_step_jacobian(Ws, bs, x, keep, dWs, dbs):
     return parts[0::2], parts[1::2]
 
 
-def _setup():
+def configure(threads=None):
+    """Make torch deterministic; pin its intra-op threads when `threads` is given."""
     torch.use_deterministic_algorithms(True)
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def make_steps(strategies, **run_kwargs):
+    """Return ({strategy: callable taking one step}, sync): one trainer per strategy.
+
+    run_kwargs are run()'s (params, data, keep, train, optimizer, lr, ...); for the bench.
+    """
+    steps, sync = {}, None
+    for s in strategies:
+        cfg = core.check_run(s, NAME, warn=False, **run_kwargs)
+        trainer = _Trainer(cfg, split=core.STRATEGIES[s].trains == "train_heads")
+        steps[s] = functools.partial(trainer.step, s)
+        sync = trainer.sync
+    return steps, sync
 
 
 def run(strategy, *, params, data, keep=(0,), train=(1,), optimizer="sgd", lr=0.1, steps=1,
@@ -258,7 +276,7 @@ def run(strategy, *, params, data, keep=(0,), train=(1,), optimizer="sgd", lr=0.
                          optimizer=optimizer, lr=lr, steps=steps, weight_decay=weight_decay,
                          warm_start_steps=warm_start_steps, dtype=dtype, device=device,
                          warm_start_lr=warm_start_lr)
-    _setup()
+    configure()
     trainer = _Trainer(cfg, split=core.STRATEGIES[strategy].trains == "train_heads")
     trainer.set_lr(cfg["warm_start_lr"])
     for _ in range(cfg["warm_start_steps"]):
@@ -281,7 +299,7 @@ def seed_demo(params, data, *, lr=0.1, steps=1, keep=(0,), train=(1,)) -> core.S
     """Replay the seed's demo: train_op2, train_op12, train_op_all, one SGD optimizer."""
     cfg = core.check_run("all_params", NAME, params=params, data=data, keep=keep, train=train,
                          optimizer="sgd", lr=lr, steps=steps)
-    _setup()
+    configure()
     trainer = _Trainer(cfg, split=False)
     record = [(trainer.hidden(), trainer.outputs(trainer.x))]
     for _, strategy in core.SEED_PHASES:

@@ -1,0 +1,98 @@
+"""The study's result files: tidy rows, byte-stable CSV, atomic writes, reading a study back."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from . import validation
+from .settings import REPORTS_DIR, ROOT
+
+RESULT_COLUMNS = ["dataset", "strategy", "framework", "optimizer", "weight_decay",
+                  "warm_start_steps", "lr", "seed", "step", "dtype", "n_sample", "hidden", "loss",
+                  "train_loss", "drift_train", "drift_eval", "acc_keep", "acc_train", "promise",
+                  "holds", "drift_ratio"]
+RESULT_ORDER = ["dataset", "strategy", "framework", "optimizer", "weight_decay",
+                "warm_start_steps", "seed", "step"]
+SWEEP_COLUMNS = ["dataset", "strategy", "framework", "optimizer", "weight_decay",
+                 "warm_start_steps", "seed", "lr", "drift_train", "drift_eval", "promise"]
+SWEEP_ORDER = ["dataset", "strategy", "framework", "optimizer", "weight_decay",
+               "warm_start_steps", "seed", "lr"]
+STATUS_COLUMNS = ["name", "notebook", "dataset", "strategy", "status", "error", "html",
+                  "attempts", "seconds"]
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def atomic_write(path, data):
+    """Write text or bytes to path through a temporary sibling and os.replace (all or nothing)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+
+def tidy(frame, order):
+    """Sort rows deterministically (stable) and renumber the index."""
+    return frame.sort_values(order, kind="mergesort").reset_index(drop=True)
+
+
+def csv_text(frame) -> str:
+    """CSV with floats as their shortest round-trip repr: byte-identical for identical numbers."""
+    return frame.to_csv(index=False, lineterminator="\n", float_format=lambda v: repr(float(v)))
+
+
+def write_results(grid, results_dir):
+    """Write <dataset>-<strategy>.csv and <dataset>-<strategy>-lr.csv into results_dir (atomic)."""
+    if results_dir is None:
+        return []
+    name = f"{grid.cfg['dataset']}-{grid.cfg['strategy']}"
+    paths = [Path(results_dir) / f"{name}.csv", Path(results_dir) / f"{name}-lr.csv"]
+    atomic_write(paths[0], csv_text(grid.rows))
+    atomic_write(paths[1], csv_text(grid.sweep))
+    return paths
+
+
+def load_reports(reports_dir=None):
+    """Read a study's results.csv, lr_sweep.csv and status.csv (for notebooks/summary.ipynb)."""
+    import pandas as pd
+
+    reports_dir = Path(ROOT / REPORTS_DIR if reports_dir is None else reports_dir)
+    if not reports_dir.is_dir():
+        validation.fail("reports_dir", str(reports_dir), "a folder written by `python -m "
+                        "selective_update study` (results.csv, lr_sweep.csv, status.csv)")
+
+    def read(name, columns):
+        path = reports_dir / name
+        return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=columns)
+
+    return (read("results.csv", RESULT_COLUMNS), read("lr_sweep.csv", SWEEP_COLUMNS),
+            read("status.csv", STATUS_COLUMNS))
+
+
+def concat_results(staging):
+    """Concatenate the runs' rows into results.csv and lr_sweep.csv (sorted, deterministic)."""
+    import pandas as pd
+
+    runs = Path(staging) / "runs"
+    out = {}
+    for name, sweep, columns, order in (("results.csv", False, RESULT_COLUMNS, RESULT_ORDER),
+                                        ("lr_sweep.csv", True, SWEEP_COLUMNS, SWEEP_ORDER)):
+        files = sorted(p for p in runs.glob("*.csv") if p.name.endswith("-lr.csv") == sweep)
+        frames = [pd.read_csv(p) for p in files]
+        frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+        frame = tidy(frame[columns], order)
+        atomic_write(Path(staging) / name, csv_text(frame))
+        out[name] = frame
+    return out
