@@ -363,3 +363,4 @@ def seed_demo(params, data, *, lr=0.1, steps=1, keep=(0,), train=(1,)) -> core.S
                 sess.run(train_ops[phase], feed)
             record.append(tuple(sess.run([hidden, out], feed)))
     return core.make_seed_demo(cfg, record)
+from .tf1_model import dense_heads, masked_loss  # noqa: E402,F401  (helpers for your own model)

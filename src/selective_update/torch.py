@@ -307,3 +307,4 @@ def seed_demo(params, data, *, lr=0.1, steps=1, keep=(0,), train=(1,)) -> core.S
             trainer.step(strategy)
         record.append((trainer.hidden(), trainer.outputs(trainer.x)))
     return core.make_seed_demo(cfg, record)
+from .torch_model import NullSpaceProjector, audit, split_head  # noqa: E402,F401  (helpers for your own model)
