@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from selective_update import STRATEGIES
+from selective_update import STRATEGIES, render
 from selective_update.__main__ import main as cli
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -35,7 +35,10 @@ def test_quick_bench_writes_csv_html_and_figure(tmp_path):
         assert (r["sizes"], r["batch"], r["repeats"], r["threads"]) == ("3-4-2", "8", "1", "1")
     page = (out / "bench.html").read_text()
     assert "data:image/png;base64," in page
-    assert "http:" not in page and "https:" not in page
+    assert render.external_references(page) == []
+    assert "Not handling type" not in page and "cuInit" not in page
+    assert "bench_dir" in page  # the injected parameters are visible
+    assert "cuInit" not in proc.stderr and "Not handling type" not in proc.stderr
     assert (out / "figures" / "bench_ratios.png").stat().st_size > 0
     assert not list(out.rglob("*.tmp"))
 
@@ -46,9 +49,9 @@ def test_quick_bench_writes_csv_html_and_figure(tmp_path):
     (["--sizes", "3-4/8"], "--sizes"),
     (["--sizes", "3-4-2"], "--sizes"),
     (["--frameworks", "jax"], "--frameworks"),
-    (["--strategies", "all_params,nope"], "--strategies"),
-    (["--parts", "table,gpu"], "--parts"),
-    (["--widths", "64,-1"], "--widths"),
+    (["--strategies", "all_params", "nope"], "--strategies"),
+    (["--parts", "table", "gpu"], "--parts"),
+    (["--widths", "64", "-1"], "--widths"),
     (["--device", "tpu"], "--device"),
     (["--device", "cuda"], "--device"),  # tf1 is in the default frameworks
     (["--device", "cuda", "--frameworks", "tf1"], "--device"),

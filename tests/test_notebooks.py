@@ -9,7 +9,7 @@ import pandas as pd
 import papermill as pm
 import pytest
 
-from selective_update import report, study
+from selective_update import grid, kernels, render, results, settings
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -47,13 +47,13 @@ def test_strategy_parameters_match_the_validator_and_the_default_grid():
     params = pm.inspect_notebook(str(NOTEBOOKS / "strategy.ipynb"))
     import inspect
 
-    accepted = set(inspect.signature(study.check_params).parameters)
+    accepted = set(inspect.signature(grid.check_params).parameters)
     assert set(params) == accepted
     defaults = {name: eval(info["default"]) for name, info in params.items()}  # noqa: S307
-    for key, value in study.DEFAULT_GRID.items():
+    for key, value in settings.DEFAULT_GRID.items():
         assert defaults[key] == value, key
     # The defaults are themselves valid (a bare papermill run works).
-    study.check_params(**defaults)
+    grid.check_params(**defaults)
 
 
 # --- papermill smoke runs (each starts a kernel) ----------------------------------------------------
@@ -90,9 +90,9 @@ def test_strategy_notebook_toy_writes_its_rows_and_renders_offline(tmp_path):
     assert set(rows.promise) == {"first_order"}
     assert rows.drift_ratio.notna().all()  # the lr/2 run was made for every run
     sweep = pd.read_csv(tmp_path / "rows" / "toy-null_space-lr.csv")
-    assert sorted(sweep.lr.unique()) == sorted(0.1 * f for f in study.LR_FACTORS)
-    html = report.render_html(tmp_path / "toy.ipynb", tmp_path / "toy.html").read_text()
-    assert report.external_references(html) == []
+    assert sorted(sweep.lr.unique()) == sorted(0.1 * f for f in settings.LR_FACTORS)
+    html = render.render_html(tmp_path / "toy.ipynb", tmp_path / "toy.html").read_text()
+    assert render.external_references(html) == []
     assert html.count("data:image/png;base64,") >= 2  # drift and loss figures inlined
     assert "injected-parameters" in html and "null_space" in html
 
@@ -147,12 +147,12 @@ def test_summary_notebook_reads_the_rows_of_a_run(tmp_path):
     _execute("strategy.ipynb", tmp_path / "run.ipynb", strategy="masked_last_layer",
              dataset="toy", results_dir=str(tmp_path / "runs"),
              **{**TINY, "weight_decays": [0.0, 0.01]})
-    tables = study.concat_results(tmp_path)
+    tables = results.concat_results(tmp_path)
     status = pd.DataFrame([dict(name="toy-masked_last_layer", notebook="strategy.ipynb",
                                 dataset="toy", strategy="masked_last_layer", status="ok",
                                 error="", html="runs/toy-masked_last_layer.html", attempts=1,
                                 seconds=1.0)])
-    (tmp_path / "status.csv").write_text(study.csv_text(status))
+    (tmp_path / "status.csv").write_text(results.csv_text(status))
     nb = _execute("summary.ipynb", tmp_path / "index.ipynb", reports_dir=str(tmp_path))
     assert not _errors(nb)
     text = json.dumps(nb)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from selective_update import report, study
+from selective_update import render, report, results, verdicts
 
 Z = np.zeros(4)
 
@@ -16,10 +16,10 @@ Z = np.zeros(4)
 # --- promise_holds: the rules ---------------------------------------------------------------------
 
 def test_exact_needs_bitwise_zero_on_batch_and_held_out():
-    assert report.promise_holds("exact", Z, Z).holds
+    assert verdicts.promise_holds("exact", Z, Z).holds
     tiny = np.array([0.0, 0.0, 5e-324, 0.0])
-    assert not report.promise_holds("exact", tiny, Z).holds
-    assert not report.promise_holds("exact", Z, tiny).holds
+    assert not verdicts.promise_holds("exact", tiny, Z).holds
+    assert not verdicts.promise_holds("exact", Z, tiny).holds
 
 
 @pytest.mark.parametrize("dtype, drift, holds", [
@@ -27,7 +27,7 @@ def test_exact_needs_bitwise_zero_on_batch_and_held_out():
     ("float32", 1e-4, True), ("float32", 1e-3, False)])
 def test_batch_exact_tolerance_by_dtype_and_held_out_is_free(dtype, drift, holds):
     d = np.array([0.0, drift / 2, drift])
-    verdict = report.promise_holds("batch_exact", d, np.array([0.0, 0.3, 0.9]), dtype=dtype)
+    verdict = verdicts.promise_holds("batch_exact", d, np.array([0.0, 0.3, 0.9]), dtype=dtype)
     assert verdict.holds is holds
     assert "held-out 0.9" in verdict.measured
 
@@ -36,26 +36,26 @@ def test_batch_exact_tolerance_by_dtype_and_held_out_is_free(dtype, drift, holds
                                          (1e-3 / 2.7, False), (1e-3 / 2, False)])
 def test_first_order_compares_one_step_at_lr_and_half_lr(half, holds):
     d = np.array([0.0, 1e-3, 5e-3])  # only the first step counts
-    verdict = report.promise_holds("first_order", d, d, drift_train_half_lr=half)
+    verdict = verdicts.promise_holds("first_order", d, d, drift_train_half_lr=half)
     assert verdict.holds is holds
     assert "ratio" in verdict.measured
 
 
 def test_first_order_below_tolerance_holds_and_needs_half_lr():
     d = np.array([0.0, 1e-14])
-    assert report.promise_holds("first_order", d, d, drift_train_half_lr=1e-14).holds
+    assert verdicts.promise_holds("first_order", d, d, drift_train_half_lr=1e-14).holds
     with pytest.raises(ValueError, match="drift_train_half_lr"):
-        report.promise_holds("first_order", d, d)
+        verdicts.promise_holds("first_order", d, d)
 
 
 def test_none_holds_trivially_but_reports_the_drift():
-    verdict = report.promise_holds("none", np.array([0.0, 0.5]), np.array([0.0, 0.7]))
+    verdict = verdicts.promise_holds("none", np.array([0.0, 0.5]), np.array([0.0, 0.7]))
     assert verdict.holds and "0.5" in verdict.measured and "0.7" in verdict.measured
 
 
 def test_promise_holds_refuses_unknown_promise():
     with pytest.raises(ValueError, match="promise: got 'exactly'"):
-        report.promise_holds("exactly", Z, Z)
+        verdicts.promise_holds("exactly", Z, Z)
 
 
 def test_promise_table_fails_a_configuration_when_one_seed_fails():
@@ -79,8 +79,8 @@ def test_csv_text_round_trips_floats_exactly_and_sorts_deterministically():
                           "acc_keep": np.nan})
     order = ["dataset", "strategy", "framework", "optimizer", "weight_decay",
              "warm_start_steps", "seed", "step"]
-    a = study.csv_text(study.tidy(frame, order))
-    b = study.csv_text(study.tidy(frame.sample(frac=1, random_state=1), order))
+    a = results.csv_text(results.tidy(frame, order))
+    b = results.csv_text(results.tidy(frame.sample(frac=1, random_state=1), order))
     assert a == b
     back = pd.read_csv(io.StringIO(a))
     assert back.weight_decay.iloc[0] == 0.01 and ",0.01," in a  # shortest repr, not 0.0100000...
@@ -92,7 +92,7 @@ def test_csv_text_round_trips_floats_exactly_and_sorts_deterministically():
 
 def test_atomic_write_keeps_the_old_file_when_the_swap_fails(tmp_path, monkeypatch):
     path = tmp_path / "results.csv"
-    report.atomic_write(path, "old\n")
+    results.atomic_write(path, "old\n")
     assert oct(path.stat().st_mode & 0o777) != oct(0o600)  # not mkstemp's private mode
 
     def broken(src, dst):
@@ -100,7 +100,7 @@ def test_atomic_write_keeps_the_old_file_when_the_swap_fails(tmp_path, monkeypat
 
     monkeypatch.setattr(os, "replace", broken)
     with pytest.raises(OSError, match="disk full"):
-        report.atomic_write(path, "new\n")
+        results.atomic_write(path, "new\n")
     assert path.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["results.csv"]  # no temporary left
 
@@ -116,14 +116,14 @@ def test_atomic_write_keeps_the_old_file_when_the_swap_fails(tmp_path, monkeypat
     "<style>@import url('https://fonts.googleapis.com/css');</style>",
     "<style>body { background: url(http://x.org/bg.png) }</style>"])
 def test_external_references_are_found(text):
-    assert report.external_references(f"<html>{text}</html>")
+    assert render.external_references(f"<html>{text}</html>")
 
 
 def test_local_things_are_not_external_references():
     text = ('<a href="https://stackoverflow.com/q/1">a link is not a fetch</a>'
             '<img src="data:image/png;base64,AAAA"><a href="runs/toy-x.html">run</a>'
             '<script>var x = "https://not.loaded";</script>')
-    assert report.external_references(text) == []
+    assert render.external_references(text) == []
 
 
 def _png():
@@ -148,9 +148,9 @@ def test_render_html_is_offline_inlines_figures_and_shows_injected_parameters(tm
     fig.outputs = [nbformat.v4.new_output("display_data", data={"image/png": _png(),
                                                                  "text/plain": "<Figure>"})]
     nb.cells = [nbformat.v4.new_markdown_cell("# Title with $x^2$ math"), injected, fig]
-    path = report.render_html(nb, tmp_path / "r.html", title="toy-split_head")
+    path = render.render_html(nb, tmp_path / "r.html", title="toy-split_head")
     text = path.read_text()
-    assert report.external_references(text) == []
+    assert render.external_references(text) == []
     assert "require.js" not in text and "mathjax" not in text.lower().replace("mathjax_", "")
     assert "data:image/png;base64," in text
     assert "split_head" in text and "injected-parameters" in text
@@ -158,8 +158,8 @@ def test_render_html_is_offline_inlines_figures_and_shows_injected_parameters(tm
 
 
 def test_the_offline_template_is_package_data():
-    assert (report.TEMPLATES / report.TEMPLATE / "index.html.j2").is_file()
-    assert (report.TEMPLATES / report.TEMPLATE / "conf.json").is_file()
+    assert (render.TEMPLATES / render.TEMPLATE / "index.html.j2").is_file()
+    assert (render.TEMPLATES / render.TEMPLATE / "conf.json").is_file()
 
 
 def test_promise_markdown_marks_a_promise_that_did_not_hold():

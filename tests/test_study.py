@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from selective_update import __main__ as cli
-from selective_update import report, study
+from selective_update import grid, kernels, render, settings, study
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = dict(strategy="split_head", dataset="toy", optimizers=["sgd"], weight_decays=[0.0],
@@ -53,7 +53,7 @@ BAD_PARAMS = [
 @pytest.mark.parametrize("name, value, message", BAD_PARAMS, ids=[f"{n}={v!r}" for n, v, _ in BAD_PARAMS])
 def test_check_params_refuses_bad_values_in_one_line(name, value, message):
     with pytest.raises(ValueError) as info:
-        study.check_params(**{**GOOD, name: value})
+        grid.check_params(**{**GOOD, name: value})
     text = str(info.value)
     assert text.startswith(message)
     assert "\n" not in text
@@ -63,18 +63,18 @@ def test_check_params_refuses_a_results_dir_that_is_a_file(tmp_path):
     path = tmp_path / "file.csv"
     path.write_text("x")
     with pytest.raises(ValueError, match="^results_dir: got .*allowed: None or a folder"):
-        study.check_params(**GOOD, results_dir=str(path))
+        grid.check_params(**GOOD, results_dir=str(path))
 
 
 def test_check_params_resolves_defaults_per_dataset():
-    toy = study.check_params(**GOOD)
-    digits = study.check_params(**{**GOOD, "dataset": "digits"})
+    toy = grid.check_params(**GOOD)
+    digits = grid.check_params(**{**GOOD, "dataset": "digits"})
     assert (toy["keep"], toy["train"], toy["n_sample"]) == ([0], [1], 8)
     assert (digits["keep"], digits["train"], digits["n_sample"]) == (list(range(9)), [9], 32)
 
 
 def test_grids_cover_both_frameworks_settings_and_quick_is_smaller():
-    full, quick = study.DEFAULT_GRID, study.QUICK_GRID
+    full, quick = settings.DEFAULT_GRID, settings.QUICK_GRID
     assert full["optimizers"] == ["sgd", "momentum", "adam", "adamw"]
     assert full["weight_decays"] == [0.0, 0.01] and full["warm_start_steps"] == [0, 2]
     size = lambda g: (len(g["optimizers"]) * len(g["weight_decays"])  # noqa: E731
@@ -88,7 +88,7 @@ def _refuse_kernels(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a kernel or worker was started for a refused command")
 
-    monkeypatch.setattr(study, "execute", boom)
+    monkeypatch.setattr(kernels, "execute", boom)
     monkeypatch.setattr(study.cf, "ProcessPoolExecutor", boom)
 
 
@@ -154,7 +154,7 @@ def _offline(out):
     assert pages
     for page in pages:
         text = page.read_text()
-        assert report.external_references(text) == [], page
+        assert render.external_references(text) == [], page
         assert 'src="http' not in text and "<script src=" not in text, page
     return pages
 
@@ -204,13 +204,13 @@ def test_a_reused_kernel_starts_each_notebook_clean_and_gives_the_same_rows(tmp_
     runs = []
     try:
         for i in (1, 2):
-            task = study.Task(f"run{i}", "strategy.ipynb", f"run{i}/toy-null_space.ipynb",
+            task = kernels.Task(f"run{i}", "strategy.ipynb", f"run{i}/toy-null_space.ipynb",
                               params, "toy", "null_space")
-            s = study.execute(task, str(tmp_path), cell_timeout=300, reuse=True)
+            s = kernels.execute(task, str(tmp_path), cell_timeout=300, reuse=True)
             assert s["status"] == "ok", s["error"]
-            runs.append(study._KERNEL["km"])
+            runs.append(kernels._KERNEL["km"])
     finally:
-        study._shutdown_kernel()
+        kernels._shutdown_kernel()
     assert runs[0] is runs[1] and runs[0] is not None  # the same kernel ran both
     second = nbformat.read(tmp_path / "run2" / "toy-null_space.ipynb", as_version=4)
     counts = [c.execution_count for c in second.cells if c.cell_type == "code"]
@@ -221,14 +221,14 @@ def test_a_reused_kernel_starts_each_notebook_clean_and_gives_the_same_rows(tmp_
 
 @pytest.mark.slow
 def test_a_hung_cell_fails_cleanly_naming_the_cell(tmp_path):
-    task = study.Task("toy-split_head", "strategy.ipynb", "runs/toy-split_head.ipynb",
+    task = kernels.Task("toy-split_head", "strategy.ipynb", "runs/toy-split_head.ipynb",
                       dict(GOOD, inject_fault="hang"), "toy", "split_head")
     started = time.monotonic()
-    s = study.execute(task, str(tmp_path), cell_timeout=8)
+    s = kernels.execute(task, str(tmp_path), cell_timeout=8)
     assert time.monotonic() - started < 120
     assert s["status"] == "failed"
     assert "exceeded the per-cell timeout of 8 s" in s["error"]
-    assert "study.run_grid(cfg)" in s["error"]  # the cell is named
+    assert "grid.run_grid(cfg)" in s["error"]  # the cell is named
     nb = nbformat.read(tmp_path / "runs" / "toy-split_head.ipynb", as_version=4)
     assert "papermill-error-cell-tag" in nb.cells[0].metadata.get("tags", [])
     html = (tmp_path / "runs" / "toy-split_head.html").read_text()
@@ -237,13 +237,13 @@ def test_a_hung_cell_fails_cleanly_naming_the_cell(tmp_path):
 
 @pytest.mark.slow
 def test_a_kernel_killed_mid_run_fails_cleanly_naming_the_cell(tmp_path):
-    task = study.Task("toy-split_head", "strategy.ipynb", "runs/toy-split_head.ipynb",
+    task = kernels.Task("toy-split_head", "strategy.ipynb", "runs/toy-split_head.ipynb",
                       dict(GOOD, inject_fault="die"), "toy", "split_head")
-    s = study.execute(task, str(tmp_path), cell_timeout=120)
+    s = kernels.execute(task, str(tmp_path), cell_timeout=120)
     assert s["status"] == "failed" and s["attempts"] == 1
-    assert "lost its kernel" in s["error"] and "study.run_grid(cfg)" in s["error"]
+    assert "lost its kernel" in s["error"] and "grid.run_grid(cfg)" in s["error"]
     html = (tmp_path / "runs" / "toy-split_head.html").read_text()
-    assert "DeadKernelError" in html and report.external_references(html) == []
+    assert "DeadKernelError" in html and render.external_references(html) == []
 
 
 @pytest.mark.slow

@@ -68,7 +68,7 @@ def load_reports(reports_dir=None):
     """Read a study's results.csv, lr_sweep.csv and status.csv (for notebooks/summary.ipynb)."""
     import pandas as pd
 
-    reports_dir = Path(ROOT / REPORTS_DIR if reports_dir is None else reports_dir)
+    reports_dir = _reports(reports_dir)
     if not reports_dir.is_dir():
         validation.fail("reports_dir", str(reports_dir), "a folder written by `python -m "
                         "selective_update study` (results.csv, lr_sweep.csv, status.csv)")
@@ -79,6 +79,25 @@ def load_reports(reports_dir=None):
 
     return (read("results.csv", RESULT_COLUMNS), read("lr_sweep.csv", SWEEP_COLUMNS),
             read("status.csv", STATUS_COLUMNS))
+
+
+def _reports(reports_dir):
+    return Path(ROOT / REPORTS_DIR if reports_dir is None else reports_dir)
+
+
+def read_optional(reports_dir, name):
+    """Read a CSV a study may have written into reports_dir; None when it is not there."""
+    import pandas as pd
+
+    path = _reports(reports_dir) / name
+    return pd.read_csv(path) if path.is_file() else None
+
+
+def write_text(reports_dir, name, text):
+    """Write a text file into reports_dir (atomic); return its path."""
+    path = _reports(reports_dir) / name
+    atomic_write(path, text if text.endswith("\n") else text + "\n")
+    return path
 
 
 def concat_results(staging):

@@ -31,7 +31,11 @@ def _import_tensorflow_quietly():
     try:
         sys.stderr.flush()
         os.dup2(devnull, 2)  # absl logs "no cuda drivers" to fd 2 before any setting applies
-        import tensorflow  # noqa: F401
+        import tensorflow
+
+        # Probe the devices now, inside the redirect: a machine with libcuda but no GPU logs a
+        # "failed call to cuInit" error at the first probe (else at the first Session).
+        tensorflow.config.list_physical_devices()
     finally:
         os.dup2(saved, 2)
         os.close(saved)
@@ -41,7 +45,8 @@ def _import_tensorflow_quietly():
 _import_tensorflow_quietly()
 import tensorflow as tf  # noqa: E402
 
-from . import core, nullspace  # noqa: E402
+from . import core, nullspace, reference  # noqa: E402
+from .settings import CHOLESKY_JITTER, PROJECTION_SWEEPS  # noqa: E402
 
 v1 = tf.compat.v1
 NAME = "tf1"
@@ -88,6 +93,36 @@ def solve_gram(G, r):
     return tf.linalg.matvec(V, inv * tf.linalg.matvec(V, r, transpose_a=True))
 
 
+def concat(tensors, axis):
+    """Join tensors along an axis."""
+    return tf.concat(tensors, axis)
+
+
+def permute(a, perm):
+    """Reorder a tensor's axes."""
+    return tf.transpose(a, perm)
+
+
+def psd_factor(A):
+    """Factor A + jitter * mean(diag A) * I by Cholesky; keep A for a pseudo-inverse if that fails."""
+    n = A.shape[0]
+    L = tf.linalg.cholesky(A + (CHOLESKY_JITTER * tf.linalg.trace(A) / n) * tf.eye(n, dtype=A.dtype))
+    return L, A, tf.reduce_all(tf.math.is_finite(L))  # TF's CPU Cholesky fails with NaNs
+
+
+def psd_solve(solver, R):
+    """Solve with a psd_factor: Cholesky, or the eigenvalue pseudo-inverse of A (R: (n, c))."""
+    L, A, ok = solver
+
+    def pinv():
+        w, V = tf.linalg.eigh(A)
+        cutoff = nullspace.pinv_cutoff(w[-1], A.shape[0], np.finfo(A.dtype.as_numpy_dtype).eps)
+        inv = tf.where(w > cutoff, 1.0 / tf.maximum(w, cutoff), tf.zeros_like(w))
+        return tf.matmul(V, inv[:, None] * tf.matmul(V, R, transpose_a=True))
+
+    return tf.cond(ok, lambda: tf.linalg.cholesky_solve(L, R), pinv)
+
+
 class TorchEpsAdamOptimizer(v1.train.AdamOptimizer):
     """AdamOptimizer with torch's eps placement: pass eps * sqrt(1 - beta2^t) as epsilon hat."""
 
@@ -127,8 +162,10 @@ def _session(graph):
 class Graph:
     """One TF1 graph for a set of strategies sharing one optimizer; params, lr and decay are fed."""
 
-    def __init__(self, strategies, optimizer, sizes, n, keep, train, dtype):
+    def __init__(self, strategies, optimizer, sizes, n, keep, train, dtype, n_ref=None):
         self.optimizer_name, self.keep, self.train = optimizer, keep, train
+        self.sizes, self.dtype = sizes, dtype
+        self.residuals = {}  # corrected strategies: the final Gauss-Newton residual of a step
         self.split = any(core.STRATEGIES[s].trains == "train_heads" for s in strategies)
         self.tol = core.RESTORE_TOL[dtype]
         dt = tf.as_dtype(dtype)
@@ -138,6 +175,7 @@ class Graph:
             self.x = v1.placeholder(dt, (n, sizes[0]), name="x")
             self.y = v1.placeholder(dt, (n, sizes[-1]), name="y")
             self.x_any = v1.placeholder(dt, (None, sizes[0]), name="x_any")
+            self.x_ref = None if n_ref is None else v1.placeholder(dt, (n_ref, sizes[0]), "x_ref")
             self.lr = v1.placeholder(dt, (), name="lr")
             self.weight_decay = v1.placeholder(dt, (), name="weight_decay")
             self.initial = {}
@@ -215,6 +253,13 @@ class Graph:
         old_Ws, old_bs = old[0::2], old[1::2]
         dWs = [n - o for n, o in zip(new[0::2], old_Ws)]
         dbs = [n - o for n, o in zip(new[1::2], old_bs)]
+        if self.x_ref is not None:
+            form = reference.form_for(self.sizes, len(self.keep), self.x_ref.shape[0])
+            Ws, bs, err = reference.protected_step(
+                ops, old_Ws, old_bs, self.x_ref, self.keep, dWs, dbs, form=form,
+                sweeps=PROJECTION_SWEEPS, corrected=s.corrected, tol=self.tol,
+                max_steps=core.GAUSS_NEWTON_MAX_STEPS)
+            return self._assign(strategy, var_list, Ws, bs, err)
         # self.hs / self.out: the gradients' forward pass, evaluated before apply in this run.
         dWs, dbs = nullspace.project(ops, old_Ws, old_bs, self.x, self.keep, dWs, dbs, hs=self.hs)
         Ws = [o + d for o, d in zip(old_Ws, dWs)]
@@ -222,8 +267,16 @@ class Graph:
         if s.corrected:
             seed = nullspace.kept_seed(ops, self.keep, self.x.shape[0], self.out.shape[1], self.x)
             target = ops.einsum("kbj,bj->kb", seed, self.out)
-            Ws, bs, _ = nullspace.restore(ops, Ws, bs, self.x, self.keep, target, self.tol,
-                                          core.GAUSS_NEWTON_MAX_STEPS)
+            Ws, bs, err = nullspace.restore(ops, Ws, bs, self.x, self.keep, target, self.tol,
+                                            core.GAUSS_NEWTON_MAX_STEPS)
+            self.residuals[strategy] = err
+        values = [t for p in zip(Ws, bs) for t in p]
+        return tf.group(*[v.assign(t) for v, t in zip(var_list, values)])
+
+    def _assign(self, strategy, var_list, Ws, bs, err=None):
+        """Return the op assigning new (Ws, bs); record the final residual when there is one."""
+        if err is not None:
+            self.residuals[strategy] = err
         values = [t for p in zip(Ws, bs) for t in p]
         return tf.group(*[v.assign(t) for v, t in zip(var_list, values)])
 
@@ -258,12 +311,23 @@ _GRAPHS = {}
 def graph_for(strategies, cfg) -> Graph:
     """Return a cached Graph for these strategies and shapes (building a graph costs ~0.3 s)."""
     sizes = core.layer_sizes(cfg["params"])
+    ref = cfg.get("reference")
+    extra = {} if ref is None else {"n_ref": len(ref)}
     key = (tuple(strategies), cfg["optimizer"], sizes, len(cfg["data"].x), cfg["keep"],
-           cfg["train"], cfg["dtype"], THREADS)
+           cfg["train"], cfg["dtype"], THREADS, tuple(sorted(extra.items())))
     if key not in _GRAPHS:
         _GRAPHS[key] = Graph(tuple(strategies), cfg["optimizer"], sizes, len(cfg["data"].x),
-                             cfg["keep"], cfg["train"], cfg["dtype"])
+                             cfg["keep"], cfg["train"], cfg["dtype"], **extra)
     return _GRAPHS[key]
+
+
+def _feed(g, cfg):
+    """Return the feed of one step: batch, targets, lr, decay and the reference inputs."""
+    feed = {g.x: cfg["data"].x, g.y: cfg["data"].y, g.lr: cfg["lr"],
+            g.weight_decay: cfg["weight_decay"]}
+    if g.x_ref is not None:
+        feed[g.x_ref] = cfg["reference"]
+    return feed
 
 
 def configure(threads=None):
@@ -288,8 +352,7 @@ def make_steps(strategies, **run_kwargs):
             continue
         g = graph_for(group, cfg)
         g.reset(cfg["params"])
-        feed = {g.x: cfg["data"].x, g.y: cfg["data"].y, g.lr: cfg["lr"],
-                g.weight_decay: cfg["weight_decay"]}
+        feed = _feed(g, cfg)
         for s in group:
             steps[s] = functools.partial(g.sess.run, g.ops[s], feed)
     return steps, lambda: None
@@ -302,30 +365,37 @@ def project_step(Ws, bs, x, keep, dWs, dbs):
 
 def run(strategy, *, params, data, keep=(0,), train=(1,), optimizer="sgd", lr=0.1, steps=1,
         weight_decay=0.0, warm_start_steps=0, dtype="float64", device="cpu",
-        warm_start_lr=None) -> core.RunResult:
-    """Run warm-start steps (all_params), then `steps` steps of `strategy`, recording outputs."""
+        warm_start_lr=None, **options) -> core.RunResult:
+    """Run warm-start steps (all_params), then `steps` steps of `strategy`, recording outputs.
+
+    options: reference, energy, grow, distill_weight (see selective_update.run).
+    """
     cfg = core.check_run(strategy, NAME, params=params, data=data, keep=keep, train=train,
                          optimizer=optimizer, lr=lr, steps=steps, weight_decay=weight_decay,
                          warm_start_steps=warm_start_steps, dtype=dtype, device=device,
-                         warm_start_lr=warm_start_lr)
+                         warm_start_lr=warm_start_lr, **options)
     g = graph_for(dict.fromkeys(("all_params", strategy)), cfg)
     g.reset(params)
-    feed = {g.x: data.x, g.y: data.y, g.lr: cfg["lr"], g.weight_decay: cfg["weight_decay"]}
+    feed = _feed(g, cfg)
     for _ in range(cfg["warm_start_steps"]):
         g.sess.run(g.ops["all_params"], {**feed, g.lr: cfg["warm_start_lr"]})
+    inputs = [data.x, data.x_eval] + ([] if g.x_ref is None else [cfg["reference"]])
 
     def outputs():
-        return (g.sess.run(g.out_any, {g.x_any: data.x}),
-                g.sess.run(g.out_any, {g.x_any: data.x_eval}))
+        return [g.sess.run(g.out_any, {g.x_any: x}) for x in inputs]
 
-    recorded, seconds = [outputs()], []
+    fetch = {"step": g.ops[strategy], "residual": g.residuals.get(strategy, ())}
+    recorded, seconds, residuals = [outputs()], [], []
     for _ in range(cfg["steps"]):
         start = time.perf_counter()
-        g.sess.run(g.ops[strategy], feed)
+        residuals.append(g.sess.run(fetch, feed)["residual"])
         seconds.append(time.perf_counter() - start)
         recorded.append(outputs())
-    return core.make_result(cfg, np.stack([o for o, _ in recorded]),
-                            np.stack([e for _, e in recorded]), g.numpy_params(), seconds)
+    ref = np.stack([r[2] for r in recorded]) if g.x_ref is not None else None
+    residual = residuals if core.STRATEGIES[strategy].corrected else None
+    return core.make_result(cfg, np.stack([r[0] for r in recorded]),
+                            np.stack([r[1] for r in recorded]), g.numpy_params(), seconds,
+                            ref, residual)
 
 
 def seed_demo(params, data, *, lr=0.1, steps=1, keep=(0,), train=(1,)) -> core.SeedDemo:
