@@ -139,9 +139,10 @@ def masked_loss(outputs, targets, train):
     train = check_outputs("train", train, n_out)
     if not tf.is_tensor(targets) and not isinstance(targets, (np.ndarray, list, tuple)):
         fail("targets", type(targets).__name__, "a tensor or array shaped like outputs")
-    targets = tf.convert_to_tensor(targets, dtype=outputs.dtype)
-    if not targets.shape.is_compatible_with(outputs.shape):
-        fail("targets", f"shape {targets.shape}", f"the shape of outputs, {outputs.shape}")
+    shape = targets.shape if tf.is_tensor(targets) else tf.TensorShape(np.shape(targets))
+    if not shape.is_compatible_with(outputs.shape):
+        fail("targets", f"shape {shape}", f"the shape of outputs, {outputs.shape}")
+    targets = tf.convert_to_tensor(targets, dtype=outputs.dtype)  # checked first: no stray op
     mask = np.zeros(n_out, dtype=outputs.dtype.as_numpy_dtype)
     mask[list(train)] = 1.0
     return tf.reduce_mean(tf.square(tf.constant(mask) * (outputs - targets)))
