@@ -37,7 +37,7 @@ def quick_reports(tmp_path_factory):
 
 @pytest.mark.slow
 def test_quick_study_twice_gives_byte_identical_results(quick_reports, tmp_path):
-    again = _study(tmp_path / "reports")
+    again = _study(tmp_path / "reports", "--scenarios")
     assert again.returncode == 0, again.stderr[-3000:]
     first, second = quick_reports / "results.csv", tmp_path / "reports" / "results.csv"
     assert first.stat().st_size > 1000
@@ -49,7 +49,8 @@ def test_interrupted_study_leaves_previous_reports_intact(quick_reports, tmp_pat
     out = tmp_path / "reports"
     shutil.copytree(quick_reports, out)
     before = {p.relative_to(out): _sha(p) for p in out.rglob("*") if p.is_file()}
-    cmd = [sys.executable, "-m", "selective_update", "study", *SUBSET, "--out", str(out)]
+    cmd = [sys.executable, "-m", "selective_update", "study", *SUBSET, "--scenarios", "--out",
+           str(out)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     time.sleep(8)  # kernels are running by now
@@ -107,3 +108,18 @@ def test_reports_render_offline_in_headless_chromium(quick_reports):
             assert widths and all(w > 0 for w in widths), f"{name}: broken images {widths}"
             assert "promised" in text.lower() and "measured" in text.lower(), name
         browser.close()
+
+
+@pytest.mark.slow
+def test_quick_study_renders_every_scenario_page(quick_reports):
+    from selective_update import results, settings
+
+    for name in settings.SCENARIO_NOTEBOOKS:
+        page = quick_reports / f"{name}.html"
+        assert page.is_file(), name
+        assert "An Exception was encountered" not in page.read_text(), name
+    if "new_class" in settings.SCENARIO_NOTEBOOKS:
+        frame = results.read_optional(quick_reports, "new_class.csv")
+        assert frame is not None and len(frame) > 0 and frame.pareto.any()
+    status = results.load_reports(quick_reports)[2]
+    assert (status.status == "ok").all(), status[status.status != "ok"]

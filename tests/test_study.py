@@ -150,12 +150,16 @@ def test_cli_exit_code_2_from_a_real_process(tmp_path):
 # --- the batch (kernels) ----------------------------------------------------------------------------
 
 def _offline(out):
+    """Check every published page: offline, no staging path, no framework log noise."""
     pages = sorted(Path(out).rglob("*.html"))
     assert pages
     for page in pages:
         text = page.read_text()
         assert render.external_references(text) == [], page
         assert 'src="http' not in text and "<script src=" not in text, page
+        assert ".staging-" not in text, page  # the reader's paths, not the build's
+        for noise in ("Not handling type", "cuInit", "cuda_platform", "TF-TRT"):
+            assert noise not in text, (page, noise)
     return pages
 
 
@@ -165,6 +169,7 @@ def test_batch_with_a_failing_run_and_a_kernel_retry_keeps_the_others(tmp_path, 
     (out / "bench").mkdir(parents=True)
     (out / "bench" / "keep.txt").write_text("not the study's")  # others' files are left alone
     code = cli.main(["study", "--quick", "--jobs", "2", "--out", str(out), "--datasets", "toy",
+                     "--scenarios",
                      "--strategies", "split_head", "masked_last_layer",
                      "--inject-fault", "toy-masked_last_layer:raise",
                      "--inject-fault", "toy-split_head:kernel_start"])
@@ -195,6 +200,8 @@ def test_batch_with_a_failing_run_and_a_kernel_retry_keeps_the_others(tmp_path, 
     index = (out / "index.html").read_text()
     assert 'href="runs/toy-masked_last_layer.html"' in index
     assert "<p>Every run succeeded.</p>" not in index and "<th>error</th>" in index
+    # The summary opens with its answer: the first figure comes before the first table.
+    assert 0 <= index.find("<img") < index.find("<table")
     _offline(out)
 
 
@@ -255,7 +262,8 @@ def test_an_interrupted_study_leaves_the_previous_reports_readable(tmp_path):
     for name, text in previous.items():
         (out / name).write_text(text)
     proc = subprocess.Popen([sys.executable, "-m", "selective_update", "study", "--quick",
-                             "--datasets", "toy", "--strategies", "split_head", "--out", str(out)],
+                             "--datasets", "toy", "--strategies", "split_head", "--scenarios",
+                             "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:

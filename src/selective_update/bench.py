@@ -35,6 +35,7 @@ from .timing import (FRAMEWORK_ORDER, JACOBIAN_MAX_ENTRIES, JACOBIAN_REPEATS,
                      JACOBIAN_SWEEP_REPEATS, KEEP, LR, PARTS, PLAIN, SWEEP_BATCHES, SWEEP_IN,
                      SWEEP_OUT, SWEEP_WIDTH_BATCH, SWEEP_WIDTHS, SWEEP_BATCH_WIDTH, TABLE_SIZES,
                      TRAIN, WARMUP, CSV_COLUMNS, add_ratios, bench_sweep, bench_table, configure,
+                     cuda_available,
                      goal_table, jacobian_entries, load, slopes)
 
 
@@ -122,8 +123,7 @@ def _resolve(args):
                   "or cuda with --frameworks torch (tf1 runs on cpu)")
         if "floor" in args.parts:
             error("--device: cuda with part floor; allowed: cpu for the study floor")
-        import torch
-        if not torch.cuda.is_available():
+        if not cuda_available():
             error("--device: cuda, but torch sees no CUDA device here; allowed: cpu")
     if "jacobian" in args.parts and "torch" not in args.frameworks:
         args.parts = tuple(p for p in args.parts if p != "jacobian")

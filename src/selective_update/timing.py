@@ -6,6 +6,7 @@ surface: configure(threads), make_steps(strategies, ...), make_optimizer, projec
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
 import platform
 import time
@@ -73,6 +74,13 @@ def load() -> float:
         return float("nan")
 
 
+def cuda_available() -> bool:
+    """Say whether torch sees a CUDA device."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def configure(threads, frameworks, device):
     """Pin the frameworks to `threads` (their configure()) and return the version columns."""
     import selective_update as su
@@ -86,9 +94,7 @@ def configure(threads, frameworks, device):
     if device == "cuda":
         env["machine"] += ", " + torch.cuda.get_device_name(0)
     if "tf1" in frameworks:
-        import tensorflow as tf
-
-        env["tensorflow"] = tf.__version__
+        env["tensorflow"] = importlib.metadata.version("tensorflow")
     return env
 
 

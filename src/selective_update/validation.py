@@ -43,7 +43,7 @@ def check_real(name, value, low, *, strict=False):
     ok = (not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Real)
           and math.isfinite(value) and (value > low if strict else value >= low))
     if not ok:
-        fail(name, value, f"a finite number {'>' if strict else '>='} {low}")
+        fail(name, value, f"a finite number {'>' if strict else '>='} {low:g}")
     return float(value)
 
 
@@ -53,14 +53,15 @@ def check_outputs(name, value, n_out):
     A single integer counts as a one-element list. Returns a tuple of Python ints.
     """
     allowed = f"a non-empty list of distinct output indices in 0..{n_out - 1}"
+    shown = value.tolist() if isinstance(value, np.ndarray) else value
     if is_int(value):
         value = (value,)
     if isinstance(value, np.ndarray):
         value = tuple(value.tolist()) if value.ndim == 1 else None
     if not isinstance(value, (list, tuple, range)) or not len(value):
-        fail(name, value, allowed)
+        fail(name, shown, allowed)
     if not all(is_int(i) and 0 <= i < n_out for i in value) or len(set(value)) != len(value):
-        fail(name, list(value), allowed)
+        fail(name, list(value) if isinstance(shown, range) else shown, allowed)
     return tuple(int(i) for i in value)
 
 
