@@ -1,0 +1,138 @@
+"""The Keras helper on a functional CNN written here, not the study's MLP."""
+import os
+
+import numpy as np
+import pytest
+
+import selective_update.tf1  # noqa: F401  (TensorFlow first, as in a kernel that ran the study)
+from selective_update.keras import KeepUnits, keras, split_head
+
+# Keras 3.15 converts tensors through np.array(x, copy=False), which numpy 2 warns about.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept")
+
+KEEP, TRAIN = [0, 2, 3], [1, 4]
+RNG = np.random.default_rng(0)
+X, X_EVAL = RNG.random((128, 8, 8, 1)), RNG.random((40, 8, 8, 1))
+Y = RNG.normal(size=(128, 5))
+
+
+def functional_cnn(seed=0):
+    """Conv -> ReLU -> Dense(tanh) -> Dense head: a functional model with a nested block."""
+    keras.utils.set_random_seed(seed)
+    block = keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(8, activation="tanh")],
+                             name="block")
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(3, 3, activation="relu", name="conv")(inputs)
+    outputs = keras.layers.Dense(5, name="head")(block(h))
+    model = keras.Model(inputs, outputs)
+    model.compile(keras.optimizers.Adam(0.01), "mse")
+    model.fit(X, Y, epochs=2, batch_size=32, verbose=0)  # warm start: every layer, Adam slots
+    return model
+
+
+def predict(model, x=X_EVAL):
+    return model.predict(x, verbose=0, batch_size=len(x))
+
+
+def kept_and_trained_change(model, before):
+    after = predict(model)
+    return np.abs(after - before)[:, KEEP].max(), np.abs(after - before)[:, TRAIN].max()
+
+
+OPTIMIZERS = {
+    "adamw_decay": lambda: keras.optimizers.AdamW(0.01, weight_decay=0.1),
+    "sgd_momentum": lambda: keras.optimizers.SGD(0.05, momentum=0.9),
+    "adam": lambda: keras.optimizers.Adam(0.01),
+}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return functional_cnn()
+
+
+def test_split_head_keeps_outputs_bitwise_under_each_optimizer(model):
+    before = predict(model)
+    weights = {v.path: keras.ops.convert_to_numpy(v).copy() for v in model.weights}
+    trained = split_head(model, model.get_layer("head"), TRAIN)
+    assert [v.path for v in model.trainable_variables] == [v.path for v in trained]
+    for name, make in OPTIMIZERS.items():
+        model.compile(make(), "mse")
+        model.fit(X, Y, epochs=2, batch_size=32, verbose=0)
+        kept, learned = kept_and_trained_change(model, before)
+        assert kept == 0, name  # bitwise
+        assert learned > 1e-2, name
+    for v in model.weights:  # every variable but the head's train units is bitwise as it was
+        now = keras.ops.convert_to_numpy(v)
+        if v.path.startswith("head/"):
+            now, then = now[..., KEEP], weights[v.path][..., KEEP]
+        else:
+            then = weights[v.path]
+        assert np.array_equal(now, then), v.path
+
+
+def test_keras_file_round_trip_keeps_the_promise(model, tmp_path):
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert np.array_equal(predict(loaded), predict(model))
+    assert [v.path for v in loaded.trainable_variables] == ["head/kernel", "head/bias"]
+    assert isinstance(loaded.get_layer("head").kernel.constraint, KeepUnits)
+    before = predict(loaded)
+    loaded.compile(OPTIMIZERS["adamw_decay"](), "mse")
+    loaded.fit(X, Y, epochs=2, batch_size=32, verbose=0)
+    kept, learned = kept_and_trained_change(loaded, before)
+    assert kept == 0 and learned > 1e-2
+
+
+def test_split_head_without_recompiling_retraces_fit():
+    model = functional_cnn(seed=1)  # compiled and fitted: its train function is traced
+    before = predict(model)
+    split_head(model, model.get_layer("head"), TRAIN)
+    model.fit(X, Y, epochs=2, batch_size=32, verbose=0)
+    kept, learned = kept_and_trained_change(model, before)
+    assert kept == 0 and learned > 1e-3
+
+
+def test_without_split_head_the_kept_outputs_move():
+    model = functional_cnn(seed=2)
+    before = predict(model)
+    model.compile(OPTIMIZERS["adamw_decay"](), "mse")
+    model.fit(X, Y, epochs=1, batch_size=32, verbose=0)
+    assert kept_and_trained_change(model, before)[0] > 1e-3
+
+
+def state(model):
+    return ([layer.trainable for layer in model._flatten_layers()],
+            [type(v.constraint).__name__ for v in model.weights],
+            [keras.ops.convert_to_numpy(v).copy() for v in model.weights])
+
+
+def test_bad_input_is_refused_and_leaves_the_model():
+    model = functional_cnn(seed=3)
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5)])
+    cases = [(model.get_layer("conv"), TRAIN, "layer"),  # not a Dense
+             (other.layers[-1], TRAIN, "layer"),  # not inside model
+             (model.get_layer("head"), [5], "train"),
+             (model.get_layer("head"), [], "train"),
+             (model.get_layer("head"), [1, 1], "train")]
+    before = state(model)
+    for layer, train, name in cases:
+        with pytest.raises(ValueError, match=rf"^{name}: got .*; allowed: ") as info:
+            split_head(model, layer, train)
+        assert "\n" not in str(info.value)
+        after = state(model)
+        assert after[:2] == before[:2] and all(map(np.array_equal, after[2], before[2]))
+    split_head(model, model.get_layer("head"), TRAIN)
+    before = state(model)
+    with pytest.raises(ValueError, match=r"^layer: .*split this one already"):
+        split_head(model, model.get_layer("head"), [0])
+    assert state(model)[:2] == before[:2]
+    with pytest.raises(ValueError, match=r"^model: got "):
+        split_head(object(), model.get_layer("head"), TRAIN)
+
+
+def test_keras_3_works_after_the_tf1_module_imported_tensorflow():
+    # This module imported selective_update.tf1 (TF_USE_LEGACY_KERAS=1, TensorFlow) first.
+    assert os.environ["TF_USE_LEGACY_KERAS"] == "1"
+    assert keras.__version__.startswith("3.") and keras.backend.backend() == "tensorflow"
