@@ -59,3 +59,31 @@ JOBS = 2  # notebooks run in parallel by default
 # takes the parameters `quick` (bool) and `reports_dir` (where it writes its CSV files) and is
 # published as reports/<name>.html.
 SCENARIO_NOTEBOOKS = {}
+
+# --- the new-class scenario (selective_update.new_class, notebooks/new_class.ipynb) -------------
+# Pretrain on digits 0-8 (output 9 stays at its init), then learn class 9 keeping outputs 0-8.
+# The 1,200 training digits split into a fit part (pretraining, the batch, the reference sets)
+# and the last NEW_CLASS_N_VAL digits, a validation split for the sweep; final numbers are on the
+# 597 held-out digits, which no choice sees.
+NEW_CLASS = 9
+NEW_CLASS_N_VAL = 240
+NEW_CLASS_BATCH = 32  # one seeded draw from the fit digits; every step of a run uses it
+# A sweep point is admissible when validation accuracy on 0-8 falls by at most this.
+NEW_CLASS_MAX_ACC_DROP = 0.02
+# The sweep (torch, validation) and the final runs (both frameworks, held out). steps are
+# checkpoints of one run of max(steps) steps; references: "batch" (None), a number of kept fit
+# digits, or "all" of them.
+NEW_CLASS_GRID = dict(
+    hidden=[16, 64], seeds=[0], optimizers=["sgd", "adam"],
+    lrs={"sgd": [0.5, 1.0, 2.0], "adam": [0.003, 0.01, 0.03, 0.1]}, steps=[10, 20, 40],
+    references=["batch", 64, 256, "all"], energies=[0.9, 0.97, 0.99, 1.0],
+    distill_weights=[1.0, 10.0, 100.0], grow=[4, 16])
+NEW_CLASS_QUICK_GRID = dict(
+    hidden=[16, 64], seeds=[0], optimizers=["adam"], lrs={"adam": [0.01, 0.03]}, steps=[10, 20],
+    references=["batch", 64], energies=[0.97], distill_weights=[10.0], grow=[4])
+# Reference Jacobians up to this many entries (kept outputs x reference inputs x parameters) are
+# materialized and factored by SVD (no squared condition number); larger ones use Cholesky.
+DENSE_JACOBIAN_MAX = 250_000
+# A reference-protected Gauss-Newton correction reuses its factored Jacobian while each step
+# shrinks the residual at least this much, and factors it afresh where one does not.
+CHORD_RATE = 0.1
