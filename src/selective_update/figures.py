@@ -205,7 +205,7 @@ def plot_overview(rows):
 
     long = drift_long(rows[rows.step > 0])
     top = long.groupby(["strategy", "split"], sort=False)["drift"].max().reset_index()
-    order = list(dict.fromkeys(rows.strategy))
+    order = [s for s in core.STRATEGIES if s in set(rows.strategy)]
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(order) + 1.6))
     sns.stripplot(data=top, x="drift", y="strategy", hue="split", order=order,
                   hue_order=["batch", "held-out"], dodge=True, jitter=False, size=7,

@@ -79,7 +79,7 @@ def answer_markdown(rows):
 
     if rows.empty:
         return Markdown("No results yet: run `python -m selective_update study`.")
-    gain = final_rows(rows).groupby("strategy").loss_improvement.median()
+    gain = final_rows(rows).groupby(["strategy", "dataset"]).loss_improvement.median()
     order = [s for s in core.STRATEGIES if s in set(rows.strategy)]
     failed = rows[~rows.holds.astype(bool)]
     lines = [f"Over {rows.dataset.nunique()} datasets, {rows.framework.nunique()} frameworks, "
@@ -87,8 +87,9 @@ def answer_markdown(rows):
              f"({len(final_rows(rows))} runs), the kept outputs were:", ""]
     for name in order:
         part = rows[rows.strategy == name]
-        lines.append(f"- `{name}`: {_where(part)}; the trained outputs' loss fell by "
-                     f"{100 * gain[name]:.0f}% (median).")
+        fell = ", ".join(f"{100 * v:.3g}% on {d}" for d, v in gain[name].items())
+        lines.append(f"- `{name}`: {_where(part)}; the trained outputs' loss fell by {fell} "
+                     "(median).")
     lines += ["", "Every promise held in every run." if failed.empty else
               f"**{failed.groupby(CONFIG).ngroups} configurations broke their promise** "
               "(the tables below mark them FAIL)."]
