@@ -117,3 +117,18 @@ def test_validation_messages_read_the_same():
     with pytest.raises(ValueError, match=r"^lr: got 0; allowed: a finite number > 0$"):
         validation.check_real("lr", 0, 0.0, strict=True)
     assert validation.check_outputs("train", np.array([1, 2]), 3) == (1, 2)
+
+
+def test_tf1_runs_keep_framework_noise_off_the_terminal():
+    code = ("import selective_update as su\n"
+            "d, p = su.make_toy_data(), su.init_params()\n"
+            "for s in ('null_space_corrected', 'split_head'):\n"
+            "    su.run(s, 'tf1', params=p, data=d, optimizer='adam', steps=2)\n"
+            "import warnings; warnings.warn('a real warning stays')\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for noise in ("Not handling type", "cuInit", "cuda_platform", "oneDNN"):
+        assert noise not in out.stderr, (noise, out.stderr[-2000:])
+    assert "a real warning stays" in out.stderr
