@@ -357,11 +357,13 @@ def read_bench(bench_dir):
 
 
 def slopes_table(frame):
-    """The sweeps' fitted slopes as a table ('' when no sweep was run)."""
+    """The sweeps' fitted slopes as a table (a note when no sweep was run)."""
     import pandas as pd
 
+    from IPython.display import Markdown
+
     table = pd.DataFrame(slopes(frame.to_dict("records")))
-    return table if len(table) else "no sweep in this bench (--parts sweep)"
+    return table if len(table) else Markdown("No sweep in this bench (`--parts sweep`).")
 
 
 def floor_summary(frame):
