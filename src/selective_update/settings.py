@@ -58,7 +58,24 @@ JOBS = 2  # notebooks run in parallel by default
 # Notebooks the batch runs once each besides the strategy grid (name -> notebook file); each
 # takes the parameters `quick` (bool) and `reports_dir` (where it writes its CSV files) and is
 # published as reports/<name>.html.
-SCENARIO_NOTEBOOKS = {}
+SCENARIO_NOTEBOOKS = {"new_class": "new_class.ipynb"}
+
+# --- beyond the batch (issue 9): defaults of run()'s strategy options and solver constants ------
+# layer_subspace keeps, per layer, the top singular directions of the protected layer inputs that
+# hold this share of the squared singular values (1.0: every direction above the rank cutoff).
+DEFAULT_ENERGY = 0.99
+# grow adds this many hidden units to each hidden layer; their new incoming weights are drawn
+# N(0, GROW_STDDEV) from GROW_SEED (outgoing weights start at 0, so the function is unchanged).
+DEFAULT_GROW = 8
+GROW_STDDEV = 0.1
+GROW_SEED = 0
+# distill's loss: masked loss + DEFAULT_DISTILL_WEIGHT * mean squared change of the kept outputs.
+DEFAULT_DISTILL_WEIGHT = 1.0
+# Reference-protected projections solve with a Cholesky factor of Gram + jitter * mean(diag) * I
+# (an eigenvalue pseudo-inverse when the factor is not finite); the projection is applied this
+# many times, each removing what the jitter left (a factor jitter / (eigenvalue + jitter)).
+CHOLESKY_JITTER = 1e-12
+PROJECTION_SWEEPS = 2
 
 # --- the new-class scenario (selective_update.new_class, notebooks/new_class.ipynb) -------------
 # Pretrain on digits 0-8 (output 9 stays at its init), then learn class 9 keeping outputs 0-8.
