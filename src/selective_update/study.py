@@ -176,10 +176,12 @@ def main(args) -> int:
     try:
         shutil.rmtree(staging, ignore_errors=True)
         (staging / "runs").mkdir(parents=True)
-        print(f"study: {len(tasks) - 1} strategy notebooks + seed answer + summary, "
-              f"{args.jobs} at a time -> {out}", flush=True)
+        grids = sum(t.notebook == "strategy.ipynb" for t in tasks)
+        print(f"study: {grids} strategy notebooks + {len(tasks) - grids - 1} scenario(s) + seed "
+              f"answer + summary, {args.jobs} at a time -> {out}", flush=True)
         context = multiprocessing.get_context("spawn")
-        pool = cf.ProcessPoolExecutor(args.jobs, mp_context=context, initializer=kernels.worker_init)
+        pool = cf.ProcessPoolExecutor(args.jobs, mp_context=context,
+                                      initializer=kernels.worker_init)
         with tqdm(total=len(tasks) + 1, unit="nb", desc="study", file=sys.stderr) as bar:
             try:
                 reuse = not args.fresh_kernels
