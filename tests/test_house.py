@@ -15,7 +15,7 @@ MODULES = sorted(PACKAGE.glob("*.py"))
 # Each framework is imported by its own modules only (d2l's pattern); everything else is free.
 FRAMEWORK_MODULES = {"tensorflow": {"tf1.py", "tf1_model.py", "keras.py"},
                      "keras": {"keras.py"},
-                     # timing.py: the bench's materialized-Jacobian reference is torch.func by design
+                     # timing.py: the bench's materialized-Jacobian reference is torch.func
                      "torch": {"torch.py", "torch_model.py", "timing.py"}}
 MAX_LINES = 450
 

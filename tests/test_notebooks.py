@@ -9,7 +9,7 @@ import pandas as pd
 import papermill as pm
 import pytest
 
-from selective_update import grid, kernels, render, results, settings
+from selective_update import grid, render, results, settings
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -56,7 +56,7 @@ def test_strategy_parameters_match_the_validator_and_the_default_grid():
     grid.check_params(**defaults)
 
 
-# --- papermill smoke runs (each starts a kernel) ----------------------------------------------------
+# --- papermill smoke runs (each starts a kernel) --------------------------------------------------
 
 def _execute(name, out, **parameters):
     return pm.execute_notebook(str(NOTEBOOKS / name), str(out), parameters=parameters,

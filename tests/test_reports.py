@@ -69,7 +69,7 @@ def test_promise_table_fails_a_configuration_when_one_seed_fails():
     assert table.loc["adam", "max batch drift"] == 1e-3
 
 
-# --- results CSV: byte-stable, exact round trip ------------------------------------------------------
+# --- results CSV: byte-stable, exact round trip ---------------------------------------------------
 
 def test_csv_text_round_trips_floats_exactly_and_sorts_deterministically():
     rng = np.random.default_rng(0)
@@ -105,7 +105,7 @@ def test_atomic_write_keeps_the_old_file_when_the_swap_fails(tmp_path, monkeypat
     assert [p.name for p in tmp_path.iterdir()] == ["results.csv"]  # no temporary left
 
 
-# --- offline HTML ----------------------------------------------------------------------------------
+# --- offline HTML ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text", [
     '<script src="https://cdnjs.cloudflare.com/require.js"></script>',

@@ -50,7 +50,8 @@ BAD_PARAMS = [
 ]
 
 
-@pytest.mark.parametrize("name, value, message", BAD_PARAMS, ids=[f"{n}={v!r}" for n, v, _ in BAD_PARAMS])
+@pytest.mark.parametrize("name, value, message", BAD_PARAMS,
+                         ids=[f"{n}={v!r}" for n, v, _ in BAD_PARAMS])
 def test_check_params_refuses_bad_values_in_one_line(name, value, message):
     with pytest.raises(ValueError) as info:
         grid.check_params(**{**GOOD, name: value})
@@ -94,7 +95,8 @@ def _refuse_kernels(monkeypatch):
 
 USAGE = [
     (["--strategies", "split_head", "nope"], "argument --strategies: invalid choice: 'nope'"),
-    (["--datasets", "digit"], "argument --datasets: invalid choice: 'digit' (choose from 'toy', 'digits')"),
+    (["--datasets", "digit"],
+     "argument --datasets: invalid choice: 'digit' (choose from 'toy', 'digits')"),
     (["--jobs", "0"], "argument --jobs: got 0; allowed: an integer >= 1"),
     (["--jobs", "two"], "argument --jobs: got 'two'; allowed: an integer >= 1"),
     (["--cell-timeout", "-1"], "argument --cell-timeout: got -1; allowed: a number of seconds > 0"),
@@ -147,7 +149,7 @@ def test_cli_exit_code_2_from_a_real_process(tmp_path):
     assert not out.exists()
 
 
-# --- the batch (kernels) ----------------------------------------------------------------------------
+# --- the batch (kernels) --------------------------------------------------------------------------
 
 def _offline(out):
     """Check every published page: offline, no staging path, no framework log noise."""
@@ -178,10 +180,12 @@ def test_batch_with_a_failing_run_and_a_kernel_retry_keeps_the_others(tmp_path, 
     assert "failed: toy-masked_last_layer" in captured.err
     assert "inject_fault='raise'" in captured.err
     assert "kernel start retried" in captured.out  # the line of toy-split_head
-    assert "ok     toy-split_head" in captured.out and "FAILED toy-masked_last_layer" in captured.out
+    assert "ok     toy-split_head" in captured.out
+    assert "FAILED toy-masked_last_layer" in captured.out
     # The others ran and were written; the failed run still has its notebook and HTML.
     for name in ("toy-split_head", "toy-masked_last_layer"):
-        assert (out / "runs" / f"{name}.ipynb").is_file() and (out / "runs" / f"{name}.html").is_file()
+        assert (out / "runs" / f"{name}.ipynb").is_file()
+        assert (out / "runs" / f"{name}.html").is_file()
     failed_html = (out / "runs" / "toy-masked_last_layer.html").read_text()
     assert "An Exception was encountered" in failed_html  # papermill's banner
     for name in ("00_seed_answer.html", "index.html", "results.csv", "lr_sweep.csv",

@@ -5,9 +5,10 @@ import argparse
 import importlib
 import sys
 
-# Each subcommand lives in its own module, which defines add_arguments(parser) and main(args) -> int.
+# Each subcommand lives in its own module: add_arguments(parser) and main(args) -> int.
 COMMANDS = {
-    "study": ("selective_update.study", "run every strategy's notebook with papermill, write reports/"),
+    "study": ("selective_update.study",
+              "run every strategy's notebook with papermill, write reports/"),
     "bench": ("selective_update.bench", "time one step of each strategy in both frameworks"),
     "data": ("selective_update.datasets", "regenerate the CSV files under data/"),
 }
@@ -17,7 +18,8 @@ def build_parser():
     """Build the argparse parser with one subparser per command."""
     parser = argparse.ArgumentParser(prog="python -m selective_update",
                                      description="selective-update: keep chosen MLP outputs fixed.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{" + ",".join(COMMANDS) + "}")
     for name, (module, help_text) in COMMANDS.items():
         importlib.import_module(module).add_arguments(sub.add_parser(name, help=help_text,
                                                                      description=help_text))

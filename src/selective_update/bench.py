@@ -56,7 +56,8 @@ def _size(text):
 def add_arguments(parser):
     """Declare the command's options (usage errors exit 2 before any work)."""
     parser.add_argument("--out", type=validation.out_dir_option, default=REPORTS_DIR,
-                        help=f"folder for bench.csv, bench.html and figures/ (default {REPORTS_DIR})")
+                        help="folder for bench.csv, bench.html and figures/ "
+                             f"(default {REPORTS_DIR})")
     parser.add_argument("--quick", action="store_true",
                         help="tiny smoke (CI): smallest size, 1 repeat, parts table,jacobian")
     parser.add_argument("--sizes", type=_size, nargs="+", default=None, metavar="WIDTHS/BATCH",
@@ -219,8 +220,8 @@ def main(args) -> int:
                    if jacobian_entries(core.init_params(s), b) > JACOBIAN_MAX_ENTRIES]
         if "jacobian" in args.parts and skipped:
             notes.append(f"Jacobian reference skipped at {', '.join(skipped)}: more than "
-                         f"{JACOBIAN_MAX_ENTRIES:,} Jacobian entries (784-512-10 at batch 128 takes "
-                         "about 27 s per step on one core).")
+                         f"{JACOBIAN_MAX_ENTRIES:,} Jacobian entries (784-512-10 at batch 128 "
+                         "takes about 27 s per step on one core).")
     if "sweep" in args.parts:
         rows += bench_sweep(args, env, log)
         notes.append(f"Sweeps: {args.sweep_repeats} repeats per point; the Jacobian projection "

@@ -99,7 +99,7 @@ def load_dataset(name, data_dir=DATA_DIR) -> core.Data:
 
 
 def pretrain(params, x, y, steps=PRETRAIN_STEPS, lr=PRETRAIN_LR):
-    """Fit an MLP on every output with full-batch momentum steps on the MSE (numpy, deterministic)."""
+    """Fit an MLP on every output by full-batch momentum steps on the MSE (numpy, deterministic)."""
     params = {k: v.copy() for k, v in params.items()}
     L = core.n_layers(params)
     velocity = {k: np.zeros_like(v) for k, v in params.items()}

@@ -55,7 +55,7 @@ def floor_child(strategies, threads=0):
 
 
 def bench_floor(args, env, log) -> tuple:
-    """Run the study grid in a fresh Python process (--floor-threads; 1 like the study's workers)."""
+    """Run the study grid in a fresh process (--floor-threads; 1 like the study's workers)."""
     code = (f"from selective_update.floor import floor_child; "
             f"floor_child({list(args.strategies)!r}, {args.floor_threads})")
     environ = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))

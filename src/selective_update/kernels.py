@@ -76,7 +76,8 @@ def _mark_failure(path, message, ename):
         nb.cells.insert(index, anchor)
         banner = ERROR_MESSAGE_TEMPLATE % nb.cells[index + 1].get("execution_count")
     else:
-        banner = "<span style=\"color:red; font-size:2em;\">The run failed before any cell ran.</span>"
+        banner = ('<span style="color:red; font-size:2em;">'
+                  "The run failed before any cell ran.</span>")
     cell = nbformat.v4.new_markdown_cell(f"{banner}\n\n**{ename}**: {message}")
     cell.metadata["tags"] = [ERROR_MARKER_TAG]
     nb.cells.insert(0, cell)

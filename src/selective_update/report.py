@@ -175,7 +175,8 @@ def seed_verdict(tf1_demo, torch_demo, keep=(0,), train=(1,)):
         cells = []
         for fw, demo in (("tf1", tf1_demo), ("torch", torch_demo)):
             change = float(demo.rows(keep, train)[i]["out1_change"])
-            cells.append(f"{fw}: {'**kept exactly** (0.0)' if change == 0 else f'moved {change:.3g}'}")
+            kept = "**kept exactly** (0.0)" if change == 0 else f"moved {change:.3g}"
+            cells.append(f"{fw}: {kept}")
         lines.append(f"- `{phase}`: kept output " + "; ".join(cells))
     return Markdown("\n".join(lines))
 

@@ -299,6 +299,10 @@ def add_ratios(rows):
     return rows
 
 
+def _fit(xs, ts):
+    return float(np.polyfit(xs, ts, 1)[0]) if len(xs) >= 2 else float("nan")
+
+
 def slopes(rows) -> list:
     """Fit log(time) = slope * log(width or batch) per sweep series: all points and the last 3."""
     out = []
@@ -311,11 +315,10 @@ def slopes(rows) -> list:
         for (fw, s), pts in series.items():
             pts = sorted(pts)
             xs, ts = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
-            fit = (lambda a, b: float(np.polyfit(a, b, 1)[0]) if len(a) >= 2 else float("nan"))
             out.append(dict(axis=axis, framework=fw, series=s, points=len(pts),
                             range=f"{pts[0][0]}..{pts[-1][0]}",
-                            slope_all=round(fit(xs, ts), 2),
-                            slope_last3=round(fit(xs[-3:], ts[-3:]), 2),
+                            slope_all=round(_fit(xs, ts), 2),
+                            slope_last3=round(_fit(xs[-3:], ts[-3:]), 2),
                             expected=EXPECTED_SLOPES.get((axis, s), "")))
     return out
 
