@@ -45,7 +45,16 @@ def test_promise_table():
     assert su.promise("null_space_corrected", "momentum") == "batch_exact"
     for name in ("all_params", "last_layer", "output_gradient", "masked_loss"):
         assert su.promise(name, "sgd") == "none"
-    assert set(su.PROMISES) == {"exact", "batch_exact", "first_order", "none"}
+    assert set(su.PROMISES) == {"exact", "batch_exact", "first_order", "none", "reference_exact",
+                                "reference_first_order"}
+    x_ref = np.zeros((4, 3))
+    assert su.promise("null_space", "adam", reference=x_ref) == "reference_first_order"
+    assert su.promise("null_space_corrected", "sgd", reference=True) == "reference_exact"
+    assert su.promise("null_space_corrected", "sgd", reference=None) == "batch_exact"
+    assert su.promise("masked_loss", "sgd", reference=x_ref) == "none"
+    assert su.promise("split_head", "sgd", reference=x_ref) == "exact"
+    with pytest.raises(ValueError, match=r"^energy: .*layer_subspace"):
+        su.promise("split_head", "sgd", energy=0.5)
 
 
 def test_registry_names_and_descriptions():

@@ -51,6 +51,15 @@ BAD = [
     ("params", {**PARAMS, "b1": np.zeros(5)}),
     ("params", [1, 2]),
     ("data", (DATA.x, DATA.y)),
+    ("reference", np.zeros((4, 2))),  # input width 2, data has 3
+    ("reference", np.zeros((0, 3))),
+    ("reference", np.zeros(3)),
+    ("reference", [[0.1, 0.2, 0.3]]),
+    ("reference", np.full((2, 3), np.nan)),
+    ("reference", np.array([["a", "b", "c"]])),
+    ("energy", 0.5),  # null_space does not use it
+    ("grow", 8),
+    ("distill_weight", 1.0),
 ]
 
 

@@ -8,6 +8,8 @@ from types import MappingProxyType
 
 import numpy as np
 
+from .options import (OPTION_DEFAULTS, OPTION_USERS, REFERENCE_USERS,  # noqa: F401
+                      check_options, check_reference)
 from .settings import (ADAM_BETAS, ADAM_EPS, GAUSS_NEWTON_MAX_STEPS, MOMENTUM,  # noqa: F401
                        RESTORE_TOL)
 from .validation import (check_choice, check_disjoint, check_int, check_outputs,
@@ -16,7 +18,10 @@ from .validation import (check_choice, check_disjoint, check_int, check_outputs,
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 FRAMEWORKS = ("tf1", "torch")
 DTYPES = ("float32", "float64")
-PROMISES = ("exact", "batch_exact", "first_order", "none")
+# exact: every input; batch_exact / reference_exact: within BATCH_EXACT_TOL on the batch / the
+# reference inputs; first_order / reference_first_order: the leak there is second order; none.
+PROMISES = ("exact", "batch_exact", "first_order", "none", "reference_exact",
+            "reference_first_order")
 DEVICES = ("cpu", "cuda")
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class Strategy:
     loss: str  # "full" | "masked" | "output_gradient"
     projected: bool = False
     corrected: bool = False
+    subspace: bool = False  # the step is projected off each layer's protected input directions
 
 
 STRATEGIES = MappingProxyType({s.name: s for s in (
@@ -60,9 +66,12 @@ STRATEGIES = MappingProxyType({s.name: s for s in (
              "beyond the answer", trains="all", loss="masked", projected=True, corrected=True),
 )})
 
-
 class TrivialNullSpaceWarning(UserWarning):
     """Warn that the kept constraints outnumber the parameters."""
+
+
+class RestoreWarning(UserWarning):
+    """Warn that Gauss-Newton corrections stopped above their tolerance (a broken promise)."""
 
 
 @dataclass(frozen=True)
@@ -123,18 +132,37 @@ def layer_sizes(params) -> tuple:
     return (params["W1"].shape[0],) + tuple(params[f"W{l}"].shape[1] for l in range(1, L + 1))
 
 
-def promise(strategy, optimizer, *, weight_decay=0.0, warm_start_steps=0) -> str:
-    """Say what a strategy guarantees for the kept outputs under this optimizer set-up."""
+def promise(strategy, optimizer, *, weight_decay=0.0, warm_start_steps=0, reference=None,
+            energy=None, grow=None, distill_weight=None) -> str:
+    """Say what a strategy guarantees for the kept outputs under this optimizer set-up.
+
+    reference: None, or the reference inputs (any array, or True): the protected inputs of
+    null_space, null_space_corrected, layer_subspace and distill become the reference inputs.
+
+    | strategy                         | promise (where it holds)                            |
+    |----------------------------------|-----------------------------------------------------|
+    | split_head, grow                 | exact: every input, any optimizer, decay, warm start |
+    | masked_last_layer                | exact with sgd, or fresh state and no decay; else none |
+    | null_space                       | first_order on the batch; reference_first_order     |
+    | null_space_corrected             | batch_exact; reference_exact with a reference       |
+    | layer_subspace, energy=1.0       | batch_exact; reference_exact with a reference       |
+    | layer_subspace, energy<1; distill; all_params, last_layer, output_gradient, masked_loss |
+    |                                  | none                                                |
+    """
     check_choice("strategy", strategy, STRATEGIES)
     check_choice("optimizer", optimizer, OPTIMIZERS)
     check_real("weight_decay", weight_decay, 0.0)
     check_int("warm_start_steps", warm_start_steps, 0)
-    if strategy == "split_head":
+    options = check_options(strategy, energy=energy, grow=grow, distill_weight=distill_weight)
+    on_reference = (reference is not None and reference is not False
+                    and strategy in REFERENCE_USERS)
+    if strategy in ("split_head", "grow"):
         return "exact"
     if strategy == "null_space":
-        return "first_order"
-    if strategy == "null_space_corrected":
-        return "batch_exact"
+        return "reference_first_order" if on_reference else "first_order"
+    if strategy == "null_space_corrected" or (strategy == "layer_subspace"
+                                              and options["energy"] == 1.0):
+        return "reference_exact" if on_reference else "batch_exact"
     if strategy == "masked_last_layer":
         # A zero gradient freezes a weight only when no decay and no leftover state move it.
         stateless = optimizer == "sgd" or warm_start_steps == 0
@@ -179,9 +207,11 @@ class RunResult:
     eval_outputs: np.ndarray  # (steps+1, n_eval, n_out) on data.x_eval
     loss: np.ndarray  # (steps+1,) full MSE
     train_loss: np.ndarray  # (steps+1,) MSE of the train outputs
-    params: dict
+    params: dict  # grow: the grown layers
     step_seconds: np.ndarray
     config: dict = field(default_factory=dict)
+    reference_outputs: np.ndarray | None = None  # (steps+1, n_ref, n_out); None without reference
+    restore_residual: np.ndarray | None = None  # (steps,) final Gauss-Newton residual per step
 
     @property
     def drift_train(self) -> np.ndarray:
@@ -192,24 +222,52 @@ class RunResult:
         return drift(self.eval_outputs, self.keep)
 
     @property
+    def drift_reference(self):
+        """Per step, the max |change| of the kept outputs on the reference inputs (or None)."""
+        return None if self.reference_outputs is None else drift(self.reference_outputs,
+                                                                 self.keep)
+
+    @property
     def promise(self) -> str:
-        return promise(self.strategy, self.optimizer, weight_decay=self.config["weight_decay"],
-                       warm_start_steps=self.config["warm_start_steps"])
+        c = self.config
+        return promise(self.strategy, self.optimizer, weight_decay=c["weight_decay"],
+                       warm_start_steps=c["warm_start_steps"],
+                       reference=c.get("n_reference") is not None,
+                       **{k: c.get(k) for k in OPTION_USERS})
 
 
-def make_result(cfg, outputs, eval_outputs, params, step_seconds) -> RunResult:
+def make_result(cfg, outputs, eval_outputs, params, step_seconds, reference_outputs=None,
+                restore_residual=None) -> RunResult:
     """Assemble a RunResult from per-step outputs (numpy, any float dtype)."""
     outputs = np.asarray(outputs)
     eval_outputs = np.asarray(eval_outputs)
     y = cfg["data"].y.astype(outputs.dtype)
+    config = {k: v for k, v in cfg.items() if k not in ("params", "data", "reference")}
+    reference = cfg.get("reference")
+    config["n_reference"] = None if reference is None else len(reference)
+    if restore_residual is not None:
+        restore_residual = np.asarray(restore_residual, dtype=np.float64)
+        warn_if_not_restored(restore_residual, cfg["dtype"])
     return RunResult(
         strategy=cfg["strategy"], framework=cfg["framework"], optimizer=cfg["optimizer"],
         keep=cfg["keep"], train=cfg["train"], outputs=outputs, eval_outputs=eval_outputs,
         loss=mse(outputs, y), train_loss=mse(outputs, y, cfg["train"]),
         params={k: np.asarray(v) for k, v in params.items()},
-        step_seconds=np.asarray(step_seconds, dtype=np.float64),
-        config={k: v for k, v in cfg.items() if k not in ("params", "data")},
+        step_seconds=np.asarray(step_seconds, dtype=np.float64), config=config,
+        reference_outputs=None if reference_outputs is None else np.asarray(reference_outputs),
+        restore_residual=restore_residual,
     )
+
+
+def warn_if_not_restored(residual, dtype):
+    """Warn (RestoreWarning) when a step's Gauss-Newton corrections stopped above tolerance."""
+    tol = RESTORE_TOL[dtype]
+    bad = np.flatnonzero(~(residual <= tol))
+    if len(bad):
+        warnings.warn(f"restore: Gauss-Newton stopped at kept-output residual "
+                      f"{residual[bad].max():.3g} > {tol:g} in {len(bad)} of {len(residual)} "
+                      f"steps (first: step {bad[0] + 1}); the promise is broken",
+                      RestoreWarning, stacklevel=4)
 
 
 # --- validation of a run's arguments (one line naming the parameter, before any work) -------
@@ -256,7 +314,8 @@ def check_data(data):
 
 def check_run(strategy, framework, *, params, data, keep=(0,), train=(1,), optimizer="sgd", lr=0.1,
               steps=1, weight_decay=0.0, warm_start_steps=0, dtype="float64", device="cpu",
-              warm_start_lr=None, warn=True) -> dict:
+              warm_start_lr=None, reference=None, energy=None, grow=None, distill_weight=None,
+              warn=True) -> dict:
     """Validate every argument of run() and return them normalized; raise ValueError otherwise."""
     check_choice("strategy", strategy, STRATEGIES)
     check_choice("framework", framework, FRAMEWORKS)
@@ -277,14 +336,25 @@ def check_run(strategy, framework, *, params, data, keep=(0,), train=(1,), optim
     keep = check_outputs("keep", keep, n_out)
     train = check_outputs("train", train, n_out)
     check_disjoint(keep, train)
+    options = check_options(strategy, energy=energy, grow=grow, distill_weight=distill_weight)
+    reference = check_reference(reference, data)
     cfg = dict(strategy=strategy, framework=framework, params=params, data=data, keep=keep,
                train=train, optimizer=optimizer, lr=float(lr), steps=int(steps),
                weight_decay=float(weight_decay), warm_start_steps=int(warm_start_steps),
                warm_start_lr=float(lr if warm_start_lr is None else warm_start_lr),
                dtype=dtype, device=device)
+    if reference is not None or any(v is not None for v in options.values()):
+        cfg.update(reference=reference, **options)  # without them, cfg is as before (bitwise)
     if warn and STRATEGIES[strategy].projected:
-        warn_if_trivial_null_space(params, len(data.x), len(keep))
+        n = len(data.x) if reference is None else len(reference)
+        warn_if_trivial_null_space(params, n, len(keep))
     return cfg
+
+
+def protected_inputs(cfg) -> np.ndarray:
+    """Return the inputs a strategy protects: the reference inputs, or else the batch."""
+    reference = cfg.get("reference")
+    return cfg["data"].x if reference is None else reference
 
 
 def n_params(params) -> int:

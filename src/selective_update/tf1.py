@@ -80,6 +80,11 @@ def while_loop(cond, body, loop_vars):
     return tf.while_loop(cond, body, loop_vars)
 
 
+def cond(pred, true_fn, false_fn):
+    """Build a tf.cond (the torch port decides eagerly)."""
+    return tf.cond(pred, true_fn, false_fn)
+
+
 def const(array, like):
     """Make a constant tensor with the dtype of `like`."""
     return tf.constant(array, dtype=like.dtype)
@@ -104,9 +109,10 @@ def permute(a, perm):
 
 
 def psd_factor(A):
-    """Factor A + jitter * mean(diag A) * I by Cholesky; keep A for a pseudo-inverse if that fails."""
+    """Factor A + jitter * mean(diag A) * I by Cholesky; keep A for a pseudo-inverse."""
     n = A.shape[0]
-    L = tf.linalg.cholesky(A + (CHOLESKY_JITTER * tf.linalg.trace(A) / n) * tf.eye(n, dtype=A.dtype))
+    jitter = CHOLESKY_JITTER * tf.linalg.trace(A) / n
+    L = tf.linalg.cholesky(A + jitter * tf.eye(n, dtype=A.dtype))
     return L, A, tf.reduce_all(tf.math.is_finite(L))  # TF's CPU Cholesky fails with NaNs
 
 
@@ -121,6 +127,19 @@ def psd_solve(solver, R):
         return tf.matmul(V, inv[:, None] * tf.matmul(V, R, transpose_a=True))
 
     return tf.cond(ok, lambda: tf.linalg.cholesky_solve(L, R), pinv)
+
+
+def svd_factor(J):
+    """Return (U, 1/S with singular values below the pinv cutoff zeroed, V) of J."""
+    S, U, V = tf.linalg.svd(J)
+    cutoff = S[0] * max(J.shape) * np.finfo(J.dtype.as_numpy_dtype).eps
+    return U, tf.where(S > cutoff, 1.0 / tf.maximum(S, cutoff), tf.zeros_like(S)), V
+
+
+def svd_solve(solver, R):
+    """Return J^+ R from an svd_factor."""
+    U, inv, V = solver
+    return tf.matmul(V, inv[:, None] * tf.matmul(U, R, transpose_a=True))
 
 
 class TorchEpsAdamOptimizer(v1.train.AdamOptimizer):
@@ -162,9 +181,10 @@ def _session(graph):
 class Graph:
     """One TF1 graph for a set of strategies sharing one optimizer; params, lr and decay are fed."""
 
-    def __init__(self, strategies, optimizer, sizes, n, keep, train, dtype, n_ref=None):
+    def __init__(self, strategies, optimizer, sizes, n, keep, train, dtype, n_ref=None,
+                 form=None):
         self.optimizer_name, self.keep, self.train = optimizer, keep, train
-        self.sizes, self.dtype = sizes, dtype
+        self.form = form  # the reference Jacobian's form (reference.form_for)
         self.residuals = {}  # corrected strategies: the final Gauss-Newton residual of a step
         self.split = any(core.STRATEGIES[s].trains == "train_heads" for s in strategies)
         self.tol = core.RESTORE_TOL[dtype]
@@ -254,9 +274,8 @@ class Graph:
         dWs = [n - o for n, o in zip(new[0::2], old_Ws)]
         dbs = [n - o for n, o in zip(new[1::2], old_bs)]
         if self.x_ref is not None:
-            form = reference.form_for(self.sizes, len(self.keep), self.x_ref.shape[0])
             Ws, bs, err = reference.protected_step(
-                ops, old_Ws, old_bs, self.x_ref, self.keep, dWs, dbs, form=form,
+                ops, old_Ws, old_bs, self.x_ref, self.keep, dWs, dbs, form=self.form,
                 sweeps=PROJECTION_SWEEPS, corrected=s.corrected, tol=self.tol,
                 max_steps=core.GAUSS_NEWTON_MAX_STEPS)
             return self._assign(strategy, var_list, Ws, bs, err)
@@ -312,7 +331,8 @@ def graph_for(strategies, cfg) -> Graph:
     """Return a cached Graph for these strategies and shapes (building a graph costs ~0.3 s)."""
     sizes = core.layer_sizes(cfg["params"])
     ref = cfg.get("reference")
-    extra = {} if ref is None else {"n_ref": len(ref)}
+    extra = {} if ref is None else {"n_ref": len(ref),
+                                    "form": reference.form_for(sizes, len(cfg["keep"]), len(ref))}
     key = (tuple(strategies), cfg["optimizer"], sizes, len(cfg["data"].x), cfg["keep"],
            cfg["train"], cfg["dtype"], THREADS, tuple(sorted(extra.items())))
     if key not in _GRAPHS:

@@ -8,7 +8,8 @@ import time
 import numpy as np
 import torch
 
-from . import core, nullspace
+from . import core, nullspace, reference, subspace
+from .settings import CHOLESKY_JITTER, PROJECTION_SWEEPS
 
 NAME = "torch"
 ops = sys.modules[__name__]  # this module is the namespace nullspace's math runs on
@@ -46,6 +47,11 @@ def while_loop(cond, body, loop_vars):
     return loop_vars
 
 
+def cond(pred, true_fn, false_fn):
+    """Call true_fn if pred holds, else false_fn (eagerly; tf1 builds a tf.cond)."""
+    return true_fn() if bool(pred) else false_fn()
+
+
 def const(array, like):
     """Make a constant tensor with the dtype and device of `like`."""
     return torch.as_tensor(array, dtype=like.dtype, device=like.device)
@@ -57,6 +63,47 @@ def solve_gram(G, r):
     cutoff = nullspace.pinv_cutoff(w[-1], G.shape[0], torch.finfo(G.dtype).eps)
     inv = torch.where(w > cutoff, 1.0 / torch.clamp(w, min=cutoff), torch.zeros_like(w))
     return V @ (inv * (V.T @ r))
+
+
+def concat(tensors, axis):
+    """Join tensors along an axis."""
+    return torch.cat(tensors, dim=axis)
+
+
+def permute(a, perm):
+    """Reorder a tensor's axes."""
+    return a.permute(perm)
+
+
+def psd_factor(A):
+    """Factor A + jitter * mean(diag A) * I by Cholesky; keep A for a pseudo-inverse."""
+    eye = torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
+    L, info = torch.linalg.cholesky_ex(A + (CHOLESKY_JITTER * torch.trace(A) / A.shape[0]) * eye)
+    return (L, None) if int(info) == 0 and bool(torch.isfinite(L).all()) else (None, A)
+
+
+def psd_solve(solver, R):
+    """Solve with a psd_factor: Cholesky, or the eigenvalue pseudo-inverse of A (R: (n, c))."""
+    L, A = solver
+    if L is not None:
+        return torch.cholesky_solve(R, L)
+    w, V = torch.linalg.eigh(A)
+    cutoff = nullspace.pinv_cutoff(w[-1], A.shape[0], torch.finfo(A.dtype).eps)
+    inv = torch.where(w > cutoff, 1.0 / torch.clamp(w, min=cutoff), torch.zeros_like(w))
+    return V @ (inv[:, None] * (V.T @ R))
+
+
+def svd_factor(J):
+    """Return (U, 1/S with singular values below the pinv cutoff zeroed, V) of J."""
+    U, S, Vh = torch.linalg.svd(J, full_matrices=False)
+    cutoff = S[0] * max(J.shape) * torch.finfo(J.dtype).eps
+    return U, torch.where(S > cutoff, 1.0 / torch.clamp(S, min=cutoff), torch.zeros_like(S)), Vh.T
+
+
+def svd_solve(solver, R):
+    """Return J^+ R from an svd_factor."""
+    U, inv, V = solver
+    return V @ (inv[:, None] * (U.T @ R))
 
 
 # --- the network ------------------------------------------------------------------------------------
@@ -142,6 +189,10 @@ class _Trainer:
         self.x = torch.as_tensor(data.x, dtype=dt, device=dev)
         self.y = torch.as_tensor(data.y, dtype=dt, device=dev)
         self.x_eval = torch.as_tensor(data.x_eval, dtype=dt, device=dev)
+        ref = cfg.get("reference")
+        self.x_ref = None if ref is None else torch.as_tensor(ref, dtype=dt, device=dev)
+        self.residuals = []  # final Gauss-Newton residual per corrected step
+        self.x_prot = self.x if self.x_ref is None else self.x_ref  # the protected inputs
         n_out = data.y.shape[1]
         self.mask = torch.as_tensor(core.train_mask(n_out, cfg["train"]), dtype=dt, device=dev)
         self.G = torch.as_tensor(core.output_gradient(len(data.x), n_out, cfg["train"]),
@@ -164,8 +215,29 @@ class _Trainer:
             grads = torch.autograd.grad(out, variables, grad_outputs=self.G)
         else:
             err = out - self.y if s.loss == "full" else self.mask * (out - self.y)
-            grads = torch.autograd.grad((err ** 2).mean(), variables)
+            loss = (err ** 2).mean()
+            if s.loss == "distill":
+                loss = loss + subspace.distill_penalty(ops, *self.net.layers(), self.x_prot,
+                                                       self.cfg["keep"], self.distill_target,
+                                                       self.cfg["distill_weight"])
+            grads = torch.autograd.grad(loss, variables)
         return grads, [h.detach() for h in hs], out.detach()
+
+    def start(self, strategy):
+        """Take what a strategy keeps from its start: layer bases, or kept outputs to distill."""
+        s = core.STRATEGIES[strategy]
+        if not (s.subspace or s.loss == "distill"):
+            return
+        with torch.no_grad():
+            hs, out = self.net.forward(self.x_prot)
+        like = self.x
+        if s.subspace:
+            self.bases = [tuple(ops.const(a, like) for a in pair)
+                          for pair in subspace.bases([h.cpu().numpy() for h in hs],
+                                                     self.cfg["energy"])]
+            self.keep_mask = ops.const(subspace.keep_mask(out.shape[1], self.cfg["keep"]), like)
+        if s.loss == "distill":
+            self.distill_target = out[:, list(self.cfg["keep"])].T.contiguous()
 
     def step(self, strategy):
         """Take one optimizer step of `strategy`."""
@@ -176,7 +248,7 @@ class _Trainer:
             p.grad = None  # None, not zero: optimizers skip it (no decay, no state update)
         for p, g in zip(variables, grads):
             p.grad = g
-        if not s.projected:
+        if not (s.projected or s.subspace):
             self.opt.step()
             return
         keep, L = self.cfg["keep"], len(self.net.Ws)
@@ -190,6 +262,15 @@ class _Trainer:
             self.opt.step()
             for d, p, o in zip(self._delta, params, self._before):
                 torch.sub(p, o, out=d)
+            if s.subspace:
+                dWs, dbs = subspace.project(ops, self.bases, self._delta[:L], self._delta[L:],
+                                            self.keep_mask)
+                for p, o, d in zip(params, self._before, dWs + dbs):
+                    p.copy_(o).add_(d)
+                return
+            if self.x_ref is not None:
+                self._protect_reference(s, params, L)
+                return
             # hs: the gradient's forward pass, at the parameters before the step.
             cWs, cbs = nullspace.correction(ops, self._before[:L], self._before[L:], self.x, keep,
                                             self._delta[:L], self._delta[L:], hs=hs)
@@ -198,9 +279,26 @@ class _Trainer:
             if s.corrected:
                 seed = nullspace.kept_seed(ops, keep, out.shape[0], out.shape[1], out)
                 target = ops.einsum("kbj,bj->kb", seed, out)  # kept outputs before the step
-                new_Ws, new_bs = restore_kept(params[:L], params[L:], self.x, keep, target)
+                tol = core.RESTORE_TOL[self.cfg["dtype"]]
+                new_Ws, new_bs, err = nullspace.restore(ops, params[:L], params[L:], self.x, keep,
+                                                        target, tol, core.GAUSS_NEWTON_MAX_STEPS)
+                self.residuals.append(float(err))
                 for p, v in zip(params, new_Ws + new_bs):
                     p.copy_(v)
+
+    def _protect_reference(self, s, params, L):
+        """Replace the optimizer's step by its reference-protected version (reference.py)."""
+        form = reference.form_for(core.layer_sizes(self.cfg["params"]), len(self.cfg["keep"]),
+                                  len(self.x_ref))
+        Ws, bs, err = reference.protected_step(
+            ops, self._before[:L], self._before[L:], self.x_ref, self.cfg["keep"],
+            self._delta[:L], self._delta[L:], form=form, sweeps=PROJECTION_SWEEPS,
+            corrected=s.corrected, tol=core.RESTORE_TOL[self.cfg["dtype"]],
+            max_steps=core.GAUSS_NEWTON_MAX_STEPS)
+        if err is not None:
+            self.residuals.append(float(err))
+        for p, v in zip(params, Ws + bs):
+            p.copy_(v)
 
     def outputs(self, x):
         """Return the outputs at x as numpy."""
@@ -263,6 +361,7 @@ def make_steps(strategies, **run_kwargs):
     for s in strategies:
         cfg = core.check_run(s, NAME, warn=False, **run_kwargs)
         trainer = _Trainer(cfg, split=core.STRATEGIES[s].trains == "train_heads")
+        trainer.start(s)
         steps[s] = functools.partial(trainer.step, s)
         sync = trainer.sync
     return steps, sync
@@ -270,29 +369,36 @@ def make_steps(strategies, **run_kwargs):
 
 def run(strategy, *, params, data, keep=(0,), train=(1,), optimizer="sgd", lr=0.1, steps=1,
         weight_decay=0.0, warm_start_steps=0, dtype="float64", device="cpu",
-        warm_start_lr=None) -> core.RunResult:
-    """Run warm-start steps (all_params), then `steps` steps of `strategy`, recording outputs."""
+        warm_start_lr=None, **options) -> core.RunResult:
+    """Run warm-start steps (all_params), then `steps` steps of `strategy`, recording outputs.
+
+    options: reference, energy, grow, distill_weight (see selective_update.run).
+    """
     cfg = core.check_run(strategy, NAME, params=params, data=data, keep=keep, train=train,
                          optimizer=optimizer, lr=lr, steps=steps, weight_decay=weight_decay,
                          warm_start_steps=warm_start_steps, dtype=dtype, device=device,
-                         warm_start_lr=warm_start_lr)
+                         warm_start_lr=warm_start_lr, **options)
     configure()
     trainer = _Trainer(cfg, split=core.STRATEGIES[strategy].trains == "train_heads")
     trainer.set_lr(cfg["warm_start_lr"])
     for _ in range(cfg["warm_start_steps"]):
         trainer.step("all_params")
     trainer.set_lr(cfg["lr"])
-    outputs, eval_outputs, seconds = [trainer.outputs(trainer.x)], [trainer.outputs(trainer.x_eval)], []
+    trainer.start(strategy)
+    inputs = [trainer.x, trainer.x_eval] + ([] if trainer.x_ref is None else [trainer.x_ref])
+    recorded, seconds = [[trainer.outputs(x)] for x in inputs], []
     for _ in range(cfg["steps"]):
         trainer.sync()
         start = time.perf_counter()
         trainer.step(strategy)
         trainer.sync()
         seconds.append(time.perf_counter() - start)
-        outputs.append(trainer.outputs(trainer.x))
-        eval_outputs.append(trainer.outputs(trainer.x_eval))
-    return core.make_result(cfg, np.stack(outputs), np.stack(eval_outputs),
-                            trainer.net.numpy_params(), seconds)
+        for outs, x in zip(recorded, inputs):
+            outs.append(trainer.outputs(x))
+    ref = np.stack(recorded[2]) if len(recorded) > 2 else None
+    residual = trainer.residuals if core.STRATEGIES[strategy].corrected else None
+    return core.make_result(cfg, np.stack(recorded[0]), np.stack(recorded[1]),
+                            trainer.net.numpy_params(), seconds, ref, residual)
 
 
 def seed_demo(params, data, *, lr=0.1, steps=1, keep=(0,), train=(1,)) -> core.SeedDemo:

@@ -1,0 +1,206 @@
+"""Beyond the batch (issue 9): reference inputs, layer_subspace, grow, distill; broken promises.
+
+Every new promise is measured over 4 optimizers x weight decay {0, 0.01} x warm start {0, 2} x
+both frameworks, on the toy set-up and on a 3-output net (two hidden layers) that keeps two.
+"""
+import hashlib
+import itertools
+import warnings
+from functools import lru_cache
+
+import numpy as np
+import pytest
+
+import selective_update as su
+from conftest import DATA, PARAMS
+from selective_update import reference, verdicts
+
+SET_UP = list(itertools.product(su.OPTIMIZERS, (0.0, 0.01), (0, 2)))
+SET_UP_IDS = [f"{o}-wd{w}-warm{k}" for o, w, k in SET_UP]
+TOL = {"sgd": 1e-6, "momentum": 1e-6, "adam": 1e-5, "adamw": 1e-5}
+
+DEEP = dict(params=su.init_params((3, 6, 5, 3), seed=1, stddev=0.5),
+            data=su.Data(DATA.x, np.c_[DATA.y, DATA.y[:, :1]], DATA.x_eval,
+                         np.c_[DATA.y_eval, DATA.y_eval[:, :1]]),
+            keep=(0, 2), train=(1,))
+TOY = dict(params=PARAMS, data=DATA, keep=(0,), train=(1,))
+SETUPS = {"toy": TOY, "deep": DEEP}
+# toy4: 4 constraints, a wide null space; toy64: 64 constraints > 26 parameters (only the trained
+# head stays free); deep16: 2 kept outputs x 16 inputs on the 3-6-5-3 net.
+REFERENCES = {"toy4": ("toy", DATA.x_eval[:4]), "toy64": ("toy", DATA.x_eval[:64]),
+              "deep16": ("deep", DATA.x_eval[:16])}
+
+
+@lru_cache(maxsize=None)
+def ref_run(strategy, framework, ref, optimizer="sgd", weight_decay=0.0, warm=0, lr=0.1, steps=5,
+            warm_start_lr=None, **options):
+    """Run one configuration with a named reference set (None: no reference), once per session."""
+    setup, x_ref = (REFERENCES[ref][0], REFERENCES[ref][1]) if ref in REFERENCES else (ref, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", su.TrivialNullSpaceWarning)
+        return su.run(strategy, framework, **SETUPS[setup], optimizer=optimizer, lr=lr,
+                      steps=steps, weight_decay=weight_decay, warm_start_steps=warm,
+                      warm_start_lr=warm_start_lr, reference=x_ref, **options)
+
+
+def assert_parity(a, b, optimizer):
+    tol = TOL[optimizer]
+    np.testing.assert_allclose(a.outputs, b.outputs, rtol=0, atol=tol)
+    np.testing.assert_allclose(a.eval_outputs, b.eval_outputs, rtol=0, atol=tol)
+    if a.reference_outputs is not None:
+        np.testing.assert_allclose(a.reference_outputs, b.reference_outputs, rtol=0, atol=tol)
+
+
+# --- reference=None is today's behaviour, bit for bit ---------------------------------------------
+
+# SHA-256 (first 16 hex digits) of outputs, eval_outputs and params of the 16 toy set-ups x 3 steps,
+# made by the code before issue 9 (commit 7975d89) on this machine's numpy/torch/TF builds.
+FINGERPRINTS = {
+    "tf1-all_params": "ae7f459aa62cf15a", "tf1-last_layer": "32dd9ea783884de8",
+    "tf1-output_gradient": "99ad5ea6abdf9a8c", "tf1-masked_loss": "d0cb0a712c012eef",
+    "tf1-masked_last_layer": "92a16bca4335cdc8", "tf1-split_head": "6aeeaa5bf76eaf4d",
+    "tf1-null_space": "fbecec2321d655e0", "tf1-null_space_corrected": "b1df9825a75d4749",
+    "torch-all_params": "252bcd275f9cc7b7", "torch-last_layer": "8351b7709b6ff1ea",
+    "torch-output_gradient": "050db35351237995", "torch-masked_loss": "853a995d732ba97a",
+    "torch-masked_last_layer": "8884c9ed1e1a5cba", "torch-split_head": "ba9f5fd6f03a5ec9",
+    "torch-null_space": "4f5b63e69bcb6119", "torch-null_space_corrected": "efb58536ccae542e",
+}
+
+
+@pytest.mark.parametrize("key", sorted(FINGERPRINTS))
+def test_default_options_are_bit_identical_to_before(key):
+    framework, strategy = key.split("-")
+    total = hashlib.sha256()
+    for optimizer, weight_decay, warm in itertools.product(su.OPTIMIZERS, (0.0, 0.01), (0, 2)):
+        r = su.run(strategy, framework, params=PARAMS, data=DATA, optimizer=optimizer,
+                   weight_decay=weight_decay, warm_start_steps=warm, steps=3)
+        h = hashlib.sha256()
+        for a in (r.outputs, r.eval_outputs, *[r.params[k] for k in sorted(r.params)]):
+            h.update(np.ascontiguousarray(a).tobytes())
+        total.update(h.hexdigest().encode())
+        assert r.reference_outputs is None and r.drift_reference is None
+    assert total.hexdigest()[:16] == FINGERPRINTS[key]
+
+
+# --- reference= for null_space and null_space_corrected -------------------------------------------
+
+@pytest.mark.parametrize("optimizer,weight_decay,warm", SET_UP, ids=SET_UP_IDS)
+@pytest.mark.parametrize("ref", sorted(REFERENCES))
+def test_null_space_corrected_is_exact_on_the_reference(ref, optimizer, weight_decay, warm):
+    runs = [ref_run("null_space_corrected", fw, ref, optimizer, weight_decay, warm)
+            for fw in su.FRAMEWORKS]
+    for r in runs:
+        assert r.promise == "reference_exact"
+        n_ref = len(REFERENCES[ref][1])
+        assert r.reference_outputs.shape == (6, n_ref, r.outputs.shape[2])
+        assert r.drift_reference.max() <= 1e-10
+        assert r.restore_residual.shape == (5,) and r.restore_residual.max() <= 1e-13
+        if optimizer == "sgd":  # leftover momentum may raise the loss at first
+            assert r.train_loss[-1] < r.train_loss[0]
+        verdict = verdicts.promise_holds(r.promise, r.drift_train, r.drift_eval,
+                                         drift_reference=r.drift_reference,
+                                         restore_residual=r.restore_residual)
+        assert verdict.holds, verdict
+    assert_parity(*runs, optimizer)
+
+
+@pytest.mark.parametrize("optimizer,weight_decay,warm", SET_UP, ids=SET_UP_IDS)
+@pytest.mark.parametrize("ref", ["toy4", "deep16"])
+def test_null_space_is_first_order_on_the_reference(ref, optimizer, weight_decay, warm):
+    for fw in su.FRAMEWORKS:
+        r = ref_run("null_space", fw, ref, optimizer, weight_decay, warm)
+        assert r.promise == "reference_first_order" and r.restore_residual is None
+        one, half = (ref_run("null_space", fw, ref, optimizer, weight_decay, warm, lr=lr, steps=1,
+                             warm_start_lr=0.1).drift_reference[1] for lr in (0.1, 0.05))
+        assert one / half >= 2.8, (one, half)
+        verdict = verdicts.promise_holds(r.promise, r.drift_train, r.drift_eval,
+                                         drift_reference=r.drift_reference,
+                                         drift_reference_half_lr=half)
+        assert verdict.holds and "ratio" in verdict.measured
+    assert_parity(*(ref_run("null_space", fw, ref, optimizer, weight_decay, warm)
+                    for fw in su.FRAMEWORKS), optimizer)
+
+
+@pytest.mark.parametrize("optimizer", su.OPTIMIZERS)
+def test_gram_form_protects_the_reference(optimizer, monkeypatch):
+    monkeypatch.setattr(reference, "DENSE_JACOBIAN_MAX", 0)  # no SVD: the Cholesky-solved Gram
+    x_ref = DATA.x_eval[:8]
+    assert reference.form_for((3, 6, 5, 3), 2, len(x_ref)) == "gram"  # m = 16 <= P = 77
+    runs = [su.run("null_space_corrected", fw, **DEEP, optimizer=optimizer, steps=3,
+                   warm_start_steps=2, weight_decay=0.01, reference=x_ref)
+            for fw in su.FRAMEWORKS]
+    for r in runs:
+        assert r.drift_reference.max() <= 1e-10 and r.restore_residual.max() <= 1e-13
+    assert_parity(*runs, optimizer)
+
+
+@lru_cache(maxsize=None)
+def digits():
+    from selective_update import datasets
+
+    setup = datasets.prepare("digits", seed=0)
+    full = datasets.load_dataset("digits")
+    return setup, full.x[full.y.argmax(axis=1) != 9]  # the kept classes' training digits
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_parameter_form_protects_kept_digits(optimizer):
+    setup, kept_digits = digits()
+    x_ref = kept_digits[:200]  # 9 x 200 = 1,800 constraints > 1,210 parameters
+    assert reference.form_for((64, 16, 10), 9, len(x_ref)) == "params"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", su.TrivialNullSpaceWarning)
+        runs = [su.run("null_space_corrected", fw, params=setup.params, data=setup.data,
+                       keep=setup.keep, train=setup.train, optimizer=optimizer,
+                       lr=0.05 if optimizer == "sgd" else 0.01,
+                       steps=2, reference=x_ref) for fw in su.FRAMEWORKS]
+    for r in runs:
+        assert r.drift_reference.max() <= 1e-10 and r.restore_residual.max() <= 1e-13
+        assert r.train_loss[-1] < r.train_loss[0]
+    assert_parity(*runs, optimizer)
+
+
+def test_ill_conditioned_parameter_form_says_so(monkeypatch):
+    # 80 constraints on 77 parameters of a smooth net of 3 inputs: cond(J^T J) ~ 1e18, beyond
+    # the normal equations; the correction stops above tolerance and says so.
+    monkeypatch.setattr(reference, "DENSE_JACOBIAN_MAX", 0)
+    with pytest.warns(su.RestoreWarning):
+        r = su.run("null_space_corrected", "torch", **DEEP, steps=2, reference=DATA.x_eval[:40])
+    assert not verdicts.promise_holds(r.promise, r.drift_train, r.drift_eval,
+                                      drift_reference=r.drift_reference,
+                                      restore_residual=r.restore_residual).holds
+
+
+def test_reference_is_recorded_by_every_strategy_and_moves_the_protection():
+    x_ref = DATA.x_eval[:4]
+    r = su.run("masked_loss", "torch", params=PARAMS, data=DATA, steps=2, reference=x_ref)
+    assert r.reference_outputs.shape == (3, 4, 2) and r.drift_reference[-1] > 1e-6
+    assert r.promise == "none" and r.restore_residual is None
+    assert su.promise("split_head", "adam", reference=x_ref) == "exact"
+    batch = su.run("null_space_corrected", "torch", params=PARAMS, data=DATA, steps=2)
+    assert batch.restore_residual.shape == (2,) and batch.reference_outputs is None
+    # reference replaces the batch: the batch is no longer held
+    ref = ref_run("null_space_corrected", "torch", "toy4")
+    assert ref.drift_train.max() > 1e-7 and ref.drift_reference.max() <= 1e-10
+
+
+# --- broken promises are never silent -------------------------------------------------------------
+
+@pytest.mark.parametrize("framework", su.FRAMEWORKS)
+def test_unconverged_correction_warns_and_breaks_the_verdict(framework):
+    with pytest.warns(su.RestoreWarning, match="Gauss-Newton stopped"):
+        r = su.run("null_space_corrected", framework, params=PARAMS, data=DATA, lr=1e6, steps=1)
+    assert r.restore_residual[0] > su.RESTORE_TOL["float64"]
+    verdict = verdicts.promise_holds(r.promise, r.drift_train, r.drift_eval,
+                                     restore_residual=r.restore_residual)
+    assert not verdict.holds and "Gauss-Newton stopped" in verdict.measured
+    ok = su.run("null_space_corrected", framework, params=PARAMS, data=DATA, steps=2)
+    assert ok.restore_residual.max() <= su.RESTORE_TOL["float64"]
+    assert verdicts.promise_holds(ok.promise, ok.drift_train, ok.drift_eval,
+                                  restore_residual=ok.restore_residual).holds
+
+
+def test_restore_warning_is_a_user_warning_at_the_top_level():
+    assert issubclass(su.RestoreWarning, UserWarning)
+    with pytest.raises(ValueError, match="^drift_reference: "):
+        verdicts.promise_holds("reference_exact", [0, 0], [0, 0])
