@@ -90,7 +90,8 @@ def split_head(model, head, train) -> list:
     does; every other parameter of model gets requires_grad=False and grad=None, which every
     torch.optim optimizer skips (no step, no decay, no state update). Pass model.parameters() or
     the returned list to any optimizer, built before or after this call. model.state_dict() keeps
-    the plain keys and shapes (head.weight, head.bias), so it loads into an unmodified copy.
+    the plain keys and shapes (head.weight, head.bias), so it loads into an unmodified copy
+    (save through state_dict(): torch refuses to pickle a parametrized module whole).
     Buffers that a forward pass updates (BatchNorm statistics) are not parameters: put those
     layers in eval mode. Returns [head's trained weight parameter, bias parameter].
     """
@@ -155,7 +156,8 @@ class _KeptOutputs:
         self.shapes = [p.shape for p in self.params]
         self.sizes = [p.numel() for p in self.params]
         try:
-            out = self.outputs(self.flat())
+            with torch.no_grad():
+                out = self.outputs(self.flat())
         except Exception as error:  # noqa: BLE001  (any failure means the shapes do not fit)
             first = str(error).splitlines()[0] if str(error) else type(error).__name__
             fail("inputs", f"a tensor of shape {tuple(inputs.shape)}",
