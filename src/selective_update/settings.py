@@ -58,7 +58,7 @@ JOBS = 2  # notebooks run in parallel by default
 # Notebooks the batch runs once each besides the strategy grid (name -> notebook file); each
 # takes the parameters `quick` (bool) and `reports_dir` (where it writes its CSV files) and is
 # published as reports/<name>.html.
-SCENARIO_NOTEBOOKS = {"new_class": "new_class.ipynb"}
+SCENARIO_NOTEBOOKS = {"new_class": "new_class.ipynb", "your_model": "your_model.ipynb"}
 
 # --- beyond the batch (issue 9): defaults of run()'s strategy options and solver constants ------
 # layer_subspace keeps, per layer, the top singular directions of the protected layer inputs that
@@ -76,6 +76,12 @@ DEFAULT_DISTILL_WEIGHT = 1.0
 # many times, each removing what the jitter left (a factor jitter / (eigenvalue + jitter)).
 CHOLESKY_JITTER = 1e-12
 PROJECTION_SWEEPS = 2
+# Reference Jacobians up to this many entries (kept outputs x reference inputs x parameters) are
+# materialized and factored by SVD (no squared condition number); larger ones use Cholesky.
+DENSE_JACOBIAN_MAX = 250_000
+# A reference-protected Gauss-Newton correction reuses its factored Jacobian while each step
+# shrinks the residual at least this much, and factors it afresh where one does not.
+CHORD_RATE = 0.1
 
 # --- the new-class scenario (selective_update.new_class, notebooks/new_class.ipynb) -------------
 # Pretrain on digits 0-8 (output 9 stays at its init), then learn class 9 keeping outputs 0-8.
@@ -92,15 +98,18 @@ NEW_CLASS_MAX_ACC_DROP = 0.02
 # digits, or "all" of them.
 NEW_CLASS_GRID = dict(
     hidden=[16, 64], seeds=[0], optimizers=["sgd", "adam"],
-    lrs={"sgd": [0.5, 1.0, 2.0], "adam": [0.003, 0.01, 0.03, 0.1]}, steps=[10, 20, 40],
+    lrs={"sgd": [1.0, 3.0], "adam": [0.01, 0.03, 0.1]}, steps=[10, 20, 40],
     references=["batch", 64, 256, "all"], energies=[0.9, 0.97, 0.99, 1.0],
     distill_weights=[1.0, 10.0, 100.0], grow=[4, 16])
 NEW_CLASS_QUICK_GRID = dict(
     hidden=[16, 64], seeds=[0], optimizers=["adam"], lrs={"adam": [0.01, 0.03]}, steps=[10, 20],
     references=["batch", 64], energies=[0.97], distill_weights=[10.0], grow=[4])
-# Reference Jacobians up to this many entries (kept outputs x reference inputs x parameters) are
-# materialized and factored by SVD (no squared condition number); larger ones use Cholesky.
-DENSE_JACOBIAN_MAX = 250_000
-# A reference-protected Gauss-Newton correction reuses its factored Jacobian while each step
-# shrinks the residual at least this much, and factors it afresh where one does not.
-CHORD_RATE = 0.1
+# What a reference projection costs decides how much of the sweep it gets. Work per step:
+# min(m, P)^2 * max(m, P), m = 9 kept outputs x protected inputs, P parameters, times
+# NEW_CLASS_CORRECTED_FACTOR for the Gauss-Newton corrections (measured 1-2.5x with chord steps).
+# Up to "full": the whole grid; up to "reduced": NEW_CLASS_REDUCED_GRID; above: not run (the
+# notebook lists it with its work).
+NEW_CLASS_WORK = {"full": 2e9, "reduced": 3e10}
+NEW_CLASS_CORRECTED_FACTOR = 2
+NEW_CLASS_REDUCED_GRID = dict(optimizers=["adam"], lrs={"adam": [0.03, 0.1]}, steps=[10, 20])
+# --- end of the new-class scenario ------------------------------------------------------------
