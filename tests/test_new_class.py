@@ -6,7 +6,8 @@ import pytest
 from selective_update import new_class as nc
 from selective_update import new_class_report as ncr
 from selective_update import results
-from selective_update.settings import NEW_CLASS, NEW_CLASS_QUICK_GRID, ROOT
+from selective_update.settings import (NEW_CLASS, NEW_CLASS_CORRECTED_FACTOR,
+                                      NEW_CLASS_QUICK_GRID, ROOT)
 
 
 def _frame(rows):
@@ -85,6 +86,14 @@ def test_settings_follow_what_run_accepts():
     assert nc.setting_kwargs("reference=batch", sc) == {}
     assert len(nc.setting_kwargs("reference=64", sc)["reference"]) == 64
     assert nc.setting_kwargs("grow=4", sc) == {"grow": 4}
+    # the cost rule: no solve is always run in full; the widest reference set is not run at all
+    assert nc.tier(nc.work(sc, "split_head", "none")) == "full"
+    assert nc.tier(nc.work(sc, "null_space", "reference=batch")) == "full"
+    wide = nc.scenario(64, 0)
+    assert nc.tier(nc.work(wide, "null_space_corrected", "reference=all")) == "skipped"
+    assert nc.tier(nc.work(wide, "null_space_corrected", "reference=all"), quick=True) == "skipped"
+    assert nc.work(wide, "null_space_corrected", "reference=64") == \
+        NEW_CLASS_CORRECTED_FACTOR * nc.work(wide, "null_space", "reference=64")
 
 
 @pytest.mark.parametrize("kwargs, name", [
