@@ -204,3 +204,92 @@ def test_restore_warning_is_a_user_warning_at_the_top_level():
     assert issubclass(su.RestoreWarning, UserWarning)
     with pytest.raises(ValueError, match="^drift_reference: "):
         verdicts.promise_holds("reference_exact", [0, 0], [0, 0])
+
+
+# --- layer_subspace (GPM / Adam-NSCL: the optimizer's step, not the gradient, is projected) -------
+
+@pytest.mark.parametrize("optimizer,weight_decay,warm", SET_UP, ids=SET_UP_IDS)
+@pytest.mark.parametrize("ref", ["toy", "deep", "toy64", "deep16"])
+def test_layer_subspace_at_full_energy_holds_the_protected_inputs(ref, optimizer, weight_decay,
+                                                                 warm):
+    runs = [ref_run("layer_subspace", fw, ref, optimizer, weight_decay, warm, energy=1.0)
+            for fw in su.FRAMEWORKS]
+    for r in runs:
+        on_reference = ref in REFERENCES
+        assert r.promise == ("reference_exact" if on_reference else "batch_exact")
+        protected = r.drift_reference if on_reference else r.drift_train
+        assert protected.max() <= 1e-10
+        assert verdicts.promise_holds(r.promise, r.drift_train, r.drift_eval,
+                                      drift_reference=r.drift_reference).holds
+        assert r.train_loss[1] < r.train_loss[0]  # the trained columns stay free
+    assert_parity(*runs, optimizer)
+
+
+@pytest.mark.parametrize("optimizer", su.OPTIMIZERS)
+def test_layer_subspace_energy_trades_protection_for_freedom(optimizer):
+    drifts = {}  # measured (torch, deep16, decay 0.01, warm start 2), energy 0.5 / 0.9 / 0.99:
+    # sgd 9e-5 / 9e-5 / 8e-5, momentum 1.5e-3, adam 5.7e-3 / 5.8e-3 / 4.7e-3, adamw 1.5e-2 / 4.6e-3
+    for energy in (0.5, 0.9, 1.0):
+        runs = [ref_run("layer_subspace", fw, "deep16", optimizer, 0.01, 2, energy=energy)
+                for fw in su.FRAMEWORKS]
+        assert_parity(*runs, optimizer)
+        assert runs[0].promise == ("reference_exact" if energy == 1.0 else "none")
+        drifts[energy] = runs[0].drift_reference.max()
+    assert drifts[1.0] <= 1e-10 < min(drifts[0.5], drifts[0.9])
+
+
+def test_layer_subspace_basis_holds_the_energy():
+    from selective_update import subspace
+
+    h = np.random.default_rng(0).random((32, 5))
+    s = np.linalg.svd(np.c_[h, np.ones(32)], compute_uv=False)
+    for energy in (0.5, 0.9, 0.999):
+        r = subspace.basis(h, energy).shape[1]
+        share = (s[:r] ** 2).sum() / (s ** 2).sum()
+        assert share >= energy and (s[:r - 1] ** 2).sum() / (s ** 2).sum() < energy
+    assert subspace.basis(h, 1.0).shape == (6, 6)
+    assert subspace.basis(np.zeros((4, 3)), 1.0).shape == (4, 1)  # only the bias direction
+
+
+# --- distill (Learning without Forgetting): a soft penalty, nothing promised --------------------
+
+@pytest.mark.parametrize("optimizer,weight_decay,warm", SET_UP, ids=SET_UP_IDS)
+@pytest.mark.parametrize("ref", ["toy", "deep16"])
+def test_distill_promises_nothing_and_frameworks_agree(ref, optimizer, weight_decay, warm):
+    runs = [ref_run("distill", fw, ref, optimizer, weight_decay, warm) for fw in su.FRAMEWORKS]
+    for r in runs:
+        assert r.promise == "none" and r.drift_train.max() > 0
+    assert_parity(*runs, optimizer)
+
+
+def test_distill_weight_pulls_the_kept_outputs_back():
+    # A soft penalty: with SGD at lr 0.01 a larger weight holds the kept outputs closer (measured
+    # 1.27e-3 / 1.22e-3 / 8.3e-4 / 4.2e-4 for weights 0 / 1 / 10 / 30); at lr 0.1 weight 30 is
+    # already too stiff (lr x weight x curvature > 2) and diverges; with Adam it is not monotone.
+    drift = {w: ref_run("distill", "torch", "deep16", lr=0.01, distill_weight=w).drift_reference
+             .max() for w in (0.0, 1.0, 10.0, 30.0)}
+    assert drift[30.0] < drift[10.0] < drift[1.0] < drift[0.0]
+    masked = ref_run("masked_loss", "torch", "deep16", lr=0.01)
+    np.testing.assert_allclose(ref_run("distill", "torch", "deep16", lr=0.01,
+                                       distill_weight=0.0).outputs, masked.outputs, atol=1e-15)
+
+
+# --- options: a value for a strategy that does not use it is refused -----------------------------
+
+@pytest.mark.parametrize("strategy,option", [("split_head", {"energy": 0.5}),
+                                             ("null_space", {"grow": 4}),
+                                             ("layer_subspace", {"distill_weight": 2.0}),
+                                             ("distill", {"energy": 1.0})])
+def test_option_of_another_strategy_is_refused(strategy, option):
+    name = next(iter(option))
+    with pytest.raises(ValueError, match=rf"^{name}: .*allowed: None with strategy"):
+        su.run(strategy, "torch", params=PARAMS, data=DATA, **option)
+
+
+@pytest.mark.parametrize("strategy,option", [("layer_subspace", {"energy": 0.0}),
+                                             ("layer_subspace", {"energy": 1.5}),
+                                             ("distill", {"distill_weight": -1.0})])
+def test_bad_option_values_are_refused(strategy, option):
+    name = next(iter(option))
+    with pytest.raises(ValueError, match=rf"^{name}: got"):
+        su.run(strategy, "tf1", params=PARAMS, data=DATA, **option)

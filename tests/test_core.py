@@ -53,6 +53,10 @@ def test_promise_table():
     assert su.promise("null_space_corrected", "sgd", reference=None) == "batch_exact"
     assert su.promise("masked_loss", "sgd", reference=x_ref) == "none"
     assert su.promise("split_head", "sgd", reference=x_ref) == "exact"
+    assert su.promise("layer_subspace", "adam", energy=1.0) == "batch_exact"
+    assert su.promise("layer_subspace", "adam", energy=1.0, reference=x_ref) == "reference_exact"
+    assert su.promise("layer_subspace", "adam") == "none"  # default energy 0.99
+    assert su.promise("distill", "sgd", reference=x_ref, distill_weight=10.0) == "none"
     with pytest.raises(ValueError, match=r"^energy: .*layer_subspace"):
         su.promise("split_head", "sgd", energy=0.5)
 
@@ -60,7 +64,7 @@ def test_promise_table():
 def test_registry_names_and_descriptions():
     assert list(su.STRATEGIES) == ["all_params", "last_layer", "output_gradient", "masked_loss",
                                    "masked_last_layer", "split_head", "null_space",
-                                   "null_space_corrected"]
+                                   "null_space_corrected", "layer_subspace", "distill"]
     for name, s in su.STRATEGIES.items():
         assert s.name == name and len(s.summary) > 20 and s.source
     assert su.OPTIMIZERS == ("sgd", "momentum", "adam", "adamw")

@@ -36,6 +36,8 @@ def test_promise_holds_on_measured_numbers(framework, strategy, optimizer, weigh
         drifts = [cached_run(strategy, framework, optimizer, weight_decay, warm, lr=lr, steps=1,
                              warm_start_lr=0.1).drift_train[1] for lr in (0.1, 0.05)]
         assert drifts[0] / drifts[1] >= 2.8, drifts
+    elif strategy == "layer_subspace":  # energy 0.99: none promised; measured, may be 0
+        assert promised == "none" and np.isfinite(r.drift_train).all()
     else:
         assert promised == "none"
         assert r.drift_train.max() > 1e-9  # nothing promised, and indeed output 1 moves

@@ -64,6 +64,16 @@ STRATEGIES = MappingProxyType({s.name: s for s in (
              "null_space, then Gauss-Newton steps (minimum-norm, layer-wise Gram form) until the "
              "kept outputs on the batch are back to their values before the step.",
              "beyond the answer", trains="all", loss="masked", projected=True, corrected=True),
+    Strategy("layer_subspace",
+             "Masked loss, every parameter; the optimizer's step of every hidden layer and of the "
+             "kept output columns is projected off the top singular directions (energy) of that "
+             "layer's inputs (with a 1 for the bias) on the protected inputs, taken once at start.",
+             "GPM (Saha et al., ICLR 2021), Adam-NSCL (Wang et al., CVPR 2021): step, not gradient",
+             trains="all", loss="masked", subspace=True),
+    Strategy("distill",
+             "Masked loss + distill_weight * mean squared change of the kept outputs on the "
+             "protected inputs since the start; every variable.",
+             "Learning without Forgetting (Li & Hoiem, 2016)", trains="all", loss="distill"),
 )})
 
 class TrivialNullSpaceWarning(UserWarning):

@@ -45,8 +45,10 @@ def _import_tensorflow_quietly():
 _import_tensorflow_quietly()
 import tensorflow as tf  # noqa: E402
 
-from . import core, nullspace, reference  # noqa: E402
-from .settings import CHOLESKY_JITTER, PROJECTION_SWEEPS  # noqa: E402
+from . import core, nullspace, reference, subspace  # noqa: E402
+from .settings import PROJECTION_SWEEPS  # noqa: E402
+from .tf1_linalg import (concat, cond, permute, psd_factor, psd_solve, svd_factor,  # noqa: E402,F401
+                         svd_solve)
 
 v1 = tf.compat.v1
 NAME = "tf1"
@@ -80,11 +82,6 @@ def while_loop(cond, body, loop_vars):
     return tf.while_loop(cond, body, loop_vars)
 
 
-def cond(pred, true_fn, false_fn):
-    """Build a tf.cond (the torch port decides eagerly)."""
-    return tf.cond(pred, true_fn, false_fn)
-
-
 def const(array, like):
     """Make a constant tensor with the dtype of `like`."""
     return tf.constant(array, dtype=like.dtype)
@@ -96,50 +93,6 @@ def solve_gram(G, r):
     cutoff = nullspace.pinv_cutoff(w[-1], G.shape[0], np.finfo(G.dtype.as_numpy_dtype).eps)
     inv = tf.where(w > cutoff, 1.0 / tf.maximum(w, cutoff), tf.zeros_like(w))
     return tf.linalg.matvec(V, inv * tf.linalg.matvec(V, r, transpose_a=True))
-
-
-def concat(tensors, axis):
-    """Join tensors along an axis."""
-    return tf.concat(tensors, axis)
-
-
-def permute(a, perm):
-    """Reorder a tensor's axes."""
-    return tf.transpose(a, perm)
-
-
-def psd_factor(A):
-    """Factor A + jitter * mean(diag A) * I by Cholesky; keep A for a pseudo-inverse."""
-    n = A.shape[0]
-    jitter = CHOLESKY_JITTER * tf.linalg.trace(A) / n
-    L = tf.linalg.cholesky(A + jitter * tf.eye(n, dtype=A.dtype))
-    return L, A, tf.reduce_all(tf.math.is_finite(L))  # TF's CPU Cholesky fails with NaNs
-
-
-def psd_solve(solver, R):
-    """Solve with a psd_factor: Cholesky, or the eigenvalue pseudo-inverse of A (R: (n, c))."""
-    L, A, ok = solver
-
-    def pinv():
-        w, V = tf.linalg.eigh(A)
-        cutoff = nullspace.pinv_cutoff(w[-1], A.shape[0], np.finfo(A.dtype.as_numpy_dtype).eps)
-        inv = tf.where(w > cutoff, 1.0 / tf.maximum(w, cutoff), tf.zeros_like(w))
-        return tf.matmul(V, inv[:, None] * tf.matmul(V, R, transpose_a=True))
-
-    return tf.cond(ok, lambda: tf.linalg.cholesky_solve(L, R), pinv)
-
-
-def svd_factor(J):
-    """Return (U, 1/S with singular values below the pinv cutoff zeroed, V) of J."""
-    S, U, V = tf.linalg.svd(J)
-    cutoff = S[0] * max(J.shape) * np.finfo(J.dtype.as_numpy_dtype).eps
-    return U, tf.where(S > cutoff, 1.0 / tf.maximum(S, cutoff), tf.zeros_like(S)), V
-
-
-def svd_solve(solver, R):
-    """Return J^+ R from an svd_factor."""
-    U, inv, V = solver
-    return tf.matmul(V, inv[:, None] * tf.matmul(U, R, transpose_a=True))
 
 
 class TorchEpsAdamOptimizer(v1.train.AdamOptimizer):
@@ -222,16 +175,47 @@ class Graph:
             hs, self.out = nullspace.forward(ops, layers_W, layers_b, self.x)
             self.hs = hs  # the loss's forward pass: projected steps reuse it (same values)
             self.hidden = hs[1]
-            self.out_any = nullspace.forward(ops, layers_W, layers_b, self.x_any)[1]
+            self.hs_any, self.out_any = nullspace.forward(ops, layers_W, layers_b, self.x_any)
             mask = tf.constant(core.train_mask(sizes[-1], train), dt)
             self.losses = {"full": tf.reduce_mean(tf.square(self.out - self.y)),
                            "masked": tf.reduce_mean(tf.square(mask * (self.out - self.y)))}
+            self._start_inputs(strategies, sizes, dt, layers_W, layers_b)
             self.G = tf.constant(core.output_gradient(n, sizes[-1], train), dt)
             self.opt = make_optimizer(optimizer, self.lr)
             self.ops = {s: self._step_op(s) for s in strategies}
             self.init = v1.global_variables_initializer()
             self.graph.finalize()
         self.sess = _session(self.graph)
+
+    def _start_inputs(self, strategies, sizes, dt, layers_W, layers_b):
+        """Add the placeholders fed from a strategy's start: layer bases, distill targets."""
+        x_prot = self.x if self.x_ref is None else self.x_ref
+        if any(core.STRATEGIES[s].subspace for s in strategies):
+            self.bases = [(v1.placeholder(dt, (d, None), f"U_W{l}"),
+                           v1.placeholder(dt, (1, None), f"u_b{l}"))
+                          for l, d in enumerate(sizes[:-1], start=1)]
+            self.keep_mask = tf.constant(subspace.keep_mask(sizes[-1], self.keep), dt)
+        if any(core.STRATEGIES[s].loss == "distill" for s in strategies):
+            self.distill_target = v1.placeholder(dt, (len(self.keep), x_prot.shape[0]), "target")
+            self.distill_weight = v1.placeholder(dt, (), "distill_weight")
+            self.losses["distill"] = self.losses["masked"] + subspace.distill_penalty(
+                ops, layers_W, layers_b, x_prot, self.keep, self.distill_target,
+                self.distill_weight)
+
+    def start_feed(self, strategy, cfg):
+        """Return what a strategy feeds from its start (now): layer bases or distill targets."""
+        s, feed = core.STRATEGIES[strategy], {}
+        if not (s.subspace or s.loss == "distill"):
+            return feed
+        hs, out = self.sess.run([self.hs_any, self.out_any],
+                                {self.x_any: core.protected_inputs(cfg)})
+        if s.subspace:
+            for (U_W, u_b), (a, b) in zip(self.bases, subspace.bases(hs, cfg["energy"])):
+                feed[U_W], feed[u_b] = a, b
+        if s.loss == "distill":
+            feed[self.distill_target] = out[:, list(self.keep)].T
+            feed[self.distill_weight] = cfg["distill_weight"]
+        return feed
 
     def var_list(self, strategy):
         """List the variables a strategy gives to the optimizer."""
@@ -253,7 +237,7 @@ class Graph:
         if not decoupled:
             grads = [g + self.weight_decay * v for g, v in zip(grads, var_list)]
         before = grads  # ops below run only once every gradient is computed
-        if s.projected:
+        if s.projected or s.subspace:
             snapshots = [v1.Variable(tf.zeros(v.shape, v.dtype), trainable=False,
                                      use_resource=True, name="before_step") for v in var_list]
             with tf.control_dependencies(before):
@@ -265,7 +249,7 @@ class Graph:
                                      for v in var_list])]
         with tf.control_dependencies(before):
             apply = self.opt.apply_gradients(list(zip(grads, var_list)))
-        if not s.projected:
+        if not (s.projected or s.subspace):
             return apply
         with tf.control_dependencies([apply]):
             new = [v.read_value() for v in var_list]
@@ -273,6 +257,10 @@ class Graph:
         old_Ws, old_bs = old[0::2], old[1::2]
         dWs = [n - o for n, o in zip(new[0::2], old_Ws)]
         dbs = [n - o for n, o in zip(new[1::2], old_bs)]
+        if s.subspace:
+            dWs, dbs = subspace.project(ops, self.bases, dWs, dbs, self.keep_mask)
+            return self._assign(strategy, var_list, [o + d for o, d in zip(old_Ws, dWs)],
+                                [o + d for o, d in zip(old_bs, dbs)])
         if self.x_ref is not None:
             Ws, bs, err = reference.protected_step(
                 ops, old_Ws, old_bs, self.x_ref, self.keep, dWs, dbs, form=self.form,
@@ -372,8 +360,8 @@ def make_steps(strategies, **run_kwargs):
             continue
         g = graph_for(group, cfg)
         g.reset(cfg["params"])
-        feed = _feed(g, cfg)
         for s in group:
+            feed = {**_feed(g, cfg), **g.start_feed(s, cfg)}
             steps[s] = functools.partial(g.sess.run, g.ops[s], feed)
     return steps, lambda: None
 
@@ -399,6 +387,7 @@ def run(strategy, *, params, data, keep=(0,), train=(1,), optimizer="sgd", lr=0.
     feed = _feed(g, cfg)
     for _ in range(cfg["warm_start_steps"]):
         g.sess.run(g.ops["all_params"], {**feed, g.lr: cfg["warm_start_lr"]})
+    feed.update(g.start_feed(strategy, cfg))
     inputs = [data.x, data.x_eval] + ([] if g.x_ref is None else [cfg["reference"]])
 
     def outputs():
