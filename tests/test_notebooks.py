@@ -159,3 +159,24 @@ def test_summary_notebook_reads_the_rows_of_a_run(tmp_path):
     assert "Every run succeeded" in text and "toy-masked_last_layer" in text
     # masked_last_layer promises exact without decay and none with it: both rows are judged.
     assert set(tables["results.csv"].promise) == {"exact", "none"}
+
+
+def test_a_correction_that_stops_above_tolerance_is_a_broken_promise_with_its_reason(tmp_path):
+    """lr 1e6 (toy, sgd): Gauss-Newton cannot restore the batch in 12 steps; the grid says so."""
+    import warnings
+
+    import selective_update as su
+
+    cfg = grid.check_params(strategy="null_space_corrected", dataset="toy", optimizers=["sgd"],
+                            weight_decays=[0.0], warm_start_steps=[0], lr=1e6, steps=1,
+                            seeds=[0], results_dir=str(tmp_path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = grid.run_grid(cfg)
+    assert any(issubclass(w.category, su.RestoreWarning) for w in caught)
+    assert not run.rows.holds.any()
+    assert not run.verdicts.holds.any()
+    assert run.verdicts.measured.str.startswith("Gauss-Newton stopped at residual").all()
+    results.write_results(run, cfg["results_dir"])
+    verdicts = results.read_optional(tmp_path, "toy-null_space_corrected-verdicts.csv")
+    assert list(verdicts.columns) == results.VERDICT_COLUMNS and len(verdicts) == 2

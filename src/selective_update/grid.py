@@ -101,6 +101,7 @@ class Grid:
     rows: "object"  # pandas DataFrame, one row per framework x set-up x seed x step
     sweep: "object"  # pandas DataFrame, one-step drift at several lr
     results: dict = field(default_factory=dict)  # (fw, optimizer, wd, warm, seed) -> RunResult
+    verdicts: "object" = None  # pandas DataFrame, one row per run: promise, holds, measured
 
 
 def deterministic(threads=1):
@@ -140,7 +141,7 @@ def run_grid(cfg) -> Grid:
     _inject(cfg.get("inject_fault"))
     deterministic()
     strategy, dataset = cfg["strategy"], cfg["dataset"]
-    rows, sweep, runs = [], [], {}
+    rows, sweep, runs, judged = [], [], {}, []
     for seed in cfg["seeds"]:
         setup = _prepare(dataset, cfg["n_sample"], cfg["hidden"], seed, cfg["keep"], cfg["train"])
         common = dict(params=setup.params, data=setup.data, keep=setup.keep, train=setup.train,
@@ -160,9 +161,12 @@ def run_grid(cfg) -> Grid:
                             half = su.run(strategy, fw, lr=cfg["lr"] / 2, steps=1, **set_up,
                                           warm_start_lr=cfg["lr"], **common).drift_train[1]
                             ratio = verdicts.drift_ratio(r.drift_train[1], half)
-                        verdict = verdicts.promise_holds(promised, r.drift_train, r.drift_eval,
-                                                       dtype=cfg["dtype"],
-                                                       drift_train_half_lr=half)
+                        verdict = verdicts.promise_holds(
+                            promised, r.drift_train, r.drift_eval, dtype=cfg["dtype"],
+                            drift_train_half_lr=half, restore_residual=r.restore_residual)
+                        judged.append(dict(dataset=dataset, strategy=strategy, framework=fw,
+                                           **set_up, seed=seed, promise=promised,
+                                           holds=verdict.holds, measured=verdict.measured))
                         if dataset == "digits":
                             y = setup.data.y_eval
                             acc_keep = _accuracy(r.eval_outputs, y, setup.keep)
@@ -193,5 +197,7 @@ def run_grid(cfg) -> Grid:
                                           drift_train=float(r.drift_train[1]),
                                           drift_eval=float(r.drift_eval[1]), promise=r.promise))
     rows = results.tidy(pd.DataFrame(rows, columns=results.RESULT_COLUMNS), results.RESULT_ORDER)
+    judged = results.tidy(pd.DataFrame(judged, columns=results.VERDICT_COLUMNS),
+                          results.VERDICT_ORDER)
     sweep = results.tidy(pd.DataFrame(sweep, columns=results.SWEEP_COLUMNS), results.SWEEP_ORDER)
-    return Grid(cfg, rows, sweep, runs)
+    return Grid(cfg, rows, sweep, runs, judged)

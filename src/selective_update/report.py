@@ -205,6 +205,17 @@ def demo_printout(demo) -> str:
     return "\n".join(lines)
 
 
+def broken_promises(verdicts):
+    """The runs whose promise broke, each with the reason measured (Markdown when none broke)."""
+    from IPython.display import Markdown
+
+    broken = verdicts[~verdicts.holds.astype(bool)] if len(verdicts) else verdicts
+    if not len(broken):
+        return Markdown(f"Every promise held ({len(verdicts)} runs judged).")
+    return broken.drop(columns="holds").style.hide(axis="index").format(
+        {"weight_decay": "{:g}"}).set_caption(f"{len(broken)} broken promises")
+
+
 def failed_runs_html(status) -> str:
     """An HTML table of the failed runs, each with a link to its report; '' when none failed."""
     failed = status[status.status != "ok"] if len(status) else status

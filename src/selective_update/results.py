@@ -18,6 +18,10 @@ SWEEP_COLUMNS = ["dataset", "strategy", "framework", "optimizer", "weight_decay"
                  "warm_start_steps", "seed", "lr", "drift_train", "drift_eval", "promise"]
 SWEEP_ORDER = ["dataset", "strategy", "framework", "optimizer", "weight_decay",
                "warm_start_steps", "seed", "lr"]
+# One row per run: what its promise measured (the reason when it broke).
+VERDICT_COLUMNS = ["dataset", "strategy", "framework", "optimizer", "weight_decay",
+                   "warm_start_steps", "seed", "promise", "holds", "measured"]
+VERDICT_ORDER = VERDICT_COLUMNS[:7]
 STATUS_COLUMNS = ["name", "notebook", "dataset", "strategy", "status", "error", "html",
                   "attempts", "seconds"]
 
@@ -54,13 +58,14 @@ def csv_text(frame) -> str:
 
 
 def write_results(grid, results_dir):
-    """Write <dataset>-<strategy>.csv and <dataset>-<strategy>-lr.csv into results_dir (atomic)."""
+    """Write <dataset>-<strategy>.csv, -lr.csv and -verdicts.csv into results_dir (atomic)."""
     if results_dir is None:
         return []
     name = f"{grid.cfg['dataset']}-{grid.cfg['strategy']}"
-    paths = [Path(results_dir) / f"{name}.csv", Path(results_dir) / f"{name}-lr.csv"]
-    atomic_write(paths[0], csv_text(grid.rows))
-    atomic_write(paths[1], csv_text(grid.sweep))
+    paths = []
+    for suffix, frame in (("", grid.rows), ("-lr", grid.sweep), ("-verdicts", grid.verdicts)):
+        paths.append(Path(results_dir) / f"{name}{suffix}.csv")
+        atomic_write(paths[-1], csv_text(frame))
     return paths
 
 
@@ -79,6 +84,14 @@ def load_reports(reports_dir=None):
 
     return (read("results.csv", RESULT_COLUMNS), read("lr_sweep.csv", SWEEP_COLUMNS),
             read("status.csv", STATUS_COLUMNS))
+
+
+def load_verdicts(reports_dir=None):
+    """Read a study's verdicts.csv: one row per run, its promise, whether it held and why."""
+    import pandas as pd
+
+    path = _reports(reports_dir) / "verdicts.csv"
+    return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=VERDICT_COLUMNS)
 
 
 def _reports(reports_dir):
@@ -100,15 +113,22 @@ def write_text(reports_dir, name, text):
     return path
 
 
+def _suffix(path):
+    """Return which of a run's files this is: '' (rows), '-lr' or '-verdicts'."""
+    return next((s for s in ("-lr", "-verdicts") if path.stem.endswith(s)), "")
+
+
 def concat_results(staging):
-    """Concatenate the runs' rows into results.csv and lr_sweep.csv (sorted, deterministic)."""
+    """Concatenate the runs' rows into results.csv, lr_sweep.csv and verdicts.csv (sorted)."""
     import pandas as pd
 
     runs = Path(staging) / "runs"
     out = {}
-    for name, sweep, columns, order in (("results.csv", False, RESULT_COLUMNS, RESULT_ORDER),
-                                        ("lr_sweep.csv", True, SWEEP_COLUMNS, SWEEP_ORDER)):
-        files = sorted(p for p in runs.glob("*.csv") if p.name.endswith("-lr.csv") == sweep)
+    for name, suffix, columns, order in (
+            ("results.csv", "", RESULT_COLUMNS, RESULT_ORDER),
+            ("lr_sweep.csv", "-lr", SWEEP_COLUMNS, SWEEP_ORDER),
+            ("verdicts.csv", "-verdicts", VERDICT_COLUMNS, VERDICT_ORDER)):
+        files = sorted(p for p in runs.glob("*.csv") if _suffix(p) == suffix)
         frames = [pd.read_csv(p) for p in files]
         frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
         frame = tidy(frame[columns], order)
