@@ -31,12 +31,36 @@ from . import core, validation
 from .floor import bench_floor
 from .results import atomic_write
 from .settings import CELL_TIMEOUT, REPORTS_DIR
-from .timing import (FRAMEWORK_ORDER, JACOBIAN_MAX_ENTRIES, JACOBIAN_REPEATS,
-                     JACOBIAN_SWEEP_REPEATS, KEEP, LR, PARTS, PLAIN, SWEEP_BATCHES, SWEEP_IN,
-                     SWEEP_OUT, SWEEP_WIDTH_BATCH, SWEEP_WIDTHS, SWEEP_BATCH_WIDTH, TABLE_SIZES,
-                     TRAIN, WARMUP, CSV_COLUMNS, add_ratios, bench_sweep, bench_table, configure,
-                     cuda_available,
-                     goal_table, jacobian_entries, load, slopes)
+from .timing import (
+    CSV_COLUMNS,
+    FRAMEWORK_ORDER,
+    JACOBIAN_MAX_ENTRIES,
+    JACOBIAN_REPEATS,
+    JACOBIAN_SWEEP_REPEATS,
+    KEEP,
+    LR,
+    PARTS,
+    PLAIN,
+    SWEEP_BATCH_WIDTH,
+    SWEEP_BATCHES,
+    SWEEP_IN,
+    SWEEP_OUT,
+    SWEEP_WIDTH_BATCH,
+    SWEEP_WIDTHS,
+    TABLE_SIZES,
+    TRAIN,
+    WARMUP,
+    add_ratios,
+    bench_sweep,
+    bench_table,
+    configure,
+    cuda_available,
+    goal_table,
+    jacobian_entries,
+    load,
+    slopes,
+)
+from .timing_reference import bench_reference
 
 
 def _size(text):
@@ -226,6 +250,8 @@ def main(args) -> int:
         rows += bench_sweep(args, env, log)
         notes.append(f"Sweeps: {args.sweep_repeats} repeats per point; the Jacobian projection "
                      f"only where it has at most {JACOBIAN_MAX_ENTRIES:,} entries.")
+    if "reference" in args.parts:
+        rows += bench_reference(args, env, log)
     if "floor" in args.parts:
         rows.append(bench_floor(args, env, log)[0])
     add_ratios(rows)

@@ -8,8 +8,15 @@ from pathlib import Path
 import numpy as np
 
 from . import core, validation
-from .settings import (DATA_DIR, DEFAULT_HIDDEN, DEFAULT_N_SAMPLE, DIGITS_TRAIN, MOMENTUM,
-                       PRETRAIN_LR, PRETRAIN_STEPS)
+from .settings import (
+    DATA_DIR,
+    DEFAULT_HIDDEN,
+    DEFAULT_N_SAMPLE,
+    DIGITS_TRAIN,
+    MOMENTUM,
+    PRETRAIN_LR,
+    PRETRAIN_STEPS,
+)
 
 DATASETS = ("toy", "digits")
 

@@ -266,7 +266,7 @@ def plot_bench_sweep(frame, part):
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from .timing import (PLAIN, SWEEP_BATCH_WIDTH, SWEEP_IN, SWEEP_OUT, SWEEP_WIDTH_BATCH)
+    from .timing import PLAIN, SWEEP_BATCH_WIDTH, SWEEP_IN, SWEEP_OUT, SWEEP_WIDTH_BATCH
 
     axis, title = {"sweep_width": ("width", f"{SWEEP_IN}-W-{SWEEP_OUT}, batch {SWEEP_WIDTH_BATCH}"),
                    "sweep_batch": ("batch", f"{SWEEP_IN}-{SWEEP_BATCH_WIDTH}-{SWEEP_OUT}")}[part]

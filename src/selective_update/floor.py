@@ -78,7 +78,8 @@ def bench_floor(args, env, log) -> tuple:
     note = (f"{grid}; wall of one fresh process (interpreter start included); "
             + ", ".join(f"{k} {v:.2f}" for k, v in parts.items() if k.endswith("_s")))
     row = dict(part="study_floor", framework="+".join(core.FRAMEWORKS), strategy="all",
-               sizes="toy 3-4-2/8 + digits 64-16-10/32", width="", batch="", n_params="",
+               sizes="toy 3-4-2/8 + digits 64-16-10/32", width="", batch="", n_ref="",
+               n_params="",
                median_s=wall, q1_s=wall, q3_s=wall, ratio_to_plain=float("nan"), goal="",
                meets_goal="", repeats=1, threads=args.floor_threads or "default",
                device="cpu", dtype="float64",

@@ -62,7 +62,7 @@ def _cell_name(nb, index) -> str:
 def _mark_failure(path, message, ename):
     """Add papermill-style error banners to an executed notebook the engine left without one."""
     import nbformat
-    from papermill.execute import (ERROR_ANCHOR_MSG, ERROR_MARKER_TAG, ERROR_MESSAGE_TEMPLATE)
+    from papermill.execute import ERROR_ANCHOR_MSG, ERROR_MARKER_TAG, ERROR_MESSAGE_TEMPLATE
 
     nb = nbformat.read(path, as_version=4) if Path(path).is_file() else None
     if nb is None:

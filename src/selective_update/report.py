@@ -12,7 +12,6 @@ import numpy as np
 
 from . import core
 
-
 # --- tables -------------------------------------------------------------------------------------
 
 CONFIG = ["dataset", "strategy", "framework", "optimizer", "weight_decay", "warm_start_steps"]

@@ -25,8 +25,7 @@ from pathlib import Path
 
 from . import core, datasets, grid, kernels, results, validation
 from .kernels import Task
-from .settings import (CELL_TIMEOUT, DEFAULT_GRID, JOBS, QUICK_GRID, REPORTS_DIR,
-                       SCENARIO_NOTEBOOKS)
+from .settings import CELL_TIMEOUT, DEFAULT_GRID, JOBS, QUICK_GRID, REPORTS_DIR, SCENARIO_NOTEBOOKS
 
 RUN_FAULTS = grid.FAULTS + ("kernel_start",)  # --inject-fault fakes a kernel start too
 

@@ -17,7 +17,7 @@ import numpy as np
 from . import core
 
 FRAMEWORK_ORDER = ("torch", "tf1")
-PARTS = ("table", "jacobian", "sweep", "floor")
+PARTS = ("table", "jacobian", "sweep", "reference", "floor")
 PLAIN = "all_params"
 TABLE_SIZES = (((3, 4, 2), 8), ((64, 128, 10), 64), ((784, 512, 10), 32), ((784, 512, 10), 128))
 SWEEP_IN, SWEEP_OUT = 784, 10
@@ -49,7 +49,7 @@ EXPECTED_SLOPES = {
     ("batch", "projection_jacobian"): "2: the issue's O(B*P) is the size of J; forming it by "
                                       "jacrev costs a full-batch backward per row, pinv O(B^2 P)",
 }
-CSV_COLUMNS = ("part", "framework", "strategy", "sizes", "width", "batch", "n_params",
+CSV_COLUMNS = ("part", "framework", "strategy", "sizes", "width", "batch", "n_ref", "n_params",
                "median_s", "q1_s", "q3_s", "ratio_to_plain", "goal", "meets_goal", "repeats",
                "threads", "device", "dtype", "load_1m", "machine", "python", "numpy", "torch",
                "tensorflow", "note")
@@ -106,14 +106,18 @@ def synthetic(sizes, batch, seed=0):
     return core.init_params(sizes, seed=seed), data
 
 
-def make_steps(framework, strategies, params, data, args):
-    """Return ({strategy: callable taking one step}, sync) from the framework's make_steps."""
+def make_steps(framework, strategies, params, data, args, **options):
+    """Return ({strategy: callable taking one step}, sync) from the framework's make_steps.
+
+    options: keep, train (default KEEP, TRAIN) and run()'s strategy options (reference, ...).
+    """
     import selective_update as su
 
     device = args.device if framework == "torch" else "cpu"
+    options = {"keep": KEEP, "train": TRAIN, **options}
     return su.backend(framework).make_steps(
-        strategies, params=params, data=data, keep=KEEP, train=TRAIN, optimizer="sgd", lr=LR,
-        steps=1, dtype=args.dtype, device=device)
+        strategies, params=params, data=data, optimizer="sgd", lr=LR, steps=1, dtype=args.dtype,
+        device=device, **options)
 
 
 def time_interleaved(steps, repeats, warmup=WARMUP, sync=None) -> dict:
@@ -145,7 +149,8 @@ class ReferenceNullSpaceStep:
     def __init__(self, params, data, args, project):
         import torch
 
-        from . import nullspace, torch as su_torch
+        from . import nullspace
+        from . import torch as su_torch
         dt = getattr(torch, args.dtype)
 
         def leaf(a):
@@ -184,11 +189,12 @@ def jacobian_entries(params, batch) -> int:
     return batch * len(KEEP) * core.n_params(params)
 
 
-def _row(part, framework, strategy, sizes, batch, seconds, env, args, note=""):
+def measurement_row(part, framework, strategy, sizes, batch, seconds, env, args, note=""):
+    """Return one bench.csv row: quartiles of the seconds and the set-up they were taken in."""
     seconds = np.asarray(seconds, dtype=float)
     q1, med, q3 = np.percentile(seconds, [25, 50, 75])
     return dict(part=part, framework=framework, strategy=strategy,
-                sizes="-".join(map(str, sizes)), width=sizes[1], batch=batch,
+                sizes="-".join(map(str, sizes)), width=sizes[1], batch=batch, n_ref="",
                 n_params=int(sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))),
                 median_s=float(med), q1_s=float(q1), q3_s=float(q3), ratio_to_plain=float("nan"),
                 goal="", meets_goal="", repeats=len(seconds), threads=env["threads"],
@@ -206,7 +212,7 @@ def bench_table(args, env, log) -> list:
             steps, sync = make_steps(fw, args.strategies, params, data, args)
             seconds = time_interleaved(steps, args.repeats, sync=sync)
             for s in args.strategies:
-                rows.append(_row("table", fw, s, sizes, batch, seconds[s], env, args))
+                rows.append(measurement_row("table", fw, s, sizes, batch, seconds[s], env, args))
             if fw == "torch" and "jacobian" in args.parts:
                 rows += _jacobian_step(params, data, sizes, batch, args, env, log)
             log(f"{fw:5s} {'-'.join(map(str, sizes))}/{batch}: "
@@ -228,8 +234,9 @@ def _jacobian_step(params, data, sizes, batch, args, env, log) -> list:
     step = ReferenceNullSpaceStep(params, data, args, su_torch.project_step_jacobian)
     seconds = time_interleaved({"jacobian": step}, min(args.repeats, JACOBIAN_REPEATS), warmup=1,
                                sync=sync)
-    return [_row("table", "torch", "null_space_jacobian", sizes, batch, seconds["jacobian"], env,
-                 args, note="null_space step, projection by torch.func.jacrev + pinv")]
+    return [measurement_row("table", "torch", "null_space_jacobian", sizes, batch,
+                            seconds["jacobian"], env, args,
+                            note="null_space step, projection by torch.func.jacrev + pinv")]
 
 
 def projection_cases(params, data, args, jacobian):
@@ -262,7 +269,7 @@ def bench_sweep(args, env, log) -> list:
         for fw in (f for f in FRAMEWORK_ORDER if f in args.frameworks):
             steps, sync = make_steps(fw, SWEEP_STRATEGIES, params, data, args)
             seconds = time_interleaved(steps, args.sweep_repeats, warmup=1, sync=sync)
-            rows += [_row(part, fw, s, sizes, batch, seconds[s], env, args)
+            rows += [measurement_row(part, fw, s, sizes, batch, seconds[s], env, args)
                      for s in SWEEP_STRATEGIES]
             if fw != "torch":
                 continue
@@ -275,8 +282,8 @@ def bench_sweep(args, env, log) -> list:
                 seconds.update(time_interleaved(cases, min(args.sweep_repeats,
                                                            JACOBIAN_SWEEP_REPEATS),
                                                 warmup=1, sync=sync))
-            rows += [_row(part, fw, name, sizes, batch, t, env, args, note="projection only")
-                     for name, t in seconds.items()]
+            rows += [measurement_row(part, fw, name, sizes, batch, t, env, args,
+                                     note="projection only") for name, t in seconds.items()]
         log(f"{part} {'-'.join(map(str, sizes))}/{batch}: "
             + ", ".join(f"{r['framework']} {r['strategy']} {r['median_s'] * 1e3:.3g} ms"
                         for r in rows if r["part"] == part and r["batch"] == batch
@@ -290,7 +297,7 @@ def add_ratios(rows):
              for r in rows if r["strategy"] == PLAIN}
     for r in rows:
         base = plain.get((r["part"], r["framework"], r["sizes"], r["batch"]))
-        if base:
+        if base and np.isnan(r["ratio_to_plain"]):  # a part may have set its own (reference)
             r["ratio_to_plain"] = r["median_s"] / base
         goal = GOALS.get(r["strategy"])
         if goal and r["part"] == "table" and base:
@@ -362,7 +369,6 @@ def read_bench(bench_dir):
 def slopes_table(frame):
     """The sweeps' fitted slopes as a table (a note when no sweep was run)."""
     import pandas as pd
-
     from IPython.display import Markdown
 
     table = pd.DataFrame(slopes(frame.to_dict("records")))
