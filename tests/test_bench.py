@@ -87,3 +87,22 @@ def test_cuda_without_a_gpu_exits_2(tmp_path, capsys):
         cli(["bench", "--device", "cuda", "--frameworks", "torch", "--out", str(tmp_path / "r")])
     assert exc.value.code == 2
     assert "--device" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_reference_part_writes_issue_9_rows(tmp_path):
+    out = tmp_path / "reports"
+    proc = subprocess.run([sys.executable, "-m", "selective_update", "bench", "--parts",
+                           "reference", "--repeats", "1", "--frameworks", "torch", "--out",
+                           str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(out / "bench.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["part"] == "reference"]
+    seen = {(r["strategy"], r["n_ref"]) for r in rows}
+    for n_ref in ("batch", "64", "256"):
+        assert ("null_space_corrected", n_ref) in seen and ("null_space", n_ref) in seen
+    assert any(s == "null_space_corrected" and int(n) > 1000 for s, n in seen if n.isdigit())
+    goals = {r["strategy"]: r["goal"] for r in rows if r["goal"]}
+    assert set(goals) == {"layer_subspace", "grow", "null_space_corrected"}
+    assert all(math.isfinite(float(r["median_s"])) and float(r["median_s"]) > 0 for r in rows)
+    assert "Beyond the batch" in (out / "bench.html").read_text()

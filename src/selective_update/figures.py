@@ -291,3 +291,29 @@ def plot_bench_sweep(frame, part):
     ax.set_title(f"Scaling in {axis}: {title}")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return fig
+
+
+def plot_bench_reference(frame):
+    """Step time of the reference-protected strategies against the reference set's size."""
+    import matplotlib.pyplot as plt
+
+    part = frame[(frame.part == "reference") & frame.strategy.isin(
+        ["null_space", "null_space_corrected"])].copy()
+    if not len(part):
+        return None
+    batch = part.batch.iloc[0]
+    part["n"] = part.n_ref.map(lambda v: batch if str(v) == "batch" else int(float(v)))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    styles = {"tf1": "-", "torch": "--"}
+    for (strategy, fw), g in part.groupby(["strategy", "framework"], sort=True):
+        g = g.sort_values("n")
+        ax.plot(g.n, g.median_s * 1e3, marker="o", ls=styles.get(fw, ":"),
+                label=f"{strategy}, {fw}")
+    for fw, g in frame[(frame.part == "reference") & (frame.strategy == "all_params")
+                       & (frame.sizes == part.sizes.iloc[0])].groupby("framework"):
+        ax.axhline(g.median_s.iloc[0] * 1e3, color="grey", lw=0.8, ls=styles.get(fw, ":"),
+                   label=f"plain step, {fw}")
+    ax.set(xscale="log", yscale="log", xlabel="protected inputs n_ref (the batch: its size)",
+           ylabel="median ms per step", title="Reference-protected step time (digits 64-16-10)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
+    return fig

@@ -336,7 +336,7 @@ def goal_table(frame):
 
     table = frame[(frame.part == "table") & (frame.strategy != PLAIN)]
     if not len(table):
-        return pd.DataFrame()
+        return pd.DataFrame(columns=["network", "batch"])
     rows = []
     for (sizes, batch), group in table.groupby(["sizes", "batch"], sort=False):
         row = {"network": sizes, "batch": batch}
@@ -384,3 +384,16 @@ def floor_summary(frame):
         return Markdown("Not measured in this bench (`--study-floor`).")
     row = floor.iloc[-1]
     return Markdown(f"**{row.median_s:.1f} s** wall, threads {row.threads}: {row.note}")
+
+
+def reference_table(frame):
+    """The reference part: step time per strategy and n_ref, per framework, with its goal."""
+    from IPython.display import Markdown
+
+    part = frame[frame.part == "reference"]
+    if not len(part):
+        return Markdown("Not measured in this bench (`--parts reference`).")
+    shown = part.assign(ms=part.median_s * 1e3)[
+        ["framework", "strategy", "sizes", "n_ref", "ms", "ratio_to_plain", "goal", "meets_goal"]]
+    return shown.style.hide(axis="index").format({"ms": "{:.3g}", "ratio_to_plain": "{:.2f}"},
+                                                 na_rep="")
