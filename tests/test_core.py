@@ -64,7 +64,7 @@ def test_promise_table():
 def test_registry_names_and_descriptions():
     assert list(su.STRATEGIES) == ["all_params", "last_layer", "output_gradient", "masked_loss",
                                    "masked_last_layer", "split_head", "null_space",
-                                   "null_space_corrected", "layer_subspace", "distill"]
+                                   "null_space_corrected", "layer_subspace", "grow", "distill"]
     for name, s in su.STRATEGIES.items():
         assert s.name == name and len(s.summary) > 20 and s.source
     assert su.OPTIMIZERS == ("sgd", "momentum", "adam", "adamw")

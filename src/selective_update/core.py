@@ -8,12 +8,16 @@ from types import MappingProxyType
 
 import numpy as np
 
-from .options import (OPTION_DEFAULTS, OPTION_USERS, REFERENCE_USERS,  # noqa: F401
-                      check_options, check_reference)
-from .settings import (ADAM_BETAS, ADAM_EPS, GAUSS_NEWTON_MAX_STEPS, MOMENTUM,  # noqa: F401
-                       RESTORE_TOL)
-from .validation import (check_choice, check_disjoint, check_int, check_outputs,
-                         check_real, fail)
+from .options import (  # noqa: F401
+    OPTION_DEFAULTS,
+    OPTION_USERS,
+    REFERENCE_USERS,
+    check_options,
+    check_reference,
+    options_for,
+)
+from .settings import ADAM_BETAS, ADAM_EPS, GAUSS_NEWTON_MAX_STEPS, MOMENTUM, RESTORE_TOL  # noqa: F401
+from .validation import check_choice, check_disjoint, check_int, check_outputs, check_real, fail
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 FRAMEWORKS = ("tf1", "torch")
@@ -70,6 +74,11 @@ STRATEGIES = MappingProxyType({s.name: s for s in (
              "layer's inputs (with a 1 for the bias) on the protected inputs, taken once at start.",
              "GPM (Saha et al., ICLR 2021), Adam-NSCL (Wang et al., CVPR 2021): step, not gradient",
              trains="all", loss="masked", subspace=True),
+    Strategy("grow",
+             "Add `grow` hidden units to each hidden layer (zero weights to the kept outputs and "
+             "to the old units, never in the optimizer); train the new units and trained heads.",
+             "Progressive Networks (Rusu et al., 2016): function-preserving growth",
+             trains="grown", loss="masked"),
     Strategy("distill",
              "Masked loss + distill_weight * mean squared change of the kept outputs on the "
              "protected inputs since the start; every variable.",

@@ -54,3 +54,9 @@ def check_reference(reference, data):
     if not np.all(np.isfinite(reference)):
         fail("reference", "non-finite values", allowed)
     return np.array(reference, dtype=np.float64)
+
+
+def options_for(strategy, run_kwargs) -> dict:
+    """Return run_kwargs without the strategy options that `strategy` does not use."""
+    return {k: v for k, v in run_kwargs.items()
+            if k not in OPTION_USERS or strategy in OPTION_USERS[k]}

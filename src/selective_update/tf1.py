@@ -45,10 +45,10 @@ def _import_tensorflow_quietly():
 _import_tensorflow_quietly()
 import tensorflow as tf  # noqa: E402
 
-from . import core, nullspace, reference, subspace  # noqa: E402
+from . import core, growth, nullspace, reference, subspace  # noqa: E402
 from .settings import PROJECTION_SWEEPS  # noqa: E402
-from .tf1_linalg import (concat, cond, permute, psd_factor, psd_solve, svd_factor,  # noqa: E402,F401
-                         svd_solve)
+from .tf1_linalg import concat, cond, permute, psd_factor, psd_solve, stack, svd_factor, svd_solve  # noqa: E402,F401
+from .tf1_optim import TorchEpsAdamOptimizer, make_optimizer  # noqa: E402,F401
 
 v1 = tf.compat.v1
 NAME = "tf1"
@@ -77,9 +77,9 @@ def reduce_max(a):
     return tf.reduce_max(a)
 
 
-def while_loop(cond, body, loop_vars):
+def while_loop(test, body, loop_vars):
     """Build a tf.while_loop (the torch port runs the same loop eagerly)."""
-    return tf.while_loop(cond, body, loop_vars)
+    return tf.while_loop(test, body, loop_vars)
 
 
 def const(array, like):
@@ -95,36 +95,6 @@ def solve_gram(G, r):
     return tf.linalg.matvec(V, inv * tf.linalg.matvec(V, r, transpose_a=True))
 
 
-class TorchEpsAdamOptimizer(v1.train.AdamOptimizer):
-    """AdamOptimizer with torch's eps placement: pass eps * sqrt(1 - beta2^t) as epsilon hat."""
-
-    def _resource_apply_dense(self, grad, var):
-        dt = grad.dtype.base_dtype
-        beta1_power, beta2_power = (tf.cast(p, dt) for p in self._get_beta_accumulators())
-        return tf.raw_ops.ResourceApplyAdam(
-            var=var.handle, m=self.get_slot(var, "m").handle, v=self.get_slot(var, "v").handle,
-            beta1_power=beta1_power, beta2_power=beta2_power, lr=tf.cast(self._lr_t, dt),
-            beta1=tf.cast(self._beta1_t, dt), beta2=tf.cast(self._beta2_t, dt),
-            epsilon=tf.cast(self._epsilon_t, dt) * tf.sqrt(1.0 - beta2_power), grad=grad,
-            use_locking=self._use_locking)
-
-
-def make_optimizer(name, lr, *, stock_adam=False):
-    """Build the tf.compat.v1.train optimizer that matches the torch one of the same name."""
-    # Hyperparameters as tensors of lr's dtype: a Python float would become a float32 constant
-    # (0.9 -> 0.899999976) and cost float64 runs ~1e-7 (momentum) to ~1e-4 (adam) of agreement.
-    def c(value):
-        return tf.constant(value, lr.dtype)
-
-    if name == "sgd":
-        return v1.train.GradientDescentOptimizer(lr)
-    if name == "momentum":
-        return v1.train.MomentumOptimizer(lr, c(core.MOMENTUM))
-    beta1, beta2 = core.ADAM_BETAS
-    adam = v1.train.AdamOptimizer if stock_adam else TorchEpsAdamOptimizer
-    return adam(lr, c(beta1), c(beta2), c(core.ADAM_EPS))
-
-
 def _session(graph):
     config = v1.ConfigProto(inter_op_parallelism_threads=1,
                             intra_op_parallelism_threads=THREADS)
@@ -135,11 +105,12 @@ class Graph:
     """One TF1 graph for a set of strategies sharing one optimizer; params, lr and decay are fed."""
 
     def __init__(self, strategies, optimizer, sizes, n, keep, train, dtype, n_ref=None,
-                 form=None):
+                 form=None, grow=None):
         self.optimizer_name, self.keep, self.train = optimizer, keep, train
         self.form = form  # the reference Jacobian's form (reference.form_for)
         self.residuals = {}  # corrected strategies: the final Gauss-Newton residual of a step
         self.split = any(core.STRATEGIES[s].trains == "train_heads" for s in strategies)
+        self.grow = grow  # new units per hidden layer (the grow strategy's graph)
         self.tol = core.RESTORE_TOL[dtype]
         dt = tf.as_dtype(dtype)
         L = len(sizes) - 1
@@ -157,9 +128,18 @@ class Graph:
                 self.initial[name] = v1.placeholder(dt, shape, name=f"{name}_initial")
                 return v1.Variable(self.initial[name], name=name, use_resource=True)
 
-            self.Ws = [variable(f"W{l}", sizes[l - 1:l + 1]) for l in range(1, L)]
-            self.bs = [variable(f"b{l}", (sizes[l],)) for l in range(1, L)]
-            if self.split:  # the seed's first approach: one variable per output unit, tf.stack
+            self.Ws = [variable(f"W{l}", sizes[l - 1:l + 1]) for l in range(1, L) if not grow]
+            self.bs = [variable(f"b{l}", (sizes[l],)) for l in range(1, L) if not grow]
+            if grow:  # growth.pieces, one variable each
+                shapes = {f"{p}{l}": np.zeros(sizes[l - 1:l + 1] if p == "W" else sizes[l])
+                          for l in range(1, L + 1) for p in "Wb"}
+                parts = growth.pieces(shapes, grow, train)
+                self.pieces = {k: variable(k, np.shape(v)) for k, (v, _) in parts.items()}
+                self.trained = [self.pieces[k] for k, (_, t) in parts.items() if t]
+                self.variables = list(self.pieces.values())
+                layers_W, layers_b = growth.assemble(ops, self.pieces, sizes, grow, train, self.x)
+                self.layers = (layers_W, layers_b)
+            elif self.split:  # the seed's first approach: one variable per output unit, tf.stack
                 self.heads_W = [variable(f"W_h_to_out{k + 1}", (sizes[-2],))
                                 for k in range(sizes[-1])]
                 self.heads_b = [variable(f"b_h_to_out{k + 1}", ()) for k in range(sizes[-1])]
@@ -171,7 +151,8 @@ class Graph:
                 self.bs.append(variable(f"b{L}", (sizes[-1],)))
                 W_L, b_L = self.Ws[-1], self.bs[-1]
                 self.variables = [t for p in zip(self.Ws, self.bs) for t in p]
-            layers_W, layers_b = self.Ws[:L - 1] + [W_L], self.bs[:L - 1] + [b_L]
+            if not grow:
+                layers_W, layers_b = self.Ws[:L - 1] + [W_L], self.bs[:L - 1] + [b_L]
             hs, self.out = nullspace.forward(ops, layers_W, layers_b, self.x)
             self.hs = hs  # the loss's forward pass: projected steps reuse it (same values)
             self.hidden = hs[1]
@@ -224,6 +205,8 @@ class Graph:
             return self.variables
         if trains == "last_layer":
             return [self.Ws[-1], self.bs[-1]]
+        if trains == "grown":
+            return self.trained
         return [self.heads_W[k] for k in self.train] + [self.heads_b[k] for k in self.train]
 
     def _step_op(self, strategy):
@@ -290,6 +273,10 @@ class Graph:
     def reset(self, params):
         """Load params into the variables and reset every optimizer slot."""
         L = core.n_layers(params)
+        if self.grow:
+            parts = growth.pieces(params, self.grow, self.train)
+            self.sess.run(self.init, {ph: parts[k][0] for k, ph in self.initial.items()})
+            return
         feed = {}
         for name, ph in self.initial.items():
             if name.startswith("W_h_to_out"):
@@ -301,7 +288,11 @@ class Graph:
         self.sess.run(self.init, feed)
 
     def numpy_params(self):
-        """Return the variables as a params dict of numpy arrays."""
+        """Return the variables as a params dict of numpy arrays (grow: the grown layers)."""
+        if self.grow:
+            Ws, bs = self.sess.run(self.layers)
+            return {f"{p}{l}": a for l, (W, b) in enumerate(zip(Ws, bs), start=1)
+                    for p, a in (("W", W), ("b", b))}
         values = self.sess.run({"Ws": self.Ws, "bs": self.bs,
                                 "heads": (self.heads_W, self.heads_b) if self.split else ()})
         Ws, bs = values["Ws"], values["bs"]
@@ -321,6 +312,8 @@ def graph_for(strategies, cfg) -> Graph:
     ref = cfg.get("reference")
     extra = {} if ref is None else {"n_ref": len(ref),
                                     "form": reference.form_for(sizes, len(cfg["keep"]), len(ref))}
+    if any(core.STRATEGIES[s].trains == "grown" for s in strategies):
+        extra["grow"] = cfg["grow"]
     key = (tuple(strategies), cfg["optimizer"], sizes, len(cfg["data"].x), cfg["keep"],
            cfg["train"], cfg["dtype"], THREADS, tuple(sorted(extra.items())))
     if key not in _GRAPHS:
@@ -347,21 +340,20 @@ def configure(threads=None):
 
 
 def make_steps(strategies, **run_kwargs):
-    """Return ({strategy: callable running its step op once}, sync); split_head has its own graph.
-
-    run_kwargs are run()'s (params, data, keep, train, optimizer, lr, weight_decay, ...).
+    """Return ({strategy: callable running its step op once}, sync); split_head and grow have
+    their own graphs. run_kwargs are run()'s; an option goes only to the strategies using it.
     """
-    cfg = core.check_run("all_params", NAME, warn=False, **run_kwargs)
-    steps = {}
-    for split in (False, True):
-        group = tuple(s for s in strategies
-                      if (core.STRATEGIES[s].trains == "train_heads") == split)
-        if not group:
-            continue
-        g = graph_for(group, cfg)
-        g.reset(cfg["params"])
+    steps, kinds = {}, {}
+    for s in strategies:
+        kinds.setdefault(core.STRATEGIES[s].trains in ("train_heads", "grown")
+                         and core.STRATEGIES[s].trains, []).append(s)
+    for group in kinds.values():
+        cfgs = {s: core.check_run(s, NAME, warn=False, **core.options_for(s, run_kwargs))
+                for s in group}
+        g = graph_for(tuple(group), cfgs[group[0]])
+        g.reset(cfgs[group[0]]["params"])
         for s in group:
-            feed = {**_feed(g, cfg), **g.start_feed(s, cfg)}
+            feed = {**_feed(g, cfgs[s]), **g.start_feed(s, cfgs[s])}
             steps[s] = functools.partial(g.sess.run, g.ops[s], feed)
     return steps, lambda: None
 

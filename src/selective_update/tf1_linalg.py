@@ -13,6 +13,11 @@ def cond(pred, true_fn, false_fn):
     return tf.cond(pred, true_fn, false_fn)
 
 
+def stack(tensors, axis):
+    """Stack tensors along a new axis."""
+    return tf.stack(tensors, axis)
+
+
 def concat(tensors, axis):
     """Join tensors along an axis."""
     return tf.concat(tensors, axis)

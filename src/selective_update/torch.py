@@ -8,8 +8,9 @@ import time
 import numpy as np
 import torch
 
-from . import core, nullspace, reference, subspace
-from .settings import CHOLESKY_JITTER, PROJECTION_SWEEPS
+from . import core, growth, nullspace, reference, subspace
+from .settings import PROJECTION_SWEEPS
+from .torch_linalg import concat, cond, permute, psd_factor, psd_solve, stack, svd_factor, svd_solve  # noqa: F401
 
 NAME = "torch"
 ops = sys.modules[__name__]  # this module is the namespace nullspace's math runs on
@@ -40,16 +41,11 @@ def reduce_max(a):
     return a.max()
 
 
-def while_loop(cond, body, loop_vars):
-    """Run body while cond holds (eagerly; tf1 builds a tf.while_loop)."""
-    while bool(cond(*loop_vars)):
+def while_loop(test, body, loop_vars):
+    """Run body while test holds (eagerly; tf1 builds a tf.while_loop)."""
+    while bool(test(*loop_vars)):
         loop_vars = body(*loop_vars)
     return loop_vars
-
-
-def cond(pred, true_fn, false_fn):
-    """Call true_fn if pred holds, else false_fn (eagerly; tf1 builds a tf.cond)."""
-    return true_fn() if bool(pred) else false_fn()
 
 
 def const(array, like):
@@ -65,60 +61,27 @@ def solve_gram(G, r):
     return V @ (inv * (V.T @ r))
 
 
-def concat(tensors, axis):
-    """Join tensors along an axis."""
-    return torch.cat(tensors, dim=axis)
-
-
-def permute(a, perm):
-    """Reorder a tensor's axes."""
-    return a.permute(perm)
-
-
-def psd_factor(A):
-    """Factor A + jitter * mean(diag A) * I by Cholesky; keep A for a pseudo-inverse."""
-    eye = torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
-    L, info = torch.linalg.cholesky_ex(A + (CHOLESKY_JITTER * torch.trace(A) / A.shape[0]) * eye)
-    return (L, None) if int(info) == 0 and bool(torch.isfinite(L).all()) else (None, A)
-
-
-def psd_solve(solver, R):
-    """Solve with a psd_factor: Cholesky, or the eigenvalue pseudo-inverse of A (R: (n, c))."""
-    L, A = solver
-    if L is not None:
-        return torch.cholesky_solve(R, L)
-    w, V = torch.linalg.eigh(A)
-    cutoff = nullspace.pinv_cutoff(w[-1], A.shape[0], torch.finfo(A.dtype).eps)
-    inv = torch.where(w > cutoff, 1.0 / torch.clamp(w, min=cutoff), torch.zeros_like(w))
-    return V @ (inv[:, None] * (V.T @ R))
-
-
-def svd_factor(J):
-    """Return (U, 1/S with singular values below the pinv cutoff zeroed, V) of J."""
-    U, S, Vh = torch.linalg.svd(J, full_matrices=False)
-    cutoff = S[0] * max(J.shape) * torch.finfo(J.dtype).eps
-    return U, torch.where(S > cutoff, 1.0 / torch.clamp(S, min=cutoff), torch.zeros_like(S)), Vh.T
-
-
-def svd_solve(solver, R):
-    """Return J^+ R from an svd_factor."""
-    U, inv, V = solver
-    return V @ (inv[:, None] * (U.T @ R))
-
-
 # --- the network ------------------------------------------------------------------------------------
 
 class Net:
-    """Hold an MLP's parameters as leaf tensors; `split` gives one variable per output unit."""
+    """Hold an MLP's parameters as leaf tensors; `split` gives one variable per output unit;
+    `grow` new units per hidden layer, as growth.pieces (one variable per piece)."""
 
-    def __init__(self, params, *, split=False, dtype="float64", device="cpu"):
+    def __init__(self, params, *, split=False, grow=None, train=(), dtype="float64",
+                 device="cpu"):
         L = core.n_layers(params)
         dt = getattr(torch, dtype)
 
         def leaf(a):
             return torch.tensor(np.asarray(a), dtype=dt, device=device, requires_grad=True)
 
-        self.split = split
+        self.split, self.grow = split, grow
+        if grow:
+            self.sizes, self.train = core.layer_sizes(params), train
+            parts = growth.pieces(params, grow, train)
+            self.pieces = {name: leaf(value) for name, (value, _) in parts.items()}
+            self.trained = [self.pieces[name] for name, (_, t) in parts.items() if t]
+            return
         self.Ws = [leaf(params[f"W{l}"]) for l in range(1, L)]
         self.bs = [leaf(params[f"b{l}"]) for l in range(1, L)]
         W_L, b_L = params[f"W{L}"], params[f"b{L}"]
@@ -131,6 +94,9 @@ class Net:
 
     def layers(self):
         """Return (Ws, bs) with the output heads joined by torch.stack."""
+        if self.grow:
+            like = self.pieces["old_W1"]
+            return growth.assemble(ops, self.pieces, self.sizes, self.grow, self.train, like)
         if not self.split:
             return self.Ws, self.bs
         return (self.Ws + [torch.stack(self.head_Ws, dim=1)],
@@ -138,6 +104,8 @@ class Net:
 
     def parameters(self):
         """List every leaf tensor in a fixed order."""
+        if self.grow:
+            return list(self.pieces.values())
         heads = self.head_Ws + self.head_bs if self.split else []
         return [t for pair in zip(self.Ws, self.bs) for t in pair] + heads
 
@@ -148,6 +116,8 @@ class Net:
             return self.parameters()
         if trains == "last_layer":
             return [self.Ws[-1], self.bs[-1]]
+        if trains == "grown":
+            return self.trained
         return [self.head_Ws[k] for k in train] + [self.head_bs[k] for k in train]
 
     def forward(self, x):
@@ -197,7 +167,9 @@ class _Trainer:
         self.mask = torch.as_tensor(core.train_mask(n_out, cfg["train"]), dtype=dt, device=dev)
         self.G = torch.as_tensor(core.output_gradient(len(data.x), n_out, cfg["train"]),
                                  dtype=dt, device=dev)
-        self.net = Net(cfg["params"], split=split, dtype=cfg["dtype"], device=dev)
+        grow = cfg.get("grow") if core.STRATEGIES[cfg["strategy"]].trains == "grown" else None
+        self.net = Net(cfg["params"], split=split, grow=grow, train=cfg["train"],
+                       dtype=cfg["dtype"], device=dev)
         self.opt = make_optimizer(cfg["optimizer"], self.net.parameters(), cfg["lr"],
                                   cfg["weight_decay"])
         self._before = self._delta = None  # projected steps' buffers, made at the first one
@@ -355,11 +327,12 @@ def configure(threads=None):
 def make_steps(strategies, **run_kwargs):
     """Return ({strategy: callable taking one step}, sync): one trainer per strategy.
 
-    run_kwargs are run()'s (params, data, keep, train, optimizer, lr, ...); for the bench.
+    run_kwargs are run()'s (params, data, keep, train, optimizer, lr, ...); for the bench. An
+    option (energy, grow, distill_weight) goes only to the strategies that use it.
     """
     steps, sync = {}, None
     for s in strategies:
-        cfg = core.check_run(s, NAME, warn=False, **run_kwargs)
+        cfg = core.check_run(s, NAME, warn=False, **core.options_for(s, run_kwargs))
         trainer = _Trainer(cfg, split=core.STRATEGIES[s].trains == "train_heads")
         trainer.start(s)
         steps[s] = functools.partial(trainer.step, s)
