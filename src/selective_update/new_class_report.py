@@ -32,11 +32,14 @@ def answer_markdown(frame, framework="torch", skipped=None) -> str:
     """Say what the front is, per hidden width, with its numbers (Markdown)."""
     lines = []
     for hidden, g in frame[frame.framework == framework].groupby("hidden", sort=True):
-        front = g[g.pareto.astype(bool)].sort_values(["drift_max", "recall_new"])
+        front = g[g.pareto.astype(bool)].sort_values(["drift_max", "recall_new"],
+                                                     ascending=[True, False], kind="mergesort")
         if front.empty:
             lines.append(f"- **hidden {hidden}**: no finite row, so no front.")
             continue
-        lo, hi = front.iloc[0], front.iloc[-1]
+        lo = front.iloc[0]  # the best recall at the lowest drift
+        hi = front.sort_values(["recall_new", "drift_max"], ascending=[False, True],
+                               kind="mergesort").iloc[0]
         lines.append(
             f"- **hidden {hidden}** ({framework}, {len(front)} front points of {len(g)} rows): "
             f"from {_label(lo)}: recall {lo.recall_new:.2f} at held-out kept drift "
