@@ -36,23 +36,23 @@ def bases(layer_inputs, energy) -> list:
     return out
 
 
-def project(ops, split_bases, dWs, dbs, keep_mask):
-    """Project a step per layer off its protected input directions; last layer: kept columns.
+def correction(ops, split_bases, dWs, dbs, keep_mask):
+    """Return the part (cWs, cbs) of a step along each layer's protected input directions.
 
-    split_bases: per layer (U_W, u_b) tensors; keep_mask: (1, n_out) tensor, 1 on kept outputs.
+    The projected step is (dW - cW, db - cb); last layer: kept columns only. split_bases: per
+    layer (U_W, u_b) tensors; keep_mask: (1, n_out) tensor, 1 on kept outputs.
     """
     L = len(dWs)
-    new_Ws, new_bs = [], []
+    cWs, cbs = [], []
     for l, ((U_W, u_b), dW, db) in enumerate(zip(split_bases, dWs, dbs), start=1):
-        # C = U^T [dW; db]; the correction U C, split back into weight and bias rows.
-        C = ops.matmul(ops.transpose(U_W), dW) + ops.matmul(ops.transpose(u_b),
-                                                           ops.reshape(db, (1, -1)))
+        # C = U^T [dW; db] (the bias row by broadcasting); the correction U C, split back.
+        C = ops.matmul(ops.transpose(U_W), dW) + ops.transpose(u_b) * db
         cW, cb = ops.matmul(U_W, C), ops.reshape(ops.matmul(u_b, C), (-1,))
         if l == L:  # the trained (and other) columns of the last layer stay free
             cW, cb = cW * keep_mask, cb * ops.reshape(keep_mask, (-1,))
-        new_Ws.append(dW - cW)
-        new_bs.append(db - cb)
-    return new_Ws, new_bs
+        cWs.append(cW)
+        cbs.append(cb)
+    return cWs, cbs
 
 
 def keep_mask(n_out, keep) -> np.ndarray:

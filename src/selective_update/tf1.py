@@ -47,7 +47,8 @@ import tensorflow as tf  # noqa: E402
 
 from . import core, growth, nullspace, reference, subspace  # noqa: E402
 from .settings import PROJECTION_SWEEPS  # noqa: E402
-from .tf1_linalg import concat, cond, permute, psd_factor, psd_solve, stack, svd_factor, svd_solve  # noqa: E402,F401
+from .tf1_linalg import (concat, cond, gather, permute, psd_factor, psd_solve,  # noqa: E402,F401
+                         svd_factor, svd_solve)
 from .tf1_optim import TorchEpsAdamOptimizer, make_optimizer  # noqa: E402,F401
 
 v1 = tf.compat.v1
@@ -164,7 +165,9 @@ class Graph:
             self.G = tf.constant(core.output_gradient(n, sizes[-1], train), dt)
             self.opt = make_optimizer(optimizer, self.lr)
             self.ops = {s: self._step_op(s) for s in strategies}
-            self.init = v1.global_variables_initializer()
+            loaded = {v.name for pair in getattr(self, "bases", ()) for v in pair}
+            self.init = v1.variables_initializer([v for v in v1.global_variables()
+                                                  if v.name not in loaded])
             self.graph.finalize()
         self.sess = _session(self.graph)
 
@@ -172,9 +175,14 @@ class Graph:
         """Add the placeholders fed from a strategy's start: layer bases, distill targets."""
         x_prot = self.x if self.x_ref is None else self.x_ref
         if any(core.STRATEGIES[s].subspace for s in strategies):
-            self.bases = [(v1.placeholder(dt, (d, None), f"U_W{l}"),
-                           v1.placeholder(dt, (1, None), f"u_b{l}"))
-                          for l, d in enumerate(sizes[:-1], start=1)]
+            # bases live in variables, loaded once at the start (not fed every step)
+            self.basis_inputs = [(v1.placeholder(dt, (d, None), f"U_W{l}"),
+                                  v1.placeholder(dt, (1, None), f"u_b{l}"))
+                                 for l, d in enumerate(sizes[:-1], start=1)]
+            self.bases = [tuple(v1.Variable(ph, trainable=False, validate_shape=False,
+                                            shape=tf.TensorShape(ph.shape), use_resource=True)
+                                for ph in pair) for pair in self.basis_inputs]
+            self.load_bases = [var.initializer for pair in self.bases for var in pair]
             self.keep_mask = tf.constant(subspace.keep_mask(sizes[-1], self.keep), dt)
         if any(core.STRATEGIES[s].loss == "distill" for s in strategies):
             self.distill_target = v1.placeholder(dt, (len(self.keep), x_prot.shape[0]), "target")
@@ -191,8 +199,10 @@ class Graph:
         hs, out = self.sess.run([self.hs_any, self.out_any],
                                 {self.x_any: core.protected_inputs(cfg)})
         if s.subspace:
-            for (U_W, u_b), (a, b) in zip(self.bases, subspace.bases(hs, cfg["energy"])):
-                feed[U_W], feed[u_b] = a, b
+            load = {}
+            for (U_W, u_b), (a, b) in zip(self.basis_inputs, subspace.bases(hs, cfg["energy"])):
+                load[U_W], load[u_b] = a, b
+            self.sess.run(self.load_bases, load)
         if s.loss == "distill":
             feed[self.distill_target] = out[:, list(self.keep)].T
             feed[self.distill_weight] = cfg["distill_weight"]
@@ -240,10 +250,10 @@ class Graph:
         old_Ws, old_bs = old[0::2], old[1::2]
         dWs = [n - o for n, o in zip(new[0::2], old_Ws)]
         dbs = [n - o for n, o in zip(new[1::2], old_bs)]
-        if s.subspace:
-            dWs, dbs = subspace.project(ops, self.bases, dWs, dbs, self.keep_mask)
-            return self._assign(strategy, var_list, [o + d for o, d in zip(old_Ws, dWs)],
-                                [o + d for o, d in zip(old_bs, dbs)])
+        if s.subspace:  # the optimizer's step less its part along protected directions
+            cWs, cbs = subspace.correction(ops, self.bases, dWs, dbs, self.keep_mask)
+            return self._assign(strategy, var_list, [n - c for n, c in zip(new[0::2], cWs)],
+                                [n - c for n, c in zip(new[1::2], cbs)])
         if self.x_ref is not None:
             Ws, bs, err = reference.protected_step(
                 ops, old_Ws, old_bs, self.x_ref, self.keep, dWs, dbs, form=self.form,
@@ -326,8 +336,8 @@ def _feed(g, cfg):
     """Return the feed of one step: batch, targets, lr, decay and the reference inputs."""
     feed = {g.x: cfg["data"].x, g.y: cfg["data"].y, g.lr: cfg["lr"],
             g.weight_decay: cfg["weight_decay"]}
-    if g.x_ref is not None:
-        feed[g.x_ref] = cfg["reference"]
+    if g.x_ref is not None and not core.STRATEGIES[cfg["strategy"]].subspace:
+        feed[g.x_ref] = cfg["reference"]  # layer_subspace used it at its start only
     return feed
 
 

@@ -13,9 +13,9 @@ def cond(pred, true_fn, false_fn):
     return tf.cond(pred, true_fn, false_fn)
 
 
-def stack(tensors, axis):
-    """Stack tensors along a new axis."""
-    return tf.stack(tensors, axis)
+def gather(a, indices, axis):
+    """Take the given indices along an axis."""
+    return tf.gather(a, indices, axis=axis)
 
 
 def concat(tensors, axis):

@@ -10,7 +10,8 @@ import torch
 
 from . import core, growth, nullspace, reference, subspace
 from .settings import PROJECTION_SWEEPS
-from .torch_linalg import concat, cond, permute, psd_factor, psd_solve, stack, svd_factor, svd_solve  # noqa: F401
+from .torch_linalg import (concat, cond, gather, permute, psd_factor, psd_solve,  # noqa: F401
+                           svd_factor, svd_solve)
 
 NAME = "torch"
 ops = sys.modules[__name__]  # this module is the namespace nullspace's math runs on
@@ -81,6 +82,7 @@ class Net:
             parts = growth.pieces(params, grow, train)
             self.pieces = {name: leaf(value) for name, (value, _) in parts.items()}
             self.trained = [self.pieces[name] for name, (_, t) in parts.items() if t]
+            self.zeros = {}  # growth.assemble's constant blocks, made once
             return
         self.Ws = [leaf(params[f"W{l}"]) for l in range(1, L)]
         self.bs = [leaf(params[f"b{l}"]) for l in range(1, L)]
@@ -96,7 +98,8 @@ class Net:
         """Return (Ws, bs) with the output heads joined by torch.stack."""
         if self.grow:
             like = self.pieces["old_W1"]
-            return growth.assemble(ops, self.pieces, self.sizes, self.grow, self.train, like)
+            return growth.assemble(ops, self.pieces, self.sizes, self.grow, self.train, like,
+                                   self.zeros)
         if not self.split:
             return self.Ws, self.bs
         return (self.Ws + [torch.stack(self.head_Ws, dim=1)],
@@ -234,11 +237,11 @@ class _Trainer:
             self.opt.step()
             for d, p, o in zip(self._delta, params, self._before):
                 torch.sub(p, o, out=d)
-            if s.subspace:
-                dWs, dbs = subspace.project(ops, self.bases, self._delta[:L], self._delta[L:],
-                                            self.keep_mask)
-                for p, o, d in zip(params, self._before, dWs + dbs):
-                    p.copy_(o).add_(d)
+            if s.subspace:  # the optimizer's step less its part along protected directions
+                cWs, cbs = subspace.correction(ops, self.bases, self._delta[:L],
+                                               self._delta[L:], self.keep_mask)
+                for p, c in zip(params, cWs + cbs):
+                    p.sub_(c)
                 return
             if self.x_ref is not None:
                 self._protect_reference(s, params, L)

@@ -12,9 +12,9 @@ def cond(pred, true_fn, false_fn):
     return true_fn() if bool(pred) else false_fn()
 
 
-def stack(tensors, axis):
-    """Stack tensors along a new axis."""
-    return torch.stack(tensors, dim=axis)
+def gather(a, indices, axis):
+    """Take the given indices along an axis."""
+    return torch.index_select(a, axis, torch.as_tensor(indices, device=a.device))
 
 
 def concat(tensors, axis):
