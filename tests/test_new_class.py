@@ -67,6 +67,11 @@ def test_a_tiny_study_writes_one_row_per_strategy_setting_framework_optimizer_se
     paths = nc.write(study, tmp_path)
     back = pd.read_csv(paths[0])
     assert list(back.columns) == nc.COLUMNS and len(back) == len(rows)
+    # the summary page calls these on the file alone
+    answer = ncr.answer_markdown(back)
+    assert "**hidden 16**" in answer and "TF1 and PyTorch agree" in answer
+    assert len(ncr.front_table(back)) == back.pareto.sum()
+    assert len(ncr.plot_tradeoff_front(back).axes) == 2  # one hidden width: two panels
     sweep = pd.read_csv(paths[1])
     assert list(sweep.columns) == nc.SWEEP_COLUMNS
     assert sweep.selected.sum() == 2  # one (lr, steps) per strategy x setting x optimizer
