@@ -218,6 +218,11 @@ class _Trainer:
         """Take one optimizer step of `strategy`."""
         s = core.STRATEGIES[strategy]
         variables = self.net.trainable(strategy, self.cfg["train"])
+        if self.net.grow:  # frozen pieces out of the backward pass (they get no gradient anyway)
+            for p in self.net.parameters():
+                p.requires_grad_(False)
+            for p in variables:
+                p.requires_grad_(True)
         grads, hs, out = self._gradients(strategy, variables)
         for p in self.net.parameters():
             p.grad = None  # None, not zero: optimizers skip it (no decay, no state update)
