@@ -39,9 +39,18 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from . import core, datasets, results, validation
-from .settings import (DATA_DIR, NEW_CLASS, NEW_CLASS_BATCH, NEW_CLASS_CORRECTED_FACTOR,
-                       NEW_CLASS_GRID, NEW_CLASS_MAX_ACC_DROP, NEW_CLASS_N_VAL,
-                       NEW_CLASS_QUICK_GRID, NEW_CLASS_REDUCED_GRID, NEW_CLASS_WORK)
+from .settings import (
+    DATA_DIR,
+    NEW_CLASS,
+    NEW_CLASS_BATCH,
+    NEW_CLASS_CORRECTED_FACTOR,
+    NEW_CLASS_GRID,
+    NEW_CLASS_MAX_ACC_DROP,
+    NEW_CLASS_N_VAL,
+    NEW_CLASS_QUICK_GRID,
+    NEW_CLASS_REDUCED_GRID,
+    NEW_CLASS_WORK,
+)
 
 KEEP = tuple(range(NEW_CLASS))
 TRAIN = (NEW_CLASS,)

@@ -102,7 +102,7 @@ NEW_CLASS_GRID = dict(
     references=["batch", 64, 256, "all"], energies=[0.9, 0.97, 0.99, 1.0],
     distill_weights=[1.0, 10.0, 100.0], grow=[4, 16])
 NEW_CLASS_QUICK_GRID = dict(
-    hidden=[16, 64], seeds=[0], optimizers=["adam"], lrs={"adam": [0.01, 0.03]}, steps=[10, 20],
+    hidden=[16, 64], seeds=[0], optimizers=["adam"], lrs={"adam": [0.03]}, steps=[10, 20],
     references=["batch", 64], energies=[0.97], distill_weights=[10.0], grow=[4])
 # What a reference projection costs decides how much of the sweep it gets. Work per step:
 # min(m, P)^2 * max(m, P), m = 9 kept outputs x protected inputs, P parameters, times
