@@ -92,11 +92,15 @@ def test_settings_follow_what_run_accepts():
     assert len(nc.setting_kwargs("reference=64", sc)["reference"]) == 64
     assert nc.setting_kwargs("grow=4", sc) == {"grow": 4}
     # the cost rule: no solve is always run in full; the widest reference set is not run at all
-    assert nc.tier(nc.work(sc, "split_head", "none")) == "full"
-    assert nc.tier(nc.work(sc, "null_space", "reference=batch")) == "full"
+    assert nc.tier(sc, "split_head", "none") == "full"
+    assert nc.tier(sc, "null_space", "reference=batch") == "full"
+    assert nc.tier(sc, "null_space_corrected", "reference=64") == "full"
+    assert nc.tier(sc, "null_space", "reference=256") == "reduced"
+    assert nc.tier(sc, "null_space", "reference=256", quick=True) == "full"
     wide = nc.scenario(64, 0)
-    assert nc.tier(nc.work(wide, "null_space_corrected", "reference=all")) == "skipped"
-    assert nc.tier(nc.work(wide, "null_space_corrected", "reference=all"), quick=True) == "skipped"
+    assert nc.tier(wide, "null_space", "reference=256") == "reduced"
+    assert nc.tier(wide, "null_space_corrected", "reference=all") == "skipped"
+    assert nc.tier(wide, "null_space_corrected", "reference=all", quick=True) == "skipped"
     assert nc.work(wide, "null_space_corrected", "reference=64") == \
         NEW_CLASS_CORRECTED_FACTOR * nc.work(wide, "null_space", "reference=64")
 

@@ -21,10 +21,11 @@ the smaller lr. Where no point is admissible, the one with the highest accuracy_
 The chosen points run again in both frameworks and are measured on the held-out digits only.
 
 Cost: a reference projection's work per step grows as min(m, P)^2 max(m, P) (m = 9 x protected
-inputs, P parameters; x2 with corrections). Settings up to NEW_CLASS_WORK["full"] get the whole
-grid, up to NEW_CLASS_WORK["reduced"] the NEW_CLASS_REDUCED_GRID, and the rest are not run: the
-notebook lists them with their work (Study.skipped). layer_subspace and distill protect every
-kept fit digit (reference "all"): their cost does not grow with it like a Jacobian's does.
+inputs, P parameters; x2 with corrections). Reference sets up to NEW_CLASS_FULL_REFERENCE inputs
+get the whole grid, larger ones the NEW_CLASS_REDUCED_GRID, and none whose work per step exceeds
+NEW_CLASS_MAX_WORK is run: the notebook lists those with their work (Study.skipped).
+layer_subspace and distill protect every kept fit digit (reference "all"): their cost does not
+grow with it like a Jacobian's does.
 """
 from __future__ import annotations
 
@@ -44,12 +45,13 @@ from .settings import (
     NEW_CLASS,
     NEW_CLASS_BATCH,
     NEW_CLASS_CORRECTED_FACTOR,
+    NEW_CLASS_FULL_REFERENCE,
     NEW_CLASS_GRID,
     NEW_CLASS_MAX_ACC_DROP,
+    NEW_CLASS_MAX_WORK,
     NEW_CLASS_N_VAL,
     NEW_CLASS_QUICK_GRID,
     NEW_CLASS_REDUCED_GRID,
-    NEW_CLASS_WORK,
 )
 
 KEEP = tuple(range(NEW_CLASS))
@@ -171,22 +173,29 @@ def setting_kwargs(setting, sc: Scenario) -> dict:
     return {}
 
 
+def protected(sc: Scenario, setting) -> int:
+    """Return how many inputs a reference setting protects (0 for the other settings)."""
+    name, _, value = setting.partition("=")
+    if name != "reference":
+        return 0
+    return NEW_CLASS_BATCH if value == "batch" else len(sc.reference(value))
+
+
 def work(sc: Scenario, strategy, setting) -> float:
     """Estimate a reference projection's work per step (0 for the strategies without a solve)."""
-    name, _, value = setting.partition("=")
-    if strategy not in REFERENCE_STRATEGIES or name != "reference":
+    if strategy not in REFERENCE_STRATEGIES:
         return 0.0
-    n = NEW_CLASS_BATCH if value == "batch" else len(sc.reference(value))
-    m, P = len(KEEP) * n, core.n_params(sc.params)
+    m, P = len(KEEP) * protected(sc, setting), core.n_params(sc.params)
     factor = NEW_CLASS_CORRECTED_FACTOR if strategy == "null_space_corrected" else 1
     return float(min(m, P) ** 2 * max(m, P) * factor)
 
 
-def tier(amount, quick=False) -> str:
+def tier(sc: Scenario, strategy, setting, quick=False) -> str:
     """Return how much of the sweep a setting gets: "full", "reduced" or "skipped"."""
-    if amount > NEW_CLASS_WORK["reduced"]:
+    if work(sc, strategy, setting) > NEW_CLASS_MAX_WORK:
         return "skipped"
-    return "full" if quick or amount <= NEW_CLASS_WORK["full"] else "reduced"
+    small = protected(sc, setting) <= NEW_CLASS_FULL_REFERENCE
+    return "full" if quick or strategy not in REFERENCE_STRATEGIES or small else "reduced"
 
 
 def run(sc: Scenario, strategy, setting, framework, optimizer, lr, steps, split):
@@ -271,7 +280,7 @@ def run_sweep(grid):
             for strategy in grid["strategies"]:
                 for setting in settings_for(strategy, grid):
                     amount = work(sc, strategy, setting)
-                    level = tier(amount, grid.get("quick", False))
+                    level = tier(sc, strategy, setting, grid.get("quick", False))
                     if level == "skipped":
                         skipped.append(dict(hidden=hidden, seed=seed, strategy=strategy,
                                             setting=setting, work=amount))

@@ -104,12 +104,13 @@ NEW_CLASS_GRID = dict(
 NEW_CLASS_QUICK_GRID = dict(
     hidden=[16, 64], seeds=[0], optimizers=["adam"], lrs={"adam": [0.03]}, steps=[10, 20],
     references=["batch", 64], energies=[0.97], distill_weights=[10.0], grow=[4])
-# What a reference projection costs decides how much of the sweep it gets. Work per step:
+# How much of the sweep a reference projection gets: reference sets up to NEW_CLASS_FULL_REFERENCE
+# inputs (the batch's order) the whole grid; larger ones NEW_CLASS_REDUCED_GRID; none is run whose
+# work per step exceeds NEW_CLASS_MAX_WORK (the notebook lists it with its work). Work per step:
 # min(m, P)^2 * max(m, P), m = 9 kept outputs x protected inputs, P parameters, times
 # NEW_CLASS_CORRECTED_FACTOR for the Gauss-Newton corrections (measured 1-2.5x with chord steps).
-# Up to "full": the whole grid; up to "reduced": NEW_CLASS_REDUCED_GRID; above: not run (the
-# notebook lists it with its work).
-NEW_CLASS_WORK = {"full": 2e9, "reduced": 3e10}
+NEW_CLASS_FULL_REFERENCE = 64
+NEW_CLASS_MAX_WORK = 3e10
 NEW_CLASS_CORRECTED_FACTOR = 2
 NEW_CLASS_REDUCED_GRID = dict(optimizers=["adam"], lrs={"adam": [0.03, 0.1]}, steps=[10, 20])
 # --- end of the new-class scenario ------------------------------------------------------------
