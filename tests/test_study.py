@@ -216,7 +216,7 @@ def test_a_reused_kernel_starts_each_notebook_clean_and_gives_the_same_rows(tmp_
     try:
         for i in (1, 2):
             task = kernels.Task(f"run{i}", "strategy.ipynb", f"run{i}/toy-null_space.ipynb",
-                              params, "toy", "null_space")
+                                params, "toy", "null_space", folder_param="results_dir")
             s = kernels.execute(task, str(tmp_path), cell_timeout=300, reuse=True)
             assert s["status"] == "ok", s["error"]
             runs.append(kernels._KERNEL["km"])
@@ -233,7 +233,7 @@ def test_a_reused_kernel_starts_each_notebook_clean_and_gives_the_same_rows(tmp_
 @pytest.mark.slow
 def test_a_hung_cell_fails_cleanly_naming_the_cell(tmp_path):
     task = kernels.Task("toy-split_head", "strategy.ipynb", "runs/toy-split_head.ipynb",
-                      dict(GOOD, inject_fault="hang"), "toy", "split_head")
+                        dict(GOOD, inject_fault="hang"), "toy", "split_head")
     started = time.monotonic()
     s = kernels.execute(task, str(tmp_path), cell_timeout=8)
     assert time.monotonic() - started < 120
@@ -249,7 +249,7 @@ def test_a_hung_cell_fails_cleanly_naming_the_cell(tmp_path):
 @pytest.mark.slow
 def test_a_kernel_killed_mid_run_fails_cleanly_naming_the_cell(tmp_path):
     task = kernels.Task("toy-split_head", "strategy.ipynb", "runs/toy-split_head.ipynb",
-                      dict(GOOD, inject_fault="die"), "toy", "split_head")
+                        dict(GOOD, inject_fault="die"), "toy", "split_head")
     s = kernels.execute(task, str(tmp_path), cell_timeout=120)
     assert s["status"] == "failed" and s["attempts"] == 1
     assert "lost its kernel" in s["error"] and "grid.run_grid(cfg)" in s["error"]
