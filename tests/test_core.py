@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 import selective_update as su
-from selective_update import core
 
 
 def test_toy_data_is_the_seeds():

@@ -11,12 +11,33 @@ from __future__ import annotations
 import importlib
 
 from . import validation
-from .core import (DTYPES, FRAMEWORKS, OPTIMIZERS, PROMISES, SEED_PHASES, STRATEGIES, Data,
-                   RestoreWarning, RunResult, SeedDemo, Strategy, TrivialNullSpaceWarning,
-                   check_run, drift, init_params, make_toy_data, promise)
+from .core import (
+    DTYPES,
+    FRAMEWORKS,
+    OPTIMIZERS,
+    PROMISES,
+    SEED_PHASES,
+    STRATEGIES,
+    Data,
+    RestoreWarning,
+    RunResult,
+    SeedDemo,
+    Strategy,
+    TrivialNullSpaceWarning,
+    check_run,
+    drift,
+    init_params,
+    make_toy_data,
+    promise,
+)
 from .settings import ADAM_BETAS, ADAM_EPS, GAUSS_NEWTON_MAX_STEPS, MOMENTUM, RESTORE_TOL
 
 __version__ = "0.1.0"
+__all__ = ["ADAM_BETAS", "ADAM_EPS", "DTYPES", "FRAMEWORKS", "GAUSS_NEWTON_MAX_STEPS", "MOMENTUM",
+           "OPTIMIZERS", "PROMISES", "RESTORE_TOL", "SEED_PHASES", "STRATEGIES", "Data",
+           "RestoreWarning", "RunResult", "SeedDemo", "Strategy", "TrivialNullSpaceWarning",
+           "backend", "check_run", "core", "drift", "init_params", "make_toy_data", "promise",
+           "run", "seed_demo", "validation"]
 
 
 def backend(name):

@@ -53,7 +53,8 @@ STRATEGIES = MappingProxyType({s.name: s for s in (
              "the question itself", trains="all", loss="output_gradient"),
     Strategy("masked_loss", "Loss on mask * out (mask is 1 on trained outputs); every variable.",
              "seed's mask without var_list", trains="all", loss="masked"),
-    Strategy("masked_last_layer", "Loss on mask * out; only the last layer (W2, b2) is in var_list.",
+    Strategy("masked_last_layer",
+             "Loss on mask * out; only the last layer (W2, b2) is in var_list.",
              "seed: train_op2", trains="last_layer", loss="masked"),
     Strategy("split_head",
              "One variable per output unit, joined with tf.stack / torch.stack; only the trained "
@@ -126,8 +127,8 @@ def init_params(sizes=(3, 4, 2), seed=0, stddev=0.1) -> dict:
     sizes = tuple(sizes) if isinstance(sizes, (list, tuple)) else sizes
     if (not isinstance(sizes, tuple) or len(sizes) < 3
             or not all(isinstance(s, numbers.Integral) and s >= 1 for s in sizes)):
-        raise ValueError(f"sizes: got {sizes!r}; allowed: input, hidden layer(s) and output widths, "
-                         "at least 3 positive integers")
+        raise ValueError(f"sizes: got {sizes!r}; allowed: input, hidden layer(s) and output "
+                         "widths, at least 3 positive integers")
     if sizes[-1] < 2:
         raise ValueError(f"sizes: got {sizes!r}; allowed: at least 2 outputs")
     check_int("seed", seed, 0)
@@ -323,7 +324,8 @@ def check_data(data):
         fail("data", type(data).__name__, "a selective_update.Data (make_toy_data, load_dataset)")
     for name in ("x", "y", "x_eval", "y_eval"):
         a = getattr(data, name)
-        if not isinstance(a, np.ndarray) or a.ndim != 2 or len(a) == 0 or not np.all(np.isfinite(a)):
+        if (not isinstance(a, np.ndarray) or a.ndim != 2 or len(a) == 0
+                or not np.all(np.isfinite(a))):
             fail("data", f"{name} is not a finite non-empty 2-D array", "finite 2-D float arrays")
     if len(data.x) != len(data.y) or len(data.x_eval) != len(data.y_eval):
         fail("data", "x and y differ in length", "as many targets as inputs")

@@ -72,7 +72,7 @@ def vjp(ops, hs, deltas, alpha):
 
 
 def _least_norm_correction(ops, hs, deltas, residual):
-    """Return J^T (J J^T)^+ residual: the smallest step that changes the kept outputs by residual."""
+    """Return J^T (J J^T)^+ residual: the least step that changes the kept outputs by residual."""
     K, n = deltas[0].shape[0], deltas[0].shape[1]
     alpha = ops.solve_gram(gram(ops, hs, deltas), ops.reshape(residual, (K * n,)))
     return vjp(ops, hs, deltas, ops.reshape(alpha, (K, n)))

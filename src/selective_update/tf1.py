@@ -1,13 +1,13 @@
 """TensorFlow 1 (tf.compat.v1): placeholders, Variables, a Session, tf.compat.v1.train optimizers.
 
 No Keras. Optimizers match the torch port: sgd; momentum 0.9 (MomentumOptimizer = torch SGD with
-momentum); adam (0.9, 0.999, eps 1e-8) -- stock TF1 AdamOptimizer adds eps to sqrt(v) *after* folding the
-bias correction into the step size ("epsilon hat"), which differs from torch wherever |g| is near
-eps (measured on the toy: up to 2e-4 in the outputs after 5 steps), so `TorchEpsAdamOptimizer`
-passes eps * sqrt(1 - beta2^t) each step, torch's placement (`make_optimizer(..., stock_adam=True)`
-keeps the stock one); adamw = AdamOptimizer after torch's decoupled decay
-var *= 1 - lr * weight_decay. For sgd/momentum/adam, weight_decay adds weight_decay * var to the
-gradient of every variable in the var_list (torch's coupled L2).
+momentum); adam (0.9, 0.999, eps 1e-8) -- stock TF1 AdamOptimizer adds eps to sqrt(v) *after*
+folding the bias correction into the step size ("epsilon hat"), which differs from torch wherever
+|g| is near eps (measured on the toy: up to 2e-4 in the outputs after 5 steps), so
+`TorchEpsAdamOptimizer` passes eps * sqrt(1 - beta2^t) each step, torch's placement
+(`make_optimizer(..., stock_adam=True)` keeps the stock one); adamw = AdamOptimizer after torch's
+decoupled decay var *= 1 - lr * weight_decay. For sgd/momentum/adam, weight_decay adds
+weight_decay * var to the gradient of every variable in the var_list (torch's coupled L2).
 """
 from __future__ import annotations
 

@@ -62,7 +62,7 @@ def solve_gram(G, r):
     return V @ (inv * (V.T @ r))
 
 
-# --- the network ------------------------------------------------------------------------------------
+# --- the network ---------------------------------------------------------------------------------
 
 class Net:
     """Hold an MLP's parameters as leaf tensors; `split` gives one variable per output unit;
