@@ -14,9 +14,7 @@ PACKAGE = Path(su.__file__).resolve().parent
 MODULES = sorted(PACKAGE.glob("*.py"))
 # Each framework is imported by its own modules only (d2l's pattern), whose names start with the
 # framework module's name (tf1.py, tf1_model.py, ...); everything else is framework-free.
-FRAMEWORK_MODULES = {"tensorflow": ("tf1", "keras"), "keras": ("keras",),
-                     # timing.py: the bench's materialized-Jacobian reference is torch.func
-                     "torch": ("torch", "timing")}
+FRAMEWORK_MODULES = {"tensorflow": ("tf1", "keras"), "keras": ("keras",), "torch": ("torch",)}
 MAX_LINES = 450
 
 

@@ -27,7 +27,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import core, validation
+from . import core, report, validation
 from .floor import bench_floor
 from .results import atomic_write
 from .settings import CELL_TIMEOUT, REPORTS_DIR
@@ -55,7 +55,6 @@ from .timing import (
     bench_table,
     configure,
     cuda_available,
-    goal_table,
     jacobian_entries,
     load,
     slopes,
@@ -256,7 +255,7 @@ def main(args) -> int:
         rows.append(bench_floor(args, env, log)[0])
     add_ratios(rows)
     frame = write_reports(args.out, rows, args, env, notes)
-    goals = goal_table(frame)
+    goals = report.goal_table(frame)
     if len(goals):
         with __import__("pandas").option_context("display.width", 250,
                                                  "display.max_columns", 50):

@@ -8,15 +8,8 @@ from types import MappingProxyType
 
 import numpy as np
 
-from .options import (  # noqa: F401
-    OPTION_DEFAULTS,
-    OPTION_USERS,
-    REFERENCE_USERS,
-    check_options,
-    check_reference,
-    options_for,
-)
-from .settings import ADAM_BETAS, ADAM_EPS, GAUSS_NEWTON_MAX_STEPS, MOMENTUM, RESTORE_TOL  # noqa: F401
+from .options import OPTION_USERS, REFERENCE_USERS, check_options, check_reference
+from .settings import RESTORE_TOL
 from .validation import check_choice, check_disjoint, check_int, check_outputs, check_real, fail
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")

@@ -1,9 +1,9 @@
-"""The study's figures (seaborn): drift per step, held-out vs batch, drift vs lr, trade-offs."""
+"""The study's figures: drift per step, held-out vs batch, drift vs lr, trade-offs, the bench."""
 from __future__ import annotations
 
 import numpy as np
 
-from . import core
+from . import core, report
 
 # Drift is plotted on a log scale; an exact 0 is drawn at this floor.
 LOG_FLOOR = 1e-18
@@ -95,17 +95,6 @@ def plot_loss(rows, title=None):
                    width=3.2, height=2.4)
 
 
-def final_rows(rows):
-    """One row per run (its last step) with the trained-loss improvement."""
-    keys = [c for c in ["dataset", "strategy", "framework", "optimizer", "weight_decay",
-                        "warm_start_steps", "seed"] if c in rows]
-    first = rows[rows.step == 0].set_index(keys)
-    last = rows.loc[rows.groupby(keys).step.idxmax()].set_index(keys)
-    last = last.assign(loss_improvement=(first.train_loss - last.train_loss)
-                       / first.train_loss)
-    return last.reset_index()
-
-
 def plot_drift_by_strategy(rows):
     """Drift vs step per strategy (both datasets), batch and held-out, log scale."""
     if rows.empty:
@@ -129,7 +118,7 @@ def plot_heldout_vs_batch(rows):
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    final = final_rows(rows)
+    final = report.final_rows(rows)
     x = final.drift_train.clip(lower=LOG_FLOOR)
     y = final.drift_eval.clip(lower=LOG_FLOOR)
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -192,7 +181,7 @@ def plot_tradeoff(rows):
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    final = final_rows(rows)
+    final = report.final_rows(rows)
     fig, axes = plt.subplots(1, final.dataset.nunique(), figsize=(11, 4), squeeze=False)
     for ax, (dataset, g) in zip(axes[0], final.groupby("dataset")):
         sns.scatterplot(data=g.assign(drift_eval=g.drift_eval.clip(lower=LOG_FLOOR)),

@@ -11,6 +11,7 @@ import inspect
 import numpy as np
 
 from . import core
+from .timing import FRAMEWORK_ORDER, PLAIN, slopes
 
 # --- tables -------------------------------------------------------------------------------------
 
@@ -49,6 +50,17 @@ def promise_markdown(results) -> str:
     return "\n".join(lines)
 
 
+def final_rows(rows):
+    """One row per run (its last step) with the trained-loss improvement."""
+    keys = [c for c in ["dataset", "strategy", "framework", "optimizer", "weight_decay",
+                        "warm_start_steps", "seed"] if c in rows]
+    first = rows[rows.step == 0].set_index(keys)
+    last = rows.loc[rows.groupby(keys).step.idxmax()].set_index(keys)
+    last = last.assign(loss_improvement=(first.train_loss - last.train_loss)
+                       / first.train_loss)
+    return last.reset_index()
+
+
 def _where(strategy_rows):
     """Say in words where one strategy kept the kept outputs, from its measured rows."""
     batch, held_out = strategy_rows.drift_train.max(), strategy_rows.drift_eval.max()
@@ -67,14 +79,12 @@ def _where(strategy_rows):
         return (f"fixed exactly **only while no decay or optimizer state moves a zero-gradient "
                 f"weight** (plain SGD, or a fresh optimizer without decay); otherwise held-out "
                 f"drift up to {moved:.2g}")
-    return f"**not protected**: held-out drift up to {held_out:.2g}"
+    return (f"**no guarantee**: batch drift up to {batch:.2g}, held-out up to {held_out:.2g}")
 
 
 def answer_markdown(rows):
     """Markdown: the study's answer in a few sentences, computed from results.csv's rows."""
     from IPython.display import Markdown
-
-    from .figures import final_rows
 
     if rows.empty:
         return Markdown("No results yet: run `python -m selective_update study`.")
@@ -86,8 +96,9 @@ def answer_markdown(rows):
              f"({len(final_rows(rows))} runs), the kept outputs were:", ""]
     for name in order:
         part = rows[rows.strategy == name]
-        fell = ", ".join(f"{100 * v:.3g}% on {d}" for d, v in gain[name].items())
-        lines.append(f"- `{name}`: {_where(part)}; the trained outputs' loss fell by {fell} "
+        change = ", ".join(f"{'fell' if v >= 0 else 'rose'} by {100 * abs(v):.3g}% on {d}"
+                           for d, v in gain[name].items())
+        lines.append(f"- `{name}`: {_where(part)}; the trained outputs' loss {change} "
                      "(median).")
     lines += ["", "Every promise held in every run." if failed.empty else
               f"**{failed.groupby(CONFIG).ngroups} configurations broke their promise** "
@@ -258,3 +269,63 @@ def show_source(obj):
     from IPython.display import Markdown
 
     return Markdown(f"```python\n{inspect.getsource(obj)}```")
+
+
+# --- the bench's page (notebooks/bench.ipynb) -----------------------------------------------
+
+def goal_table(frame):
+    """Pivot the table part: one row per size/batch, one column per framework x strategy ratio."""
+    import pandas as pd
+
+    table = frame[(frame.part == "table") & (frame.strategy != PLAIN)]
+    if not len(table):
+        return pd.DataFrame(columns=["network", "batch"])
+    rows = []
+    for (sizes, batch), group in table.groupby(["sizes", "batch"], sort=False):
+        row = {"network": sizes, "batch": batch}
+        for fw in FRAMEWORK_ORDER:
+            plain = frame[(frame.part == "table") & (frame.framework == fw)
+                          & (frame.sizes == sizes) & (frame.batch == batch)
+                          & (frame.strategy == PLAIN)]
+            if len(plain):
+                row[f"{fw} plain ms"] = f"{plain.median_s.iloc[0] * 1e3:.3g}"
+            for _, r in group[group.framework == fw].iterrows():
+                mark = ""
+                if r.goal:
+                    mark = " ok" if r.meets_goal else " MISSED"
+                row[f"{fw} {r.strategy}"] = f"{r.ratio_to_plain:.2f}x{mark}"
+        rows.append(row)
+    return pd.DataFrame(rows).fillna("-")
+
+
+def slopes_table(frame):
+    """The sweeps' fitted slopes as a table (a note when no sweep was run)."""
+    import pandas as pd
+    from IPython.display import Markdown
+
+    table = pd.DataFrame(slopes(frame.to_dict("records")))
+    return table if len(table) else Markdown("No sweep in this bench (`--parts sweep`).")
+
+
+def floor_summary(frame):
+    """Markdown: the study floor's wall time and what it covered ('' when not measured)."""
+    from IPython.display import Markdown
+
+    floor = frame[frame.part == "study_floor"]
+    if not len(floor):
+        return Markdown("Not measured in this bench (`--study-floor`).")
+    row = floor.iloc[-1]
+    return Markdown(f"**{row.median_s:.1f} s** wall, threads {row.threads}: {row.note}")
+
+
+def reference_table(frame):
+    """The reference part: step time per strategy and n_ref, per framework, with its goal."""
+    from IPython.display import Markdown
+
+    part = frame[frame.part == "reference"]
+    if not len(part):
+        return Markdown("Not measured in this bench (`--parts reference`).")
+    shown = part.assign(ms=part.median_s * 1e3)[
+        ["framework", "strategy", "sizes", "n_ref", "ms", "ratio_to_plain", "goal", "meets_goal"]]
+    return shown.style.hide(axis="index").format({"ms": "{:.3g}", "ratio_to_plain": "{:.2f}"},
+                                                 na_rep="")

@@ -135,3 +135,14 @@ def concat_results(staging):
         atomic_write(Path(staging) / name, csv_text(frame))
         out[name] = frame
     return out
+
+
+def read_bench(bench_dir):
+    """Read bench.csv and bench_meta.json written by the bench command: (frame, meta)."""
+    import json
+
+    import pandas as pd
+
+    bench_dir = Path(bench_dir)
+    meta = json.loads((bench_dir / "bench_meta.json").read_text(encoding="utf-8"))
+    return pd.read_csv(bench_dir / "bench.csv", keep_default_na=False, na_values=[""]), meta

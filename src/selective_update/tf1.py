@@ -12,40 +12,15 @@ weight_decay * var to the gradient of every variable in the var_list (torch's co
 from __future__ import annotations
 
 import functools
-import os
 import sys
 import time
 
 import numpy as np
 
 
-def _import_tensorflow_quietly():
-    """Import TensorFlow with its C++ start-up chatter (cuda probing) kept off the terminal."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # C++ INFO/WARNING off; errors stay
-    # `import tensorflow` eagerly imports Keras 3 (~2 s); TF skips it with this set and tf_keras
-    # not installed. Nothing here uses tf.keras (selective_update.keras imports keras itself).
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    if "tensorflow" in sys.modules:
-        return
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        sys.stderr.flush()
-        os.dup2(devnull, 2)  # absl logs "no cuda drivers" to fd 2 before any setting applies
-        import tensorflow
+from .tf1_import import tf  # noqa: E402  (first: TF imported quietly)
 
-        # Probe the devices now, inside the redirect: a machine with libcuda but no GPU logs a
-        # "failed call to cuInit" error at the first probe (else at the first Session).
-        tensorflow.config.list_physical_devices()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-_import_tensorflow_quietly()
-import tensorflow as tf  # noqa: E402
-
-from . import core, growth, nullspace, reference, subspace  # noqa: E402
+from . import core, growth, nullspace, options, reference, settings, subspace  # noqa: E402
 from .settings import PROJECTION_SWEEPS  # noqa: E402
 from .tf1_linalg import (concat, cond, gather, permute, psd_factor, psd_solve,  # noqa: E402,F401
                          svd_factor, svd_solve)
@@ -112,7 +87,7 @@ class Graph:
         self.residuals = {}  # corrected strategies: the final Gauss-Newton residual of a step
         self.split = any(core.STRATEGIES[s].trains == "train_heads" for s in strategies)
         self.grow = grow  # new units per hidden layer (the grow strategy's graph)
-        self.tol = core.RESTORE_TOL[dtype]
+        self.tol = settings.RESTORE_TOL[dtype]
         dt = tf.as_dtype(dtype)
         L = len(sizes) - 1
         self.graph = tf.Graph()
@@ -258,7 +233,7 @@ class Graph:
             Ws, bs, err = reference.protected_step(
                 ops, old_Ws, old_bs, self.x_ref, self.keep, dWs, dbs, form=self.form,
                 sweeps=PROJECTION_SWEEPS, corrected=s.corrected, tol=self.tol,
-                max_steps=core.GAUSS_NEWTON_MAX_STEPS)
+                max_steps=settings.GAUSS_NEWTON_MAX_STEPS)
             return self._assign(strategy, var_list, Ws, bs, err)
         # self.hs / self.out: the gradients' forward pass, evaluated before apply in this run.
         dWs, dbs = nullspace.project(ops, old_Ws, old_bs, self.x, self.keep, dWs, dbs, hs=self.hs)
@@ -268,7 +243,7 @@ class Graph:
             seed = nullspace.kept_seed(ops, self.keep, self.x.shape[0], self.out.shape[1], self.x)
             target = ops.einsum("kbj,bj->kb", seed, self.out)
             Ws, bs, err = nullspace.restore(ops, Ws, bs, self.x, self.keep, target, self.tol,
-                                            core.GAUSS_NEWTON_MAX_STEPS)
+                                            settings.GAUSS_NEWTON_MAX_STEPS)
             self.residuals[strategy] = err
         values = [t for p in zip(Ws, bs) for t in p]
         return tf.group(*[v.assign(t) for v, t in zip(var_list, values)])
@@ -358,7 +333,7 @@ def make_steps(strategies, **run_kwargs):
         kinds.setdefault(core.STRATEGIES[s].trains in ("train_heads", "grown")
                          and core.STRATEGIES[s].trains, []).append(s)
     for group in kinds.values():
-        cfgs = {s: core.check_run(s, NAME, warn=False, **core.options_for(s, run_kwargs))
+        cfgs = {s: core.check_run(s, NAME, warn=False, **options.options_for(s, run_kwargs))
                 for s in group}
         g = graph_for(tuple(group), cfgs[group[0]])
         g.reset(cfgs[group[0]]["params"])

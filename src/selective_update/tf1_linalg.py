@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf  # imported quietly by selective_update.tf1 first
 
 from . import nullspace
+from .tf1_import import tf
 from .settings import CHOLESKY_JITTER
 
 

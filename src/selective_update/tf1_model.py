@@ -11,35 +11,15 @@ k = 0..units-1.
 """
 from __future__ import annotations
 
-import importlib
-import os
 import re
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 
+from .tf1_import import tf
 from .validation import check_int, check_outputs, fail
 
 
-def quiet_import(name):
-    """Import TensorFlow or Keras with the C++ start-up chatter (cuda probing) kept off fd 2."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # C++ INFO/WARNING off; errors stay
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # `import tensorflow` skips Keras (~2 s)
-    if name in sys.modules:
-        return sys.modules[name]
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        sys.stderr.flush()
-        os.dup2(devnull, 2)  # absl writes to fd 2 before any log setting applies
-        return importlib.import_module(name)
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-tf = quiet_import("tensorflow")
 v1 = tf.compat.v1
 
 

@@ -1,9 +1,8 @@
 """TF1 optimizers that match the torch ones (re-exported by selective_update.tf1)."""
 from __future__ import annotations
 
-import tensorflow as tf  # imported quietly by selective_update.tf1 first
-
-from . import core
+from .settings import ADAM_BETAS, ADAM_EPS, MOMENTUM
+from .tf1_import import tf
 
 v1 = tf.compat.v1
 
@@ -32,7 +31,7 @@ def make_optimizer(name, lr, *, stock_adam=False):
     if name == "sgd":
         return v1.train.GradientDescentOptimizer(lr)
     if name == "momentum":
-        return v1.train.MomentumOptimizer(lr, c(core.MOMENTUM))
-    beta1, beta2 = core.ADAM_BETAS
+        return v1.train.MomentumOptimizer(lr, c(MOMENTUM))
+    beta1, beta2 = ADAM_BETAS
     adam = v1.train.AdamOptimizer if stock_adam else TorchEpsAdamOptimizer
-    return adam(lr, c(beta1), c(beta2), c(core.ADAM_EPS))
+    return adam(lr, c(beta1), c(beta2), c(ADAM_EPS))

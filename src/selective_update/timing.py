@@ -76,9 +76,9 @@ def load() -> float:
 
 def cuda_available() -> bool:
     """Say whether torch sees a CUDA device."""
-    import torch
+    from . import torch_bench
 
-    return torch.cuda.is_available()
+    return torch_bench.cuda_available()
 
 
 def configure(threads, frameworks, device):
@@ -87,12 +87,13 @@ def configure(threads, frameworks, device):
 
     for framework in frameworks:
         su.backend(framework).configure(threads)
-    import torch
-
     env = dict(python=platform.python_version(), numpy=np.__version__,
-               torch=torch.__version__, tensorflow="", machine=machine(), threads=threads)
+               torch=importlib.metadata.version("torch"), tensorflow="", machine=machine(),
+               threads=threads)
     if device == "cuda":
-        env["machine"] += ", " + torch.cuda.get_device_name(0)
+        from . import torch_bench
+
+        env["machine"] += ", " + torch_bench.device_name()
     if "tf1" in frameworks:
         env["tensorflow"] = importlib.metadata.version("tensorflow")
     return env
@@ -137,51 +138,6 @@ def time_interleaved(steps, repeats, warmup=WARMUP, sync=None) -> dict:
             sync()
             seconds[name].append(time.perf_counter() - start)
     return seconds
-
-
-class ReferenceNullSpaceStep:
-    """One torch null_space step (masked loss, sgd, project, apply) with a given projection.
-
-    Built from public pieces only (nullspace.forward, make_optimizer, project_step[_jacobian]),
-    so the Jacobian reference does not depend on how _Trainer.step is written.
-    """
-
-    def __init__(self, params, data, args, project):
-        import torch
-
-        from . import nullspace
-        from . import torch as su_torch
-        dt = getattr(torch, args.dtype)
-
-        def leaf(a):
-            return torch.tensor(np.asarray(a), dtype=dt, device=args.device, requires_grad=True)
-
-        L = core.n_layers(params)
-        self.Ws = [leaf(params[f"W{l}"]) for l in range(1, L + 1)]
-        self.bs = [leaf(params[f"b{l}"]) for l in range(1, L + 1)]
-        self.x = torch.as_tensor(data.x, dtype=dt, device=args.device)
-        self.y = torch.as_tensor(data.y, dtype=dt, device=args.device)
-        self.mask = torch.as_tensor(core.train_mask(data.y.shape[1], TRAIN), dtype=dt,
-                                    device=args.device)
-        self.opt = su_torch.make_optimizer("sgd", self.Ws + self.bs, LR, 0.0)
-        self.forward = lambda: nullspace.forward(su_torch, self.Ws, self.bs, self.x)
-        self.project, self.torch = project, torch
-
-    def __call__(self):
-        torch = self.torch
-        _, out = self.forward()
-        params = self.Ws + self.bs
-        grads = torch.autograd.grad(((self.mask * (out - self.y)) ** 2).mean(), params)
-        for p, g in zip(params, grads):
-            p.grad = g
-        with torch.no_grad():
-            old = [p.clone() for p in params]
-            self.opt.step()
-            L = len(self.Ws)
-            steps = [p - o for p, o in zip(params, old)]
-            dWs, dbs = self.project(old[:L], old[L:], self.x, KEEP, steps[:L], steps[L:])
-            for p, o, d in zip(params, old, dWs + dbs):
-                p.copy_(o + d)
 
 
 def jacobian_entries(params, batch) -> int:
@@ -229,6 +185,7 @@ def _jacobian_step(params, data, sizes, batch, args, env, log) -> list:
             f"> {JACOBIAN_MAX_ENTRIES:,})")
         return []
     from . import torch as su_torch
+    from .torch_bench import ReferenceNullSpaceStep
 
     _, sync = make_steps("torch", (PLAIN,), params, data, args)
     step = ReferenceNullSpaceStep(params, data, args, su_torch.project_step_jacobian)
@@ -239,28 +196,10 @@ def _jacobian_step(params, data, sizes, batch, args, env, log) -> list:
                             note="null_space step, projection by torch.func.jacrev + pinv")]
 
 
-def projection_cases(params, data, args, jacobian):
-    """Return {name: callable} projecting a random step with the Gram form (and the Jacobian)."""
-    import torch
-
-    from . import torch as su_torch
-    dt = getattr(torch, args.dtype)
-    L = core.n_layers(params)
-    Ws = [torch.as_tensor(params[f"W{l}"], dtype=dt, device=args.device) for l in range(1, L + 1)]
-    bs = [torch.as_tensor(params[f"b{l}"], dtype=dt, device=args.device) for l in range(1, L + 1)]
-    x = torch.as_tensor(data.x, dtype=dt, device=args.device)
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    dWs = [1e-3 * torch.randn(W.shape, generator=gen, dtype=dt).to(args.device) for W in Ws]
-    dbs = [1e-3 * torch.randn(b.shape, generator=gen, dtype=dt).to(args.device) for b in bs]
-    cases = {"projection_gram": lambda: su_torch.project_step(Ws, bs, x, KEEP, dWs, dbs)}
-    if jacobian:
-        cases["projection_jacobian"] = \
-            lambda: su_torch.project_step_jacobian(Ws, bs, x, KEEP, dWs, dbs)
-    return cases
-
-
 def bench_sweep(args, env, log) -> list:
     """Sweep width and batch: null_space vs plain steps, and the projection alone."""
+    from . import torch_bench
+
     points = [("sweep_width", (SWEEP_IN, w, SWEEP_OUT), SWEEP_WIDTH_BATCH) for w in args.widths]
     points += [("sweep_batch", (SWEEP_IN, SWEEP_BATCH_WIDTH, SWEEP_OUT), b) for b in args.batches]
     rows = []
@@ -274,10 +213,10 @@ def bench_sweep(args, env, log) -> list:
             if fw != "torch":
                 continue
             jac = jacobian_entries(params, batch) <= JACOBIAN_MAX_ENTRIES
-            cases = projection_cases(params, data, args, jacobian=False)
+            cases = torch_bench.projection_cases(params, data, args, jacobian=False)
             seconds = time_interleaved(cases, args.sweep_repeats, warmup=1, sync=sync)
             if jac:
-                cases = projection_cases(params, data, args, jacobian=True)
+                cases = torch_bench.projection_cases(params, data, args, jacobian=True)
                 del cases["projection_gram"]
                 seconds.update(time_interleaved(cases, min(args.sweep_repeats,
                                                            JACOBIAN_SWEEP_REPEATS),
@@ -328,72 +267,3 @@ def slopes(rows) -> list:
                             slope_last3=round(_fit(xs[-3:], ts[-3:]), 2),
                             expected=EXPECTED_SLOPES.get((axis, s), "")))
     return out
-
-
-def goal_table(frame):
-    """Pivot the table part: one row per size/batch, one column per framework x strategy ratio."""
-    import pandas as pd
-
-    table = frame[(frame.part == "table") & (frame.strategy != PLAIN)]
-    if not len(table):
-        return pd.DataFrame(columns=["network", "batch"])
-    rows = []
-    for (sizes, batch), group in table.groupby(["sizes", "batch"], sort=False):
-        row = {"network": sizes, "batch": batch}
-        for fw in FRAMEWORK_ORDER:
-            plain = frame[(frame.part == "table") & (frame.framework == fw)
-                          & (frame.sizes == sizes) & (frame.batch == batch)
-                          & (frame.strategy == PLAIN)]
-            if len(plain):
-                row[f"{fw} plain ms"] = f"{plain.median_s.iloc[0] * 1e3:.3g}"
-            for _, r in group[group.framework == fw].iterrows():
-                mark = ""
-                if r.goal:
-                    mark = " ok" if r.meets_goal else " MISSED"
-                row[f"{fw} {r.strategy}"] = f"{r.ratio_to_plain:.2f}x{mark}"
-        rows.append(row)
-    return pd.DataFrame(rows).fillna("-")
-
-
-def read_bench(bench_dir):
-    """Read bench.csv and bench_meta.json written by the bench command: (frame, meta)."""
-    import json
-
-    import pandas as pd
-
-    bench_dir = Path(bench_dir)
-    meta = json.loads((bench_dir / "bench_meta.json").read_text(encoding="utf-8"))
-    return pd.read_csv(bench_dir / "bench.csv", keep_default_na=False, na_values=[""]), meta
-
-
-def slopes_table(frame):
-    """The sweeps' fitted slopes as a table (a note when no sweep was run)."""
-    import pandas as pd
-    from IPython.display import Markdown
-
-    table = pd.DataFrame(slopes(frame.to_dict("records")))
-    return table if len(table) else Markdown("No sweep in this bench (`--parts sweep`).")
-
-
-def floor_summary(frame):
-    """Markdown: the study floor's wall time and what it covered ('' when not measured)."""
-    from IPython.display import Markdown
-
-    floor = frame[frame.part == "study_floor"]
-    if not len(floor):
-        return Markdown("Not measured in this bench (`--study-floor`).")
-    row = floor.iloc[-1]
-    return Markdown(f"**{row.median_s:.1f} s** wall, threads {row.threads}: {row.note}")
-
-
-def reference_table(frame):
-    """The reference part: step time per strategy and n_ref, per framework, with its goal."""
-    from IPython.display import Markdown
-
-    part = frame[frame.part == "reference"]
-    if not len(part):
-        return Markdown("Not measured in this bench (`--parts reference`).")
-    shown = part.assign(ms=part.median_s * 1e3)[
-        ["framework", "strategy", "sizes", "n_ref", "ms", "ratio_to_plain", "goal", "meets_goal"]]
-    return shown.style.hide(axis="index").format({"ms": "{:.3g}", "ratio_to_plain": "{:.2f}"},
-                                                 na_rep="")

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import torch
 
-from . import core, growth, nullspace, reference, subspace
+from . import core, growth, nullspace, options, reference, settings, subspace
 from .settings import PROJECTION_SWEEPS
 from .torch_linalg import (concat, cond, gather, permute, psd_factor, psd_solve,  # noqa: F401
                            svd_factor, svd_solve)
@@ -143,10 +143,10 @@ def make_optimizer(name, variables, lr, weight_decay):
     if name == "sgd":
         return torch.optim.SGD(variables, lr=lr, weight_decay=weight_decay, foreach=False)
     if name == "momentum":
-        return torch.optim.SGD(variables, lr=lr, momentum=core.MOMENTUM,
+        return torch.optim.SGD(variables, lr=lr, momentum=settings.MOMENTUM,
                                weight_decay=weight_decay, foreach=False)
     cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-    return cls(variables, lr=lr, betas=core.ADAM_BETAS, eps=core.ADAM_EPS,
+    return cls(variables, lr=lr, betas=settings.ADAM_BETAS, eps=settings.ADAM_EPS,
                weight_decay=weight_decay, foreach=False)
 
 
@@ -259,9 +259,10 @@ class _Trainer:
             if s.corrected:
                 seed = nullspace.kept_seed(ops, keep, out.shape[0], out.shape[1], out)
                 target = ops.einsum("kbj,bj->kb", seed, out)  # kept outputs before the step
-                tol = core.RESTORE_TOL[self.cfg["dtype"]]
-                new_Ws, new_bs, err = nullspace.restore(ops, params[:L], params[L:], self.x, keep,
-                                                        target, tol, core.GAUSS_NEWTON_MAX_STEPS)
+                tol = settings.RESTORE_TOL[self.cfg["dtype"]]
+                new_Ws, new_bs, err = nullspace.restore(
+                    ops, params[:L], params[L:], self.x, keep, target, tol,
+                    settings.GAUSS_NEWTON_MAX_STEPS)
                 self.residuals.append(float(err))
                 for p, v in zip(params, new_Ws + new_bs):
                     p.copy_(v)
@@ -273,8 +274,8 @@ class _Trainer:
         Ws, bs, err = reference.protected_step(
             ops, self._before[:L], self._before[L:], self.x_ref, self.cfg["keep"],
             self._delta[:L], self._delta[L:], form=form, sweeps=PROJECTION_SWEEPS,
-            corrected=s.corrected, tol=core.RESTORE_TOL[self.cfg["dtype"]],
-            max_steps=core.GAUSS_NEWTON_MAX_STEPS)
+            corrected=s.corrected, tol=settings.RESTORE_TOL[self.cfg["dtype"]],
+            max_steps=settings.GAUSS_NEWTON_MAX_STEPS)
         if err is not None:
             self.residuals.append(float(err))
         for p, v in zip(params, Ws + bs):
@@ -303,8 +304,9 @@ def project_step(Ws, bs, x, keep, dWs, dbs):
 
 def restore_kept(Ws, bs, x, keep, target):
     """Take Gauss-Newton steps until the kept outputs at x are back at target (K, n)."""
-    tol = core.RESTORE_TOL[str(x.dtype).removeprefix("torch.")]
-    Ws, bs, _ = nullspace.restore(ops, Ws, bs, x, keep, target, tol, core.GAUSS_NEWTON_MAX_STEPS)
+    tol = settings.RESTORE_TOL[str(x.dtype).removeprefix("torch.")]
+    Ws, bs, _ = nullspace.restore(ops, Ws, bs, x, keep, target, tol,
+                                  settings.GAUSS_NEWTON_MAX_STEPS)
     return Ws, bs
 
 
@@ -340,7 +342,7 @@ def make_steps(strategies, **run_kwargs):
     """
     steps, sync = {}, None
     for s in strategies:
-        cfg = core.check_run(s, NAME, warn=False, **core.options_for(s, run_kwargs))
+        cfg = core.check_run(s, NAME, warn=False, **options.options_for(s, run_kwargs))
         trainer = _Trainer(cfg, split=core.STRATEGIES[s].trains == "train_heads")
         trainer.start(s)
         steps[s] = functools.partial(trainer.step, s)

@@ -19,6 +19,7 @@ from torch import nn
 from torch.func import functional_call, jvp, vjp, vmap
 from torch.nn.utils import parametrize
 
+from .core import RestoreWarning
 from .settings import GAUSS_NEWTON_MAX_STEPS, RESTORE_TOL
 from .validation import check_int, check_outputs, fail
 
@@ -332,7 +333,7 @@ class NullSpaceProjector:
         if err > tol:
             warnings.warn(f"NullSpaceProjector: kept outputs still {err:.3g} from their target "
                           f"after {steps} Gauss-Newton steps (tolerance {tol:g})",
-                          RuntimeWarning, stacklevel=3)
+                          RestoreWarning, stacklevel=3)
         return theta, steps, err
 
 

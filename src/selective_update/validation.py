@@ -101,26 +101,22 @@ def check_folder(name, value):
 
 # --- argparse types: a bad option exits 2 naming it, before any work ------------------------------
 
-def positive_int_option(text):
-    """Parse a command-line integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: an integer >= 1") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"got {value}; allowed: an integer >= 1")
-    return value
+def int_option(low):
+    """Return an argparse type that parses a command-line integer >= low."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"got {text!r}; allowed: an integer >= {low}") \
+                from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"got {value}; allowed: an integer >= {low}")
+        return value
+    return parse
 
 
-def non_negative_int_option(text):
-    """Parse a command-line integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: an integer >= 0") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"got {value}; allowed: an integer >= 0")
-    return value
+positive_int_option = int_option(1)
+non_negative_int_option = int_option(0)
 
 
 def positive_seconds_option(text):
