@@ -106,3 +106,27 @@ def test_reference_part_writes_issue_9_rows(tmp_path):
     assert set(goals) == {"layer_subspace", "grow", "null_space_corrected"}
     assert all(math.isfinite(float(r["median_s"])) and float(r["median_s"]) > 0 for r in rows)
     assert "Beyond the batch" in (out / "bench.html").read_text()
+
+
+def test_a_failed_page_leaves_the_previous_bench_files(tmp_path, monkeypatch):
+    import argparse
+
+    from selective_update import bench, timing
+
+    out = tmp_path / "reports"
+    out.mkdir()
+    (out / "bench.csv").write_text("previous\n")
+    row = {c: "" for c in timing.CSV_COLUMNS}
+    row.update(part="table", framework="torch", strategy="all_params", sizes="3-4-2", batch=8,
+               median_s=1e-3, ratio_to_plain=1.0, load_1m=0.1)
+    args = argparse.Namespace(device="cpu", dtype="float64", repeats=1, sweep_repeats=1)
+    env = dict(machine="m", threads=1, python="3", numpy="2", torch="2", tensorflow="2")
+
+    def fail(*a, **k):
+        raise RuntimeError("bench.html: the bench notebook failed (test)")
+
+    monkeypatch.setattr(bench, "render_page", fail)
+    with pytest.raises(RuntimeError, match="bench notebook failed"):
+        bench.write_reports(out, [row], args, env, [])
+    assert (out / "bench.csv").read_text() == "previous\n"
+    assert sorted(p.name for p in out.iterdir()) == ["bench.csv"]  # no staging left behind

@@ -11,10 +11,13 @@ Parts (`--parts`, default all of them):
             pinv) in place of the layer-wise Gram form, where the Jacobian stays small;
   sweep     width (784-W-10, batch 64) and batch (784-512-10) sweeps of null_space vs plain, and
             of the projection alone (Gram vs Jacobian), log-log figures and measured slopes;
+  reference issue 9's strategies on the digits net (timing_reference.py): null_space and
+            null_space_corrected against 0..1,080 kept digits, layer_subspace, grow;
   floor     the study's default grid computed in one fresh plain Python process (floor.py).
 
 Writes reports/bench.csv, bench_meta.json, figures/bench_*.png, and bench.html: notebooks/
-bench.ipynb executed on them and rendered through the study's offline template.
+bench.ipynb executed on them and rendered through the study's offline template (built in a
+staging folder, moved in at the end).
 torch, tensorflow, pandas and matplotlib are imported inside functions only: the CLI imports every
 command module to build its parser.
 """
@@ -24,6 +27,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -175,20 +179,40 @@ def _save(fig, path):
 
 
 def write_reports(out, rows, args, env, notes):
-    """Write bench.csv, bench_meta.json and figures/bench_*.png; render bench.html."""
+    """Write bench.csv, bench_meta.json, figures/bench_*.png and bench.html, all or nothing.
+
+    Everything is built in a staging folder inside out and moved in at the end (bench.html
+    last), so a failed or interrupted render leaves the previous bench files as they were.
+    """
+    out = Path(out)
+    staging = out / f".bench-staging-{os.getpid()}"
+    try:
+        frame = _write(staging, rows, args, env, notes)
+        render_page(staging, published=out)
+        for path in sorted(staging.rglob("*"), key=lambda p: p.name == "bench.html"):
+            if path.is_file():
+                target = out / path.relative_to(staging)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return frame
+
+
+def _write(out, rows, args, env, notes):
     import matplotlib
     import pandas as pd
 
     from . import figures
 
     matplotlib.use("Agg")
-    out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
     atomic_write(out / "bench.csv", frame.to_csv(index=False, lineterminator="\n"))
     for name, fig in (("bench_ratios.png", figures.plot_bench_ratios(frame)),
                       ("bench_sweep_width.png", figures.plot_bench_sweep(frame, "sweep_width")),
-                      ("bench_sweep_batch.png", figures.plot_bench_sweep(frame, "sweep_batch"))):
+                      ("bench_sweep_batch.png", figures.plot_bench_sweep(frame, "sweep_batch")),
+                      ("bench_reference.png", figures.plot_bench_reference(frame))):
         if fig is not None:
             _save(fig, out / "figures" / name)
     meta = {
@@ -211,16 +235,18 @@ def write_reports(out, rows, args, env, notes):
         "notes": notes,
     }
     atomic_write(out / "bench_meta.json", json.dumps(meta, indent=1) + "\n")
-    render_page(out)
     return frame
 
 
-def render_page(out):
-    """Execute notebooks/bench.ipynb on out's bench files into out/bench.html (offline page)."""
+def render_page(out, published=None):
+    """Execute notebooks/bench.ipynb on out's bench files into out/bench.html (offline page).
+
+    published: the folder the files will be moved to (the page names it, not out).
+    """
     from .kernels import Task, execute
 
     task = Task("bench", "bench.ipynb", "bench.ipynb", {}, folder_param="bench_dir")
-    status = execute(task, str(out), CELL_TIMEOUT)
+    status = execute(task, str(out), CELL_TIMEOUT, published=published)
     if status["status"] != "ok":
         raise RuntimeError(f"bench.html: the bench notebook failed: {status['error']} "
                            f"(see {Path(out) / 'bench.ipynb'})")
