@@ -76,9 +76,8 @@ def test_every_framework_module_has_the_same_surface():
 
 def test_settings_are_the_one_home():
     """Values that used to be copied now come from settings (the copies are gone)."""
-    from selective_update import datasets, results, verdicts
+    from selective_update import datasets, verdicts
 
-    assert results.load_reports.__module__ == "selective_update.results"
     assert verdicts.BATCH_EXACT_TOL is settings.BATCH_EXACT_TOL
     assert su.RESTORE_TOL is settings.RESTORE_TOL
     assert datasets.DATA_DIR == settings.DATA_DIR

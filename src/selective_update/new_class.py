@@ -30,7 +30,6 @@ grow with it like a Jacobian's does.
 from __future__ import annotations
 
 import functools
-import inspect
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -129,13 +128,6 @@ def scenario(hidden, seed, data_dir=str(DATA_DIR)) -> Scenario:
 
 # --- strategies and their settings ------------------------------------------------------------
 
-def run_options():
-    """Return the keyword arguments su.run accepts (the new strategies' options as they land)."""
-    import selective_update as su
-
-    return set(inspect.signature(su.run).parameters)
-
-
 def known_strategies():
     """Return every strategy su.run knows now (old and new)."""
     import selective_update as su
@@ -145,15 +137,13 @@ def known_strategies():
 
 def settings_for(strategy, grid):
     """Return the setting labels one strategy is swept over ("none" when it has no option)."""
-    options = run_options()
     if strategy in REFERENCE_STRATEGIES:
-        refs = grid["references"] if "reference" in options else ["batch"]
-        return [f"reference={r}" for r in refs]
-    if strategy == "layer_subspace" and "energy" in options:
+        return [f"reference={r}" for r in grid["references"]]
+    if strategy == "layer_subspace":
         return [f"energy={e}" for e in grid["energies"]]
-    if strategy == "distill" and "distill_weight" in options:
+    if strategy == "distill":
         return [f"distill_weight={w}" for w in grid["distill_weights"]]
-    if strategy == "grow" and "grow" in options:
+    if strategy == "grow":
         return [f"grow={g}" for g in grid["grow"]]
     return ["none"]
 
@@ -206,7 +196,7 @@ def run(sc: Scenario, strategy, setting, framework, optimizer, lr, steps, split)
         warnings.simplefilter("ignore", core.TrivialNullSpaceWarning)
         # a correction that stops above its tolerance on the reference: the held-out drift,
         # which is what this scenario reports, is measured either way
-        warnings.simplefilter("ignore", getattr(core, "RestoreWarning", UserWarning))
+        warnings.simplefilter("ignore", core.RestoreWarning)
         return su.run(strategy, framework, params=sc.params, data=sc.data(split), keep=KEEP,
                       train=TRAIN, optimizer=optimizer, lr=lr, steps=steps,
                       **setting_kwargs(setting, sc))

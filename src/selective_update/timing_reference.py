@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import core
+from . import core, growth
 from .settings import DEFAULT_GROW
 from .timing import PLAIN, make_steps, measurement_row, time_interleaved
 
@@ -41,7 +41,7 @@ def bench_reference(args, env, log) -> list:
     sizes = core.layer_sizes(setup.params)
     batch = len(setup.data.x)
     kept = kept_training_digits(setup.keep)
-    grown_sizes = (sizes[0], sizes[1] + DEFAULT_GROW, sizes[2])
+    grown_sizes = growth.grown_sizes(sizes, DEFAULT_GROW)
     common = dict(keep=setup.keep, train=setup.train)
     rows = []
     for fw in args.frameworks:

@@ -27,7 +27,7 @@ class ReferenceNullSpaceStep:
     """One torch null_space step (masked loss, sgd, project, apply) with a given projection.
 
     Built from public pieces only (nullspace.forward, make_optimizer, project_step[_jacobian]),
-    so the Jacobian reference does not depend on how _Trainer.step is written.
+    so the Jacobian reference does not depend on how the trainer's step is written.
     """
 
     def __init__(self, params, data, args, project):
