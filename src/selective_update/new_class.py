@@ -228,8 +228,7 @@ def metrics(outputs, start, y) -> dict:
 
 def check_params(*, quick, reports_dir=None, hidden=None, seeds=None, strategies=None) -> dict:
     """Validate notebooks/new_class.ipynb's parameters; return the grid they select."""
-    if not isinstance(quick, (bool, np.bool_)):
-        validation.fail("quick", quick, "True or False")
+    validation.check_bool("quick", quick)
     reports_dir = validation.check_folder("reports_dir", reports_dir)
     grid = {k: (dict(v) if isinstance(v, dict) else list(v))
             for k, v in (NEW_CLASS_QUICK_GRID if quick else NEW_CLASS_GRID).items()}

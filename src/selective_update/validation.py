@@ -31,6 +31,13 @@ def is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
+def check_bool(name, value):
+    """Check that value is True or False (numpy bools included); return it as a Python bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        fail(name, value, "True or False")
+    return bool(value)
+
+
 def check_int(name, value, low):
     """Check that value is an integer >= low; return it as a Python int."""
     if not is_int(value) or value < low:
