@@ -176,6 +176,7 @@ class _Trainer:
         self.opt = make_optimizer(cfg["optimizer"], self.net.parameters(), cfg["lr"],
                                   cfg["weight_decay"])
         self._before = self._delta = None  # projected steps' buffers, made at the first one
+        self._graded = None  # the strategy whose variables require grad (grow)
 
     def set_lr(self, lr):
         """Change the optimizer's learning rate (its state stays)."""
@@ -218,11 +219,12 @@ class _Trainer:
         """Take one optimizer step of `strategy`."""
         s = core.STRATEGIES[strategy]
         variables = self.net.trainable(strategy, self.cfg["train"])
-        if self.net.grow:  # frozen pieces out of the backward pass (they get no gradient anyway)
-            for p in self.net.parameters():
+        if self.net.grow and self._graded != strategy:  # frozen pieces out of the backward
+            for p in self.net.parameters():            # pass; set once per strategy switch
                 p.requires_grad_(False)
             for p in variables:
                 p.requires_grad_(True)
+            self._graded = strategy
         grads, hs, out = self._gradients(strategy, variables)
         for p in self.net.parameters():
             p.grad = None  # None, not zero: optimizers skip it (no decay, no state update)
