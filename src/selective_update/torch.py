@@ -304,14 +304,6 @@ def project_step(Ws, bs, x, keep, dWs, dbs):
     return nullspace.project(ops, Ws, bs, x, keep, dWs, dbs)
 
 
-def restore_kept(Ws, bs, x, keep, target):
-    """Take Gauss-Newton steps until the kept outputs at x are back at target (K, n)."""
-    tol = settings.RESTORE_TOL[str(x.dtype).removeprefix("torch.")]
-    Ws, bs, _ = nullspace.restore(ops, Ws, bs, x, keep, target, tol,
-                                  settings.GAUSS_NEWTON_MAX_STEPS)
-    return Ws, bs
-
-
 def project_step_jacobian(Ws, bs, x, keep, dWs, dbs):
     """Project a step with the materialized Jacobian (torch.func.jacrev): the slow reference."""
     sizes = [t.numel() for pair in zip(Ws, bs) for t in pair]
