@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from selective_update import STRATEGIES, render
+from selective_update import STRATEGIES
+from selective_update.study import render
 from selective_update.__main__ import main as cli
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -111,7 +112,8 @@ def test_reference_part_writes_issue_9_rows(tmp_path):
 def test_a_failed_page_leaves_the_previous_bench_files(tmp_path, monkeypatch):
     import argparse
 
-    from selective_update import bench, timing
+    from selective_update.bench import cli as bench
+    from selective_update.bench import timing
 
     out = tmp_path / "reports"
     out.mkdir()

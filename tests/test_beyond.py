@@ -3,17 +3,19 @@
 Every new promise is measured over 4 optimizers x weight decay {0, 0.01} x warm start {0, 2} x
 both frameworks, on the toy set-up and on a 3-output net (two hidden layers) that keeps two.
 """
-import hashlib
 import itertools
+import json
 import warnings
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import selective_update as su
 from conftest import DATA, PARAMS
-from selective_update import reference, verdicts
+from selective_update.algorithms import protected as reference
+from selective_update.core import verdicts
 
 SET_UP = list(itertools.product(su.OPTIMIZERS, (0.0, 0.01), (0, 2)))
 SET_UP_IDS = [f"{o}-wd{w}-warm{k}" for o, w, k in SET_UP]
@@ -51,35 +53,91 @@ def assert_parity(a, b, optimizer):
         np.testing.assert_allclose(a.reference_outputs, b.reference_outputs, rtol=0, atol=tol)
 
 
-# --- reference=None is today's behaviour, bit for bit ---------------------------------------------
+# --- reference=None is today's behaviour ----------------------------------------------------------
 
-# SHA-256 (first 16 hex digits) of outputs, eval_outputs and params of the 16 toy set-ups x 3 steps,
-# made by the code before issue 9 (commit 7975d89) on this machine's numpy/torch/TF builds.
-FINGERPRINTS = {
-    "tf1-all_params": "ae7f459aa62cf15a", "tf1-last_layer": "32dd9ea783884de8",
-    "tf1-output_gradient": "99ad5ea6abdf9a8c", "tf1-masked_loss": "d0cb0a712c012eef",
-    "tf1-masked_last_layer": "92a16bca4335cdc8", "tf1-split_head": "6aeeaa5bf76eaf4d",
-    "tf1-null_space": "fbecec2321d655e0", "tf1-null_space_corrected": "b1df9825a75d4749",
-    "torch-all_params": "252bcd275f9cc7b7", "torch-last_layer": "8351b7709b6ff1ea",
-    "torch-output_gradient": "050db35351237995", "torch-masked_loss": "853a995d732ba97a",
-    "torch-masked_last_layer": "8884c9ed1e1a5cba", "torch-split_head": "ba9f5fd6f03a5ec9",
-    "torch-null_space": "4f5b63e69bcb6119", "torch-null_space_corrected": "efb58536ccae542e",
-}
+# Final outputs (batch, then 2 held-out inputs) of the 16 toy set-ups x 3 steps, made by the code
+# before the restructure (commit cccde4d). Float bytes differ from one CPU to the next, so they are
+# compared with a tolerance: these strategies agree across CPU kernels to ~1e-15.
+STORED = json.loads((Path(__file__).parent / "data" / "default_options.json").read_text())
+STABLE = sorted({key.split("-")[1] for key in STORED})
 
 
-@pytest.mark.parametrize("key", sorted(FINGERPRINTS))
-def test_default_options_are_bit_identical_to_before(key):
-    framework, strategy = key.split("-")
-    total = hashlib.sha256()
+@pytest.mark.parametrize("framework", su.FRAMEWORKS)
+@pytest.mark.parametrize("strategy", STABLE)
+def test_default_options_match_the_values_before(framework, strategy):
     for optimizer, weight_decay, warm in itertools.product(su.OPTIMIZERS, (0.0, 0.01), (0, 2)):
         r = su.run(strategy, framework, params=PARAMS, data=DATA, optimizer=optimizer,
                    weight_decay=weight_decay, warm_start_steps=warm, steps=3)
-        h = hashlib.sha256()
-        for a in (r.outputs, r.eval_outputs, *[r.params[k] for k in sorted(r.params)]):
-            h.update(np.ascontiguousarray(a).tobytes())
-        total.update(h.hexdigest().encode())
         assert r.reference_outputs is None and r.drift_reference is None
-    assert total.hexdigest()[:16] == FINGERPRINTS[key]
+        got = np.concatenate([r.outputs[-1].ravel(), r.eval_outputs[-1, :2].ravel()])
+        stored = STORED[f"{framework}-{strategy}-{optimizer}-{weight_decay:g}-{warm}"]
+        np.testing.assert_allclose(got, stored, rtol=0, atol=1e-12)
+
+
+def _explicit_step(framework, params, corrected, lr=0.1):
+    """One batch null-space step spelled out from public pieces: a masked_loss sgd step gives the
+    proposed step, the framework's project_step projects it, nullspace.restore corrects it."""
+    from selective_update.algorithms import nullspace
+    from selective_update.settings import GAUSS_NEWTON_MAX_STEPS, RESTORE_TOL
+
+    backend = su.backend(framework)
+    proposed = su.run("masked_loss", framework, params=params, data=DATA, lr=lr).params
+    names = [("W1", "b1"), ("W2", "b2")]
+
+    def compute(c, x):
+        Ws, bs = [c(params[w]) for w, _ in names], [c(params[b]) for _, b in names]
+        dWs = [c(proposed[w] - params[w]) for w, _ in names]
+        dbs = [c(proposed[b] - params[b]) for _, b in names]
+        pWs, pbs = backend.project_step(Ws, bs, x, (0,), dWs, dbs)
+        new_Ws, new_bs = [W + d for W, d in zip(Ws, pWs)], [b + d for b, d in zip(bs, pbs)]
+        if corrected:
+            target = nullspace.kept_outputs(backend.ops, Ws, bs, x, (0,))
+            new_Ws, new_bs, _ = nullspace.restore(backend.ops, new_Ws, new_bs, x, (0,), target,
+                                                  RESTORE_TOL["float64"], GAUSS_NEWTON_MAX_STEPS)
+        return new_Ws + new_bs
+
+    if framework == "torch":
+        import torch
+
+        values = [t.numpy() for t in compute(torch.as_tensor, torch.as_tensor(DATA.x))]
+    else:
+        from selective_update.tf1.framework import tf, v1
+        from selective_update.tf1.runner import session
+
+        graph, feed = tf.Graph(), {}
+
+        def placeholder(value):  # fed, as the runner's variables are: no constant folding
+            ph = v1.placeholder(tf.float64, np.shape(value))
+            feed[ph] = value
+            return ph
+
+        with graph.as_default():
+            out = compute(placeholder, placeholder(DATA.x))
+        with session(graph) as sess:
+            values = sess.run(out, feed)
+    return dict(zip(["W1", "W2", "b1", "b2"], values))
+
+
+@pytest.mark.parametrize("framework", su.FRAMEWORKS)
+@pytest.mark.parametrize("strategy", ["null_space", "null_space_corrected"])
+def test_default_null_space_runs_the_explicit_batch_path(framework, strategy):
+    """The ill-conditioned toy batch (cond(J J^T) ~ 1e11) amplifies last-bit differences between
+    CPUs to ~1e-5 in 3 steps, so this path is compared, one step at a time, with its explicit
+    spelling in the same process: torch runs the same ops (bitwise); TF1's Grappler sums the
+    runner's terms in another order (AddN), which the conditioning turns into ~3e-14 a step."""
+    corrected = strategy == "null_space_corrected"
+    atol = 0.0 if framework == "torch" else 1e-11
+    whole = su.run(strategy, framework, params=PARAMS, data=DATA, steps=3)
+    assert whole.reference_outputs is None
+    params = PARAMS
+    for step in range(1, 4):
+        r = su.run(strategy, framework, params=params, data=DATA, steps=1)
+        explicit = _explicit_step(framework, params, corrected)
+        for k in explicit:
+            np.testing.assert_allclose(r.params[k], explicit[k], rtol=0, atol=atol)
+        np.testing.assert_array_equal(r.outputs[1], whole.outputs[step])  # sgd keeps no state
+        params = r.params
+    assert whole.drift_train.max() <= 1e-12 if corrected else whole.drift_train[-1] > 0
 
 
 # --- reference= for null_space and null_space_corrected -------------------------------------------
@@ -239,7 +297,7 @@ def test_layer_subspace_energy_trades_protection_for_freedom(optimizer):
 
 
 def test_layer_subspace_basis_holds_the_energy():
-    from selective_update import subspace
+    from selective_update.algorithms import subspace
 
     h = np.random.default_rng(0).random((32, 5))
     s = np.linalg.svd(np.c_[h, np.ones(32)], compute_uv=False)

@@ -3,9 +3,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from selective_update import new_class as nc
-from selective_update import new_class_report as ncr
-from selective_update import results
+from selective_update.scenarios import new_class as nc
+from selective_update.scenarios import new_class_report as ncr
+from selective_update.study import results
 from selective_update.settings import (NEW_CLASS, NEW_CLASS_CORRECTED_FACTOR,
                                       NEW_CLASS_QUICK_GRID, ROOT)
 

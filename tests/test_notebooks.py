@@ -9,7 +9,8 @@ import pandas as pd
 import papermill as pm
 import pytest
 
-from selective_update import grid, render, results, settings
+from selective_update import settings
+from selective_update.study import grid, render, results
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"

@@ -112,7 +112,8 @@ def test_reports_render_offline_in_headless_chromium(quick_reports):
 
 @pytest.mark.slow
 def test_quick_study_renders_every_scenario_page(quick_reports):
-    from selective_update import results, settings
+    from selective_update import settings
+    from selective_update.study import results
 
     for name in settings.SCENARIO_NOTEBOOKS:
         page = quick_reports / f"{name}.html"

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from selective_update import render, report, results, verdicts
+from selective_update.study import render, report, results
+from selective_update.core import verdicts
 
 Z = np.zeros(4)
 

@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 
 from selective_update import __main__ as cli
-from selective_update import grid, kernels, render, settings, study
+from selective_update import settings
+from selective_update.study import cli as study
+from selective_update.study import grid, notebook_runner, render
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = dict(strategy="split_head", dataset="toy", optimizers=["sgd"], weight_decays=[0.0],
@@ -89,7 +91,7 @@ def _refuse_kernels(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a kernel or worker was started for a refused command")
 
-    monkeypatch.setattr(kernels, "execute", boom)
+    monkeypatch.setattr(notebook_runner, "execute", boom)
     monkeypatch.setattr(study.cf, "ProcessPoolExecutor", boom)
 
 
@@ -149,7 +151,7 @@ def test_cli_exit_code_2_from_a_real_process(tmp_path):
     assert not out.exists()
 
 
-# --- the batch (kernels) --------------------------------------------------------------------------
+# --- the batch (notebook_runner) -------------------------------------------------------------
 
 def _offline(out):
     """Check every published page: offline, no staging path, no framework log noise."""
@@ -215,13 +217,13 @@ def test_a_reused_kernel_starts_each_notebook_clean_and_gives_the_same_rows(tmp_
     runs = []
     try:
         for i in (1, 2):
-            task = kernels.Task(f"run{i}", "strategy.ipynb", f"run{i}/toy-null_space.ipynb",
+            task = notebook_runner.Task(f"run{i}", "strategy.ipynb", f"run{i}/toy-null_space.ipynb",
                                 params, "toy", "null_space", folder_param="results_dir")
-            s = kernels.execute(task, str(tmp_path), cell_timeout=300, reuse=True)
+            s = notebook_runner.execute(task, str(tmp_path), cell_timeout=300, reuse=True)
             assert s["status"] == "ok", s["error"]
-            runs.append(kernels._KERNEL["km"])
+            runs.append(notebook_runner._KERNEL["km"])
     finally:
-        kernels._shutdown_kernel()
+        notebook_runner._shutdown_kernel()
     assert runs[0] is runs[1] and runs[0] is not None  # the same kernel ran both
     second = nbformat.read(tmp_path / "run2" / "toy-null_space.ipynb", as_version=4)
     counts = [c.execution_count for c in second.cells if c.cell_type == "code"]
@@ -232,10 +234,10 @@ def test_a_reused_kernel_starts_each_notebook_clean_and_gives_the_same_rows(tmp_
 
 @pytest.mark.slow
 def test_a_hung_cell_fails_cleanly_naming_the_cell(tmp_path):
-    task = kernels.Task("toy-split_head", "strategy.ipynb", "runs/toy-split_head.ipynb",
+    task = notebook_runner.Task("toy-split_head", "strategy.ipynb", "runs/toy-split_head.ipynb",
                         dict(GOOD, inject_fault="hang"), "toy", "split_head")
     started = time.monotonic()
-    s = kernels.execute(task, str(tmp_path), cell_timeout=8)
+    s = notebook_runner.execute(task, str(tmp_path), cell_timeout=8)
     assert time.monotonic() - started < 120
     assert s["status"] == "failed"
     assert "exceeded the per-cell timeout of 8 s" in s["error"]
@@ -248,9 +250,9 @@ def test_a_hung_cell_fails_cleanly_naming_the_cell(tmp_path):
 
 @pytest.mark.slow
 def test_a_kernel_killed_mid_run_fails_cleanly_naming_the_cell(tmp_path):
-    task = kernels.Task("toy-split_head", "strategy.ipynb", "runs/toy-split_head.ipynb",
+    task = notebook_runner.Task("toy-split_head", "strategy.ipynb", "runs/toy-split_head.ipynb",
                         dict(GOOD, inject_fault="die"), "toy", "split_head")
-    s = kernels.execute(task, str(tmp_path), cell_timeout=120)
+    s = notebook_runner.execute(task, str(tmp_path), cell_timeout=120)
     assert s["status"] == "failed" and s["attempts"] == 1
     assert "lost its kernel" in s["error"] and "grid.run_grid(cfg)" in s["error"]
     html = (tmp_path / "runs" / "toy-split_head.html").read_text()
@@ -279,7 +281,7 @@ def test_an_interrupted_study_leaves_the_previous_reports_readable(tmp_path):
             ["ps", "-eo", "pid=,ppid=,sid="], capture_output=True, text=True).stdout.splitlines()]
         session = {int(p) for p, _, sid in table if int(sid) == proc.pid}
         kernels = {int(p) for p, ppid, _ in table if int(ppid) in session} - session
-        assert kernels, "no kernel was running when the study was interrupted"
+        assert notebook_runner, "no kernel was running when the study was interrupted"
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=60)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from selective_update.tf1 import dense_heads, masked_loss
-from selective_update.tf1_model import tf, v1
+from selective_update.tf1.framework import tf, v1
 
 KEEP, TRAIN = [0, 2, 3], [1, 4]
 RNG = np.random.default_rng(0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-from . import validation
+from . import core, validation
 from .core import (
     DTYPES,
     FRAMEWORKS,
@@ -76,5 +76,3 @@ def seed_demo(framework, params, data, *, lr=0.1, steps=1) -> SeedDemo:
     """Replay the seed's three train ops (train_op2, train_op12, train_op_all) in one framework."""
     return backend(framework).seed_demo(params, data, lr=lr, steps=steps)
 
-
-from . import core  # noqa: E402  (kept last: `core` is also the name of the module above)

@@ -7,9 +7,9 @@ import sys
 
 # Each subcommand lives in its own module: add_arguments(parser) and main(args) -> int.
 COMMANDS = {
-    "study": ("selective_update.study",
+    "study": ("selective_update.study.cli",
               "run every strategy's notebook with papermill, write reports/"),
-    "bench": ("selective_update.bench", "time one step of each strategy in both frameworks"),
+    "bench": ("selective_update.bench.cli", "time one step of each strategy in both frameworks"),
     "data": ("selective_update.datasets", "regenerate the CSV files under data/"),
 }
 

@@ -68,7 +68,7 @@ def build_tables():
 
 def write_data(out=DATA_DIR):
     """Write data/toy.csv and data/digits.csv (float64 round-trips exactly through %.17g)."""
-    from .results import atomic_write
+    from .files import atomic_write
 
     paths = []
     for name, frame in build_tables().items():

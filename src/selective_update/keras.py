@@ -26,7 +26,7 @@ import os
 
 import numpy as np
 
-from .tf1_import import quiet_import
+from .quiet_import import quiet_import
 from .validation import check_outputs, fail
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")

@@ -1,0 +1,26 @@
+"""The framework-free core: strategies and their promises, runs and their results, verdicts.
+
+    strategies  the registry (what each strategy trains, with which loss and step) and promise()
+    options     run()'s strategy options and reference inputs
+    nets        the study's MLPs as numpy: weights, widths, forward pass, output masks, toy data
+    runs        a run's checked arguments (check_run) and its RunResult
+    seed_demo   the seed's three train ops, as a record
+    verdicts    whether a measured run kept its promise
+"""
+from __future__ import annotations
+
+from .nets import (Data, init_params, layer_sizes, make_toy_data, n_layers, n_params,
+                   output_gradient, train_mask)
+from .runs import (RestoreWarning, RunResult, TrivialNullSpaceWarning, check_data, check_params,
+                   check_run, drift, make_result, mse, protected_inputs, warn_if_not_restored,
+                   warn_if_trivial_null_space)
+from .seed_demo import SEED_PHASES, SeedDemo, make_seed_demo
+from .strategies import (DEVICES, DTYPES, FRAMEWORKS, OPTIMIZERS, PROMISES, STRATEGIES, Strategy,
+                         promise)
+
+__all__ = ["DEVICES", "DTYPES", "Data", "FRAMEWORKS", "OPTIMIZERS", "PROMISES", "RestoreWarning",
+           "RunResult", "SEED_PHASES", "STRATEGIES", "SeedDemo", "Strategy",
+           "TrivialNullSpaceWarning", "check_data", "check_params", "check_run", "drift",
+           "init_params", "layer_sizes", "make_result", "make_seed_demo", "make_toy_data", "mse",
+           "n_layers", "n_params", "output_gradient", "promise", "protected_inputs", "train_mask",
+           "warn_if_not_restored", "warn_if_trivial_null_space"]

@@ -1,0 +1,205 @@
+"""A run: its checked arguments, its result, the drift it measured and its warnings."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..settings import RESTORE_TOL
+from ..validation import check_choice, check_disjoint, check_int, check_outputs, check_real, fail
+from .nets import Data, n_layers, n_params
+from .options import OPTION_USERS, check_options, check_reference
+from .strategies import DEVICES, DTYPES, FRAMEWORKS, OPTIMIZERS, STRATEGIES, promise
+
+class TrivialNullSpaceWarning(UserWarning):
+    """Warn that the kept constraints outnumber the parameters."""
+
+
+class RestoreWarning(UserWarning):
+    """Warn that Gauss-Newton corrections stopped above their tolerance (a broken promise)."""
+
+
+def drift(outputs, keep) -> np.ndarray:
+    """Return, per step, the max |change| of the kept outputs since step 0."""
+    kept = outputs[:, :, list(keep)]
+    return np.abs(kept - kept[:1]).max(axis=(1, 2))
+
+
+def mse(outputs, y, cols=None) -> np.ndarray:
+    """Return the mean squared error per step, over samples and the given output columns."""
+    cols = slice(None) if cols is None else list(cols)
+    return ((outputs[..., cols] - y[..., cols]) ** 2).mean(axis=(-2, -1))
+
+
+@dataclass
+class RunResult:
+    """Hold what one run measured: outputs per step on x and x_eval, losses, final params."""
+
+    strategy: str
+    framework: str
+    optimizer: str
+    keep: tuple
+    train: tuple
+    outputs: np.ndarray  # (steps+1, n, n_out) on data.x
+    eval_outputs: np.ndarray  # (steps+1, n_eval, n_out) on data.x_eval
+    loss: np.ndarray  # (steps+1,) full MSE
+    train_loss: np.ndarray  # (steps+1,) MSE of the train outputs
+    params: dict  # grow: the grown layers
+    step_seconds: np.ndarray
+    config: dict = field(default_factory=dict)
+    reference_outputs: np.ndarray | None = None  # (steps+1, n_ref, n_out); None without reference
+    restore_residual: np.ndarray | None = None  # (steps,) final Gauss-Newton residual per step
+
+    @property
+    def drift_train(self) -> np.ndarray:
+        return drift(self.outputs, self.keep)
+
+    @property
+    def drift_eval(self) -> np.ndarray:
+        return drift(self.eval_outputs, self.keep)
+
+    @property
+    def drift_reference(self):
+        """Per step, the max |change| of the kept outputs on the reference inputs (or None)."""
+        return None if self.reference_outputs is None else drift(self.reference_outputs,
+                                                                 self.keep)
+
+    @property
+    def promise(self) -> str:
+        c = self.config
+        return promise(self.strategy, self.optimizer, weight_decay=c["weight_decay"],
+                       warm_start_steps=c["warm_start_steps"],
+                       reference=c.get("n_reference") is not None,
+                       **{k: c.get(k) for k in OPTION_USERS})
+
+
+def make_result(cfg, outputs, eval_outputs, params, step_seconds, reference_outputs=None,
+                restore_residual=None) -> RunResult:
+    """Assemble a RunResult from per-step outputs (numpy, any float dtype)."""
+    outputs = np.asarray(outputs)
+    eval_outputs = np.asarray(eval_outputs)
+    y = cfg["data"].y.astype(outputs.dtype)
+    config = {k: v for k, v in cfg.items() if k not in ("params", "data", "reference")}
+    reference = cfg.get("reference")
+    config["n_reference"] = None if reference is None else len(reference)
+    if restore_residual is not None:
+        restore_residual = np.asarray(restore_residual, dtype=np.float64)
+        warn_if_not_restored(restore_residual, cfg["dtype"])
+    return RunResult(
+        strategy=cfg["strategy"], framework=cfg["framework"], optimizer=cfg["optimizer"],
+        keep=cfg["keep"], train=cfg["train"], outputs=outputs, eval_outputs=eval_outputs,
+        loss=mse(outputs, y), train_loss=mse(outputs, y, cfg["train"]),
+        params={k: np.asarray(v) for k, v in params.items()},
+        step_seconds=np.asarray(step_seconds, dtype=np.float64), config=config,
+        reference_outputs=None if reference_outputs is None else np.asarray(reference_outputs),
+        restore_residual=restore_residual,
+    )
+
+
+def warn_if_not_restored(residual, dtype):
+    """Warn (RestoreWarning) when a step's Gauss-Newton corrections stopped above tolerance."""
+    tol = RESTORE_TOL[dtype]
+    bad = np.flatnonzero(~(residual <= tol))
+    if len(bad):
+        warnings.warn(f"restore: Gauss-Newton stopped at kept-output residual "
+                      f"{residual[bad].max():.3g} > {tol:g} in {len(bad)} of {len(residual)} "
+                      f"steps (first: step {bad[0] + 1}); the promise is broken",
+                      RestoreWarning, stacklevel=4)
+
+
+# --- validation of a run's arguments (one line naming the parameter, before any work) -------
+
+def check_params(params, data):
+    """Check a params dict (W1, b1, ..., WL, bL) whose shapes chain from data.x to data.y."""
+    allowed = "a dict W1, b1, ..., WL, bL (L >= 2) of float arrays whose shapes chain from data.x"
+    if not isinstance(params, dict) or "W1" not in params:
+        fail("params", type(params).__name__ if not isinstance(params, dict) else sorted(params),
+             allowed)
+    L = n_layers(params)
+    expected = {f"{p}{l}" for l in range(1, L + 1) for p in "Wb"}
+    if L < 2 or set(params) != expected:
+        fail("params", sorted(params), allowed)
+    width = data.x.shape[1]
+    for l in range(1, L + 1):
+        W, b = np.asarray(params[f"W{l}"]), np.asarray(params[f"b{l}"])
+        if W.ndim != 2 or W.shape[0] != width or b.shape != (W.shape[1],):
+            raise ValueError(f"params: W{l} {W.shape} / b{l} {b.shape} do not fit input width "
+                             f"{width}; allowed: W{l} ({width}, d), b{l} (d,)")
+        if not (np.all(np.isfinite(W)) and np.all(np.isfinite(b))):
+            fail("params", f"non-finite values in layer {l}", "finite numbers")
+        width = W.shape[1]
+    if data.y.shape[1] != width or data.y_eval.shape[1] != width:
+        raise ValueError(f"params: {width} outputs but data.y has {data.y.shape[1]} columns; "
+                         "allowed: as many outputs as target columns")
+    if width < 2:
+        fail("params", f"{width} output", "at least 2 outputs")
+
+
+def check_data(data):
+    """Check a Data of finite, non-empty 2-D arrays with matching lengths and widths."""
+    if not isinstance(data, Data):
+        fail("data", type(data).__name__, "a selective_update.Data (make_toy_data, load_dataset)")
+    for name in ("x", "y", "x_eval", "y_eval"):
+        a = getattr(data, name)
+        if (not isinstance(a, np.ndarray) or a.ndim != 2 or len(a) == 0
+                or not np.all(np.isfinite(a))):
+            fail("data", f"{name} is not a finite non-empty 2-D array", "finite 2-D float arrays")
+    if len(data.x) != len(data.y) or len(data.x_eval) != len(data.y_eval):
+        fail("data", "x and y differ in length", "as many targets as inputs")
+    if data.x.shape[1] != data.x_eval.shape[1]:
+        fail("data", "x and x_eval differ in width", "the same input width")
+
+
+def check_run(strategy, framework, *, params, data, keep=(0,), train=(1,), optimizer="sgd", lr=0.1,
+              steps=1, weight_decay=0.0, warm_start_steps=0, dtype="float64", device="cpu",
+              warm_start_lr=None, reference=None, energy=None, grow=None, distill_weight=None,
+              warn=True) -> dict:
+    """Validate every argument of run() and return them normalized; raise ValueError otherwise."""
+    check_choice("strategy", strategy, STRATEGIES)
+    check_choice("framework", framework, FRAMEWORKS)
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_real("lr", lr, 0.0, strict=True)
+    check_int("steps", steps, 1)
+    check_real("weight_decay", weight_decay, 0.0)
+    check_int("warm_start_steps", warm_start_steps, 0)
+    if warm_start_lr is not None:
+        check_real("warm_start_lr", warm_start_lr, 0.0, strict=True)
+    check_choice("dtype", dtype, DTYPES)
+    check_choice("device", device, DEVICES)
+    if framework == "tf1" and device != "cpu":
+        fail("device", device, "'cpu' for framework tf1 (the cuda device is for torch)")
+    check_data(data)
+    check_params(params, data)
+    n_out = data.y.shape[1]
+    keep = check_outputs("keep", keep, n_out)
+    train = check_outputs("train", train, n_out)
+    check_disjoint(keep, train)
+    options = check_options(strategy, energy=energy, grow=grow, distill_weight=distill_weight)
+    reference = check_reference(reference, data)
+    cfg = dict(strategy=strategy, framework=framework, params=params, data=data, keep=keep,
+               train=train, optimizer=optimizer, lr=float(lr), steps=int(steps),
+               weight_decay=float(weight_decay), warm_start_steps=int(warm_start_steps),
+               warm_start_lr=float(lr if warm_start_lr is None else warm_start_lr),
+               dtype=dtype, device=device)
+    if reference is not None or any(v is not None for v in options.values()):
+        cfg.update(reference=reference, **options)  # without them, cfg is as before (bitwise)
+    if warn and STRATEGIES[strategy].projected:
+        n = len(data.x) if reference is None else len(reference)
+        warn_if_trivial_null_space(params, n, len(keep))
+    return cfg
+
+
+def protected_inputs(cfg) -> np.ndarray:
+    """Return the inputs a strategy protects: the reference inputs, or else the batch."""
+    reference = cfg.get("reference")
+    return cfg["data"].x if reference is None else reference
+
+
+def warn_if_trivial_null_space(params, n_sample, n_keep):
+    """Warn when the kept constraints (samples x kept outputs) outnumber the parameters."""
+    m, P = n_sample * n_keep, n_params(params)
+    if m >= P:
+        warnings.warn(f"null space: {m} kept constraints ({n_sample} samples x {n_keep} outputs) "
+                      f">= {P} parameters; the null space may be trivial and the projected step "
+                      "may vanish", TrivialNullSpaceWarning, stacklevel=3)

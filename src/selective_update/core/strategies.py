@@ -1,0 +1,114 @@
+"""The strategies: what each one trains, with which loss and step, and what it promises."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from ..validation import check_choice, check_int, check_real
+from .options import REFERENCE_USERS, check_options
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
+FRAMEWORKS = ("tf1", "torch")
+DTYPES = ("float32", "float64")
+# exact: every input; batch_exact / reference_exact: within BATCH_EXACT_TOL on the batch / the
+# reference inputs; first_order / reference_first_order: the leak there is second order; none.
+PROMISES = ("exact", "batch_exact", "first_order", "none", "reference_exact",
+            "reference_first_order")
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """Describe one way of training the `train` outputs while leaving `keep` alone."""
+
+    name: str
+    summary: str
+    source: str
+    trains: str  # "all" | "last_layer" | "train_heads": which variables the optimizer updates
+    loss: str  # "full" | "masked" | "output_gradient"
+    projected: bool = False
+    corrected: bool = False
+    subspace: bool = False  # the step is projected off each layer's protected input directions
+
+
+STRATEGIES = MappingProxyType({s.name: s for s in (
+    Strategy("all_params", "Full loss on every output; the optimizer updates every variable.",
+             "seed: train_op_all", trains="all", loss="full"),
+    Strategy("last_layer", "Full loss; only the last layer (W2, b2) is in var_list.",
+             "seed, old answer: train_op12", trains="last_layer", loss="full"),
+    Strategy("output_gradient",
+             "Back-propagate G (0 on kept outputs, -1/n per sample on trained outputs) to every "
+             "variable: tf.gradients(out, vars, grad_ys=G) / out.backward(G).",
+             "the question itself", trains="all", loss="output_gradient"),
+    Strategy("masked_loss", "Loss on mask * out (mask is 1 on trained outputs); every variable.",
+             "seed's mask without var_list", trains="all", loss="masked"),
+    Strategy("masked_last_layer",
+             "Loss on mask * out; only the last layer (W2, b2) is in var_list.",
+             "seed: train_op2", trains="last_layer", loss="masked"),
+    Strategy("split_head",
+             "One variable per output unit, joined with tf.stack / torch.stack; only the trained "
+             "heads are given to the optimizer.",
+             "seed: first approach (var_list=[W_h_to_out2, b_h_to_out2])", trains="train_heads",
+             loss="masked"),
+    Strategy("null_space",
+             "Masked loss, every parameter; the optimizer's proposed step is projected onto the "
+             "null space of the kept outputs' Jacobian over the batch (layer-wise Gram form).",
+             "beyond the answer (OGD/GPM family)", trains="all", loss="masked", projected=True),
+    Strategy("null_space_corrected",
+             "null_space, then Gauss-Newton steps (minimum-norm, layer-wise Gram form) until the "
+             "kept outputs on the batch are back to their values before the step.",
+             "beyond the answer", trains="all", loss="masked", projected=True, corrected=True),
+    Strategy("layer_subspace",
+             "Masked loss, every parameter; the optimizer's step of every hidden layer and of the "
+             "kept output columns is projected off the top singular directions (energy) of that "
+             "layer's inputs (with a 1 for the bias) on the protected inputs, taken once at start.",
+             "GPM (Saha et al., ICLR 2021), Adam-NSCL (Wang et al., CVPR 2021): step, not gradient",
+             trains="all", loss="masked", subspace=True),
+    Strategy("grow",
+             "Add `grow` hidden units to each hidden layer (zero weights to the kept outputs and "
+             "to the old units, never in the optimizer); train the new units and trained heads.",
+             "Progressive Networks (Rusu et al., 2016): function-preserving growth",
+             trains="grown", loss="masked"),
+    Strategy("distill",
+             "Masked loss + distill_weight * mean squared change of the kept outputs on the "
+             "protected inputs since the start; every variable.",
+             "Learning without Forgetting (Li & Hoiem, 2016)", trains="all", loss="distill"),
+)})
+
+
+def promise(strategy, optimizer, *, weight_decay=0.0, warm_start_steps=0, reference=None,
+            energy=None, grow=None, distill_weight=None) -> str:
+    """Say what a strategy guarantees for the kept outputs under this optimizer set-up.
+
+    reference: None, or the reference inputs (any array, or True): the protected inputs of
+    null_space, null_space_corrected, layer_subspace and distill become the reference inputs.
+
+    | strategy                         | promise (where it holds)                            |
+    |----------------------------------|-----------------------------------------------------|
+    | split_head, grow                 | exact: every input, any optimizer, decay, warm start |
+    | masked_last_layer                | exact with sgd, or fresh state and no decay; else none |
+    | null_space                       | first_order on the batch; reference_first_order     |
+    | null_space_corrected             | batch_exact; reference_exact with a reference       |
+    | layer_subspace, energy=1.0       | batch_exact; reference_exact with a reference       |
+    | layer_subspace, energy<1; distill; all_params, last_layer, output_gradient, masked_loss |
+    |                                  | none                                                |
+    """
+    check_choice("strategy", strategy, STRATEGIES)
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_real("weight_decay", weight_decay, 0.0)
+    check_int("warm_start_steps", warm_start_steps, 0)
+    options = check_options(strategy, energy=energy, grow=grow, distill_weight=distill_weight)
+    on_reference = (reference is not None and reference is not False
+                    and strategy in REFERENCE_USERS)
+    if strategy in ("split_head", "grow"):
+        return "exact"
+    if strategy == "null_space":
+        return "reference_first_order" if on_reference else "first_order"
+    if strategy == "null_space_corrected" or (strategy == "layer_subspace"
+                                              and options["energy"] == 1.0):
+        return "reference_exact" if on_reference else "batch_exact"
+    if strategy == "masked_last_layer":
+        # A zero gradient freezes a weight only when no decay and no leftover state move it.
+        stateless = optimizer == "sgd" or warm_start_steps == 0
+        return "exact" if weight_decay == 0 and stateless else "none"
+    return "none"

@@ -1,0 +1,227 @@
+"""The study's batch: `python -m selective_update study` runs every notebook and publishes reports.
+
+    python -m selective_update study [--strategies ...] [--datasets ...] [--scenarios ...]
+                                     [--jobs N] [--quick] [--out reports] [--cell-timeout S]
+
+notebooks/strategy.ipynb runs once per dataset x strategy (the grid is looped inside), plus
+notebooks/00_seed_answer.ipynb and each scenario notebook (settings.SCENARIO_NOTEBOOKS), in
+parallel worker processes through papermill's Python API (notebook_runner.execute); each executed
+notebook is rendered to offline HTML in its worker; the runs' tidy rows are concatenated into
+results.csv; notebooks/summary.ipynb runs last into index.html. Everything is built in a staging
+folder inside --out (.staging-<pid>) and moved in at the end (runs/ swapped whole, each other
+file with os.replace), so an interrupted or refused study leaves the previous reports complete.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+from .. import core, datasets, validation
+from ..files import atomic_write, csv_text, tidy
+from ..settings import (CELL_TIMEOUT, DEFAULT_GRID, JOBS, QUICK_GRID, REPORTS_DIR,
+                        SCENARIO_NOTEBOOKS)
+from . import grid, notebook_runner, results
+from .notebook_runner import Task
+
+RUN_FAULTS = grid.FAULTS + ("kernel_start",)  # --inject-fault fakes a kernel start too
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _fault(text):
+    run, _, fault = text.rpartition(":")
+    if not run or fault not in RUN_FAULTS:
+        raise argparse.ArgumentTypeError(
+            f"got {text!r}; allowed: RUN:FAULT with FAULT one of {', '.join(RUN_FAULTS)}")
+    return run, fault
+
+
+def add_arguments(parser):
+    """Declare the command's options."""
+    parser.add_argument("--strategies", nargs="+", choices=list(core.STRATEGIES),
+                        default=list(core.STRATEGIES), metavar="STRATEGY",
+                        help="strategies to run (default: all): " + ", ".join(core.STRATEGIES))
+    parser.add_argument("--datasets", nargs="+", choices=list(datasets.DATASETS),
+                        default=list(datasets.DATASETS), metavar="DATASET",
+                        help="datasets (default: both): " + ", ".join(datasets.DATASETS))
+    parser.add_argument("--scenarios", nargs="*", choices=list(SCENARIO_NOTEBOOKS),
+                        default=list(SCENARIO_NOTEBOOKS), metavar="SCENARIO",
+                        help="scenario notebooks to run (default: all; none: --scenarios alone): "
+                             + ", ".join(SCENARIO_NOTEBOOKS))
+    parser.add_argument("--jobs", type=validation.positive_int_option, default=JOBS,
+                        help=f"notebooks run in parallel (default: {JOBS})")
+    parser.add_argument("--quick", action="store_true",
+                        help="a small grid (1 seed, sgd and adam, 3 steps) for tests")
+    parser.add_argument("--out", type=validation.out_dir_option, default=REPORTS_DIR,
+                        help=f"folder for the reports (default: {REPORTS_DIR})")
+    parser.add_argument("--cell-timeout", type=validation.positive_seconds_option,
+                        default=CELL_TIMEOUT,
+                        metavar="SECONDS",
+                        help=f"fail a run whose cell runs longer (default: {CELL_TIMEOUT:g})")
+    parser.add_argument("--fresh-kernels", action="store_true",
+                        help="start a new kernel for every notebook (default: each worker reuses "
+                             "one kernel, reset to an empty namespace between notebooks and "
+                             "replaced after any failure)")
+    # Test hook: RUN:FAULT (e.g. toy-split_head:raise) makes that run fail on purpose.
+    parser.add_argument("--inject-fault", type=_fault, action="append", default=[],
+                        help=argparse.SUPPRESS)
+
+
+def plan(args) -> list:
+    """Build the batch's tasks; validate every run's parameters before any kernel starts."""
+    values = QUICK_GRID if args.quick else DEFAULT_GRID
+    strategies = list(dict.fromkeys(args.strategies))
+    names = {f"{d}-{s}" for d in args.datasets for s in strategies}
+    faults = {}
+    for run, fault in args.inject_fault:
+        if run not in names:
+            raise ValueError(f"--inject-fault: got {run!r}; allowed: one of this study's runs "
+                             f"({', '.join(sorted(names))})")
+        faults[run] = fault
+    tasks = [Task("00_seed_answer", "00_seed_answer.ipynb", "00_seed_answer.ipynb", {})]
+    for dataset in dict.fromkeys(args.datasets):
+        for strategy in strategies:
+            name = f"{dataset}-{strategy}"
+            fault = faults.get(name)
+            params = dict(strategy=strategy, dataset=dataset, **values,
+                          inject_fault=fault if fault in grid.FAULTS else None)
+            grid.check_params(**params)  # one line, exit 2, before any kernel
+            tasks.append(Task(name, "strategy.ipynb", f"runs/{name}.ipynb", params, dataset,
+                              strategy, fault if fault == "kernel_start" else None,
+                              folder_param="results_dir"))
+    for name in dict.fromkeys(args.scenarios):
+        tasks.append(Task(name, SCENARIO_NOTEBOOKS[name], f"{name}.ipynb",
+                          {"quick": bool(args.quick)}, folder_param="reports_dir"))
+    # Heaviest first (scenarios, digits, the null-space strategies), so the pool ends together.
+    weight = {"null_space_corrected": 3, "null_space": 2}
+    return sorted(tasks, key=lambda t: (-5 * (t.name in SCENARIO_NOTEBOOKS)
+                                        - (t.dataset == "digits") - weight.get(t.strategy, 0),
+                                        t.name))
+
+
+PUBLISHED_LAST = "index.html"
+
+
+def _publish(staging, out):
+    """Move the staged reports into out: runs/ swapped whole, files replaced one by one.
+
+    Other files in out (bench results, screenshots) are left alone; index.html goes last.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    old = staging / ".runs.old"
+    if (out / "runs").is_dir():
+        os.replace(out / "runs", old)
+    os.replace(staging / "runs", out / "runs")
+    names = sorted(p.name for p in staging.iterdir() if p.is_file())
+    for name in sorted(names, key=lambda n: n == PUBLISHED_LAST):
+        os.replace(staging / name, out / name)
+
+
+def _line(s):
+    """One line per finished run: status, name, seconds, where its report is (and its error)."""
+    retried = " (kernel start retried)" if s["attempts"] > 1 else ""
+    line = (f"{'ok    ' if s['status'] == 'ok' else 'FAILED'} {s['name']:<34} "
+            f"{s['seconds']:6.1f} s  {s['html']}{retried}")
+    return line + (f"\n       {s['error']}" if s["error"] else "")
+
+
+def _stop(pool):
+    """Cancel queued runs and end the workers (each shuts its kernel down first)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + 15
+    for p in processes:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+
+
+def _remove_stale_staging(out):
+    """Remove staging folders left by a study that was killed (its process is gone)."""
+    for path in out.glob(".staging-*") if out.is_dir() else ():
+        try:
+            os.kill(int(path.name.rsplit("-", 1)[1]), 0)
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
+def main(args) -> int:
+    """Run the batch; exit 0 when every run succeeded, 1 naming the failed ones, 2 on bad usage."""
+    import pandas as pd
+    from tqdm import tqdm
+
+    try:
+        tasks = plan(args)
+    except ValueError as e:
+        print(f"python -m selective_update study: error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    staging = out / f".staging-{os.getpid()}"  # inside out: same file system, git-ignored
+    _remove_stale_staging(out)
+    previous = signal.signal(signal.SIGTERM, _sigterm)
+    started = time.perf_counter()
+    statuses = []
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        (staging / "runs").mkdir(parents=True)
+        grids = sum(t.notebook == "strategy.ipynb" for t in tasks)
+        print(f"study: {grids} strategy notebooks + {len(tasks) - grids - 1} scenario(s) + seed "
+              f"answer + summary, {args.jobs} at a time -> {out}", flush=True)
+        context = multiprocessing.get_context("spawn")
+        pool = cf.ProcessPoolExecutor(args.jobs, mp_context=context,
+                                      initializer=notebook_runner.worker_init)
+        with tqdm(total=len(tasks) + 1, unit="nb", desc="study", file=sys.stderr) as bar:
+            try:
+                reuse = not args.fresh_kernels
+                futures = [pool.submit(notebook_runner.execute, t, str(staging), args.cell_timeout,
+                                       reuse, str(out)) for t in tasks]
+                for future in cf.as_completed(futures):
+                    s = future.result()
+                    statuses.append(s)
+                    bar.update(1)
+                    bar.write(_line(s))
+                results.concat_results(staging)
+                status = tidy(pd.DataFrame(statuses, columns=results.STATUS_COLUMNS),
+                                      ["name"])
+                atomic_write(staging / "status.csv", csv_text(status))
+                # The summary last, on a worker (whose kernel is warm when kernels are reused).
+                summary = pool.submit(notebook_runner.execute, Task("index", "summary.ipynb",
+                                                            "index.ipynb", {},
+                                                            folder_param="reports_dir"),
+                                      str(staging), args.cell_timeout, reuse, str(out)).result()
+                bar.update(1)
+                bar.write(_line(summary))
+            except BaseException:
+                _stop(pool)
+                raise
+            pool.shutdown(wait=True)
+        _publish(staging, out)
+    except KeyboardInterrupt:
+        print(f"\nstudy: interrupted; {out} keeps its previous reports", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        shutil.rmtree(staging, ignore_errors=True)
+    failed = [s for s in statuses + [summary] if s["status"] != "ok"]
+    wall = time.perf_counter() - started
+    print(f"study: {len(statuses) + 1 - len(failed)} of {len(statuses) + 1} notebooks ok in "
+          f"{wall:.0f} s; reports in {out}/ (index.html, results.csv, runs/)")
+    if failed:
+        print("study: failed: " + "; ".join(f"{s['name']} ({s['error']}) -> {out}/{s['html']}"
+                                           for s in failed), file=sys.stderr)
+        return 1
+    return 0

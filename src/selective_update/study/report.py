@@ -1,0 +1,270 @@
+"""Tables and Markdown for the study's pages: promised vs measured, agreement, accuracy.
+
+Notebooks call these helpers so that each cell stays a few clear calls. pandas is imported inside
+the functions that need it.
+"""
+from __future__ import annotations
+
+import html
+import inspect
+
+import numpy as np
+
+from .. import core
+
+# --- tables -------------------------------------------------------------------------------------
+
+CONFIG = ["dataset", "strategy", "framework", "optimizer", "weight_decay", "warm_start_steps"]
+
+
+def promise_table(rows, by=("framework", "optimizer", "weight_decay", "warm_start_steps")):
+    """Promised vs measured per configuration (all seeds and steps): max drifts, holds."""
+    import pandas as pd
+
+    by = list(by)
+    if rows.empty:
+        return pd.DataFrame(columns=by + ["promise", "holds", "result"])
+    g = rows.groupby(by, sort=True)
+    table = pd.DataFrame({
+        **({} if "promise" in by else {"promise": g["promise"].first()}),
+        "max batch drift": g["drift_train"].max(),
+        "max held-out drift": g["drift_eval"].max(),
+        "min lr ratio": g["drift_ratio"].min() if "drift_ratio" in rows else np.nan,
+        "runs": g["seed"].nunique() if "seed" in rows else 1,
+        "holds": g["holds"].all(),
+    }).reset_index()
+    table["result"] = np.where(table["holds"], "pass", "FAIL")
+    return table
+
+
+def promise_markdown(results) -> str:
+    """The measured promise table (strategy x promise) as Markdown, e.g. for the README."""
+    lines = ["| strategy | promise | max batch drift | max held-out drift | min lr ratio | "
+             "held in every run |", "|---|---|---|---|---|---|"]
+    for r in promise_table(results, by=("strategy", "promise")).to_dict("records"):
+        ratio = "" if np.isnan(r["min lr ratio"]) else f"{r['min lr ratio']:.3g}"
+        lines.append(f"| `{r['strategy']}` | {r['promise']} | {r['max batch drift']:.3g} | "
+                     f"{r['max held-out drift']:.3g} | {ratio} | "
+                     f"{'yes' if r['holds'] else '**no**'} |")
+    return "\n".join(lines)
+
+
+def final_rows(rows):
+    """One row per run (its last step) with the trained-loss improvement."""
+    keys = [c for c in ["dataset", "strategy", "framework", "optimizer", "weight_decay",
+                        "warm_start_steps", "seed"] if c in rows]
+    first = rows[rows.step == 0].set_index(keys)
+    last = rows.loc[rows.groupby(keys).step.idxmax()].set_index(keys)
+    last = last.assign(loss_improvement=(first.train_loss - last.train_loss)
+                       / first.train_loss)
+    return last.reset_index()
+
+
+def _where(strategy_rows):
+    """Say in words where one strategy kept the kept outputs, from its measured rows."""
+    batch, held_out = strategy_rows.drift_train.max(), strategy_rows.drift_eval.max()
+    promises = set(strategy_rows.promise)
+    if batch == 0 and held_out == 0:
+        return "**bitwise fixed everywhere**, in every run"
+    if promises == {"batch_exact"}:
+        return (f"fixed **on the batch only** (drift <= {batch:.2g}); held-out inputs move by up "
+                f"to {held_out:.2g}")
+    if promises == {"first_order"}:
+        return (f"fixed **to first order on the batch** (one-step drift falls >= "
+                f"{strategy_rows.drift_ratio.min():.2f}x at lr/2); batch drift up to {batch:.2g}, "
+                f"held-out up to {held_out:.2g}")
+    if "exact" in promises:
+        moved = strategy_rows[strategy_rows.promise != "exact"].drift_eval.max()
+        return (f"fixed exactly **only while no decay or optimizer state moves a zero-gradient "
+                f"weight** (plain SGD, or a fresh optimizer without decay); otherwise held-out "
+                f"drift up to {moved:.2g}")
+    return (f"**no guarantee**: batch drift up to {batch:.2g}, held-out up to {held_out:.2g}")
+
+
+def answer_markdown(rows):
+    """Markdown: the study's answer in a few sentences, computed from results.csv's rows."""
+    from IPython.display import Markdown
+
+    if rows.empty:
+        return Markdown("No results yet: run `python -m selective_update study`.")
+    gain = final_rows(rows).groupby(["strategy", "dataset"]).loss_improvement.median()
+    order = [s for s in core.STRATEGIES if s in set(rows.strategy)]
+    failed = rows[~rows.holds.astype(bool)]
+    lines = [f"Over {rows.dataset.nunique()} datasets, {rows.framework.nunique()} frameworks, "
+             f"{rows.optimizer.nunique()} optimizers, weight decay, warm starts and seeds "
+             f"({len(final_rows(rows))} runs), the kept outputs were:", ""]
+    for name in order:
+        part = rows[rows.strategy == name]
+        change = ", ".join(f"{'fell' if v >= 0 else 'rose'} by {100 * abs(v):.3g}% on {d}"
+                           for d, v in gain[name].items())
+        lines.append(f"- `{name}`: {_where(part)}; the trained outputs' loss {change} "
+                     "(median).")
+    lines += ["", "Every promise held in every run." if failed.empty else
+              f"**{failed.groupby(CONFIG).ngroups} configurations broke their promise** "
+              "(the tables below mark them FAIL)."]
+    return Markdown("\n".join(lines))
+
+
+def collapsed(table, summary):
+    """HTML: a long table folded under a one-line summary (click to open)."""
+    from IPython.display import HTML
+
+    body = table.to_html() if hasattr(table, "to_html") else str(table)
+    return HTML(f"<details><summary>{html.escape(summary)}</summary>{body}</details>")
+
+
+def style_result(table):
+    """Colour the result column (green pass, red FAIL) and format the numbers."""
+    def colour(value):
+        return ("background-color: #c8f0c8" if value == "pass"
+                else "background-color: #f5b0b0; font-weight: bold" if value == "FAIL" else "")
+
+    fmt = {c: ("{:g}" if c in ("weight_decay", "lr") else "{:.3g}") for c in table.columns
+           if table[c].dtype.kind == "f"}
+    return table.style.map(colour, subset=["result"]).format(fmt, na_rep="").hide(axis="index")
+
+
+def framework_agreement(results):
+    """Max |tf1 - torch| of the outputs (batch and held-out, every step) per configuration.
+
+    `results` maps (framework, optimizer, weight_decay, warm_start_steps, seed) to RunResult.
+    """
+    import pandas as pd
+
+    out = []
+    for (fw, opt, wd, warm, seed), r in sorted(results.items()):
+        if fw != "tf1" or ("torch", opt, wd, warm, seed) not in results:
+            continue
+        t = results[("torch", opt, wd, warm, seed)]
+        out.append({"optimizer": opt, "weight_decay": wd, "warm_start_steps": warm, "seed": seed,
+                    "max |tf1 - torch| batch": float(np.abs(r.outputs - t.outputs).max()),
+                    "max |tf1 - torch| held-out":
+                        float(np.abs(r.eval_outputs - t.eval_outputs).max())})
+    frame = pd.DataFrame(out)
+    if frame.empty:
+        return frame
+    return frame.groupby(["optimizer", "weight_decay", "warm_start_steps"]).max(
+        numeric_only=True).drop(columns="seed").reset_index()
+
+
+def accuracy_table(rows):
+    """Held-out accuracy on the kept and trained classes, before and after (digits)."""
+    import pandas as pd
+
+    last = rows.step.max()
+    keys = ["framework", "optimizer", "weight_decay", "warm_start_steps"]
+    before = rows[rows.step == 0].groupby(keys)[["acc_keep", "acc_train"]].mean()
+    after = rows[rows.step == last].groupby(keys)[["acc_keep", "acc_train"]].mean()
+    return pd.DataFrame({"kept classes before": before.acc_keep,
+                         "kept classes after": after.acc_keep,
+                         "trained class before": before.acc_train,
+                         "trained class after": after.acc_train}).reset_index()
+
+
+def seed_table(tf1_demo, torch_demo, keep=(0,), train=(1,)):
+    """Side by side, per phase of the seed's demo: output 1 / 2 change, loss, loss2 in both."""
+    import pandas as pd
+
+    a = pd.DataFrame(tf1_demo.rows(keep, train)).set_index("phase")
+    b = pd.DataFrame(torch_demo.rows(keep, train)).set_index("phase")
+    table = pd.concat({"tf1": a, "torch": b}, axis=1).swaplevel(axis=1)
+    order = ["out1_change", "out2_change", "loss", "loss2"]
+    table = table[[(c, fw) for c in order for fw in ("tf1", "torch")]]
+    table[("max |tf1 - torch|", "outputs")] = np.abs(
+        tf1_demo.outputs - torch_demo.outputs).max(axis=(1, 2))
+    return table
+
+
+def seed_verdict(tf1_demo, torch_demo, keep=(0,), train=(1,)):
+    """Markdown: which of the seed's phases kept output 1 bitwise fixed, in each framework."""
+    from IPython.display import Markdown
+
+    lines = []
+    for i, phase in enumerate(tf1_demo.phases[1:], start=1):
+        cells = []
+        for fw, demo in (("tf1", tf1_demo), ("torch", torch_demo)):
+            change = float(demo.rows(keep, train)[i]["out1_change"])
+            kept = "**kept exactly** (0.0)" if change == 0 else f"moved {change:.3g}"
+            cells.append(f"{fw}: {kept}")
+        lines.append(f"- `{phase}`: kept output " + "; ".join(cells))
+    return Markdown("\n".join(lines))
+
+
+def framework_gap(results):
+    """Largest |tf1 - torch| of loss, trained loss and drifts per dataset and strategy."""
+    import pandas as pd
+
+    if results.empty:
+        return pd.DataFrame()
+    keys = ["dataset", "strategy", "optimizer", "weight_decay", "warm_start_steps", "seed", "step"]
+    values = ["loss", "train_loss", "drift_train", "drift_eval"]
+    wide = results.pivot_table(index=keys, columns="framework", values=values)
+    gap = pd.DataFrame({v: (wide[(v, "tf1")] - wide[(v, "torch")]).abs() for v in values})
+    return gap.groupby(["dataset", "strategy"]).max().add_prefix("max |tf1 - torch| ")
+
+
+def demo_printout(demo) -> str:
+    """Print what the seed's demo prints after each phase: hidden, out, loss, loss2."""
+    np_opts = dict(precision=5, suppress=True, linewidth=100)
+    lines = []
+    with np.printoptions(**np_opts):
+        for i, phase in enumerate(demo.phases):
+            lines += [f"--- {phase}", "hidden:", str(demo.hidden[i]), "out:", str(demo.outputs[i]),
+                      f"loss: {demo.loss[i]:.6f}  loss2: {demo.loss2[i]:.6f}"]
+    return "\n".join(lines)
+
+
+def broken_promises(verdicts):
+    """The runs whose promise broke, each with the reason measured (Markdown when none broke)."""
+    from IPython.display import Markdown
+
+    broken = verdicts[~verdicts.holds.astype(bool)] if len(verdicts) else verdicts
+    if not len(broken):
+        return Markdown(f"Every promise held ({len(verdicts)} runs judged).")
+    return broken.drop(columns="holds").style.hide(axis="index").format(
+        {"weight_decay": "{:g}"}).set_caption(f"{len(broken)} broken promises")
+
+
+def failed_runs_html(status) -> str:
+    """An HTML table of the failed runs, each with a link to its report; '' when none failed."""
+    failed = status[status.status != "ok"] if len(status) else status
+    if not len(failed):
+        return ""
+    rows = "".join(
+        f"<tr><td><a href=\"{html.escape(r.html)}\">{html.escape(r.name)}</a></td>"
+        f"<td>{html.escape(str(r.error))}</td></tr>" for r in failed.itertuples())
+    return ("<table><thead><tr><th>run</th><th>error</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>")
+
+
+def runs_html(status) -> str:
+    """An HTML list of every run with a link to its report and its status."""
+    items = "".join(
+        f"<li><a href=\"{html.escape(r.html)}\">{html.escape(r.name)}</a>: "
+        f"{'ok' if r.status == 'ok' else '<b>' + html.escape(r.status) + '</b>'}</li>"
+        for r in status.itertuples())
+    return f"<ul>{items}</ul>"
+
+
+# --- markdown helpers -----------------------------------------------------------------------------
+
+def strategy_card(name):
+    """Markdown: the strategy's name, summary, source and promise per optimizer set-up."""
+    from IPython.display import Markdown
+
+    s = core.STRATEGIES[name]
+    lines = [f"**{s.name}**: {s.summary}", "", f"*Where it comes from:* {s.source}.", "",
+             "| optimizer | weight_decay | warm_start_steps | promise |", "|---|---|---|---|"]
+    for opt in core.OPTIMIZERS:
+        for wd in (0.0, 0.01):
+            for warm in (0, 2):
+                lines.append(f"| {opt} | {wd:g} | {warm} | "
+                             f"{core.promise(name, opt, weight_decay=wd, warm_start_steps=warm)} |")
+    return Markdown("\n".join(lines))
+
+
+def show_source(obj):
+    """Markdown: the source code of a function, as a Python code block."""
+    from IPython.display import Markdown
+
+    return Markdown(f"```python\n{inspect.getsource(obj)}```")

@@ -1,0 +1,43 @@
+"""The seed's TF1 demo as written: placeholders, one GradientDescentOptimizer, three minimize()."""
+from __future__ import annotations
+
+from .. import core
+from .framework import tf, v1
+from .runner import NAME, session
+
+
+def seed_demo(params, data, *, lr=0.1, steps=1, keep=(0,), train=(1,)) -> core.SeedDemo:
+    """Replay the seed's demo as written: one GradientDescentOptimizer, three minimize() ops."""
+    cfg = core.check_run("all_params", NAME, params=params, data=data, keep=keep, train=train,
+                         optimizer="sgd", lr=lr, steps=steps)
+    if core.n_layers(params) != 2:
+        raise ValueError("params: the seed's demo has one hidden layer; allowed: W1, b1, W2, b2")
+    dt = tf.float64
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(dt, (None, data.x.shape[1]), name="x")
+        y = v1.placeholder(dt, (None, data.y.shape[1]), name="y")
+        W1 = v1.Variable(params["W1"], name="W1", use_resource=True)
+        b1 = v1.Variable(params["b1"], name="b1", use_resource=True)
+        W2 = v1.Variable(params["W2"], name="W2", use_resource=True)
+        b2 = v1.Variable(params["b2"], name="b2", use_resource=True)
+        hidden = tf.sigmoid(tf.matmul(x, W1) + b1)
+        out = tf.matmul(hidden, W2) + b2
+        mask = tf.constant(core.train_mask(data.y.shape[1], cfg["train"]), dt)
+        loss = tf.reduce_mean(tf.square(out - y))
+        loss2 = tf.reduce_mean(tf.square(mask * out - mask * y))
+        # lr as a float64 tensor: the seed's Python float would become float32 0.1 (1e-8 off)
+        optimizer = v1.train.GradientDescentOptimizer(tf.constant(cfg["lr"], dt))
+        train_ops = {"train_op2": optimizer.minimize(loss2, var_list=[W2, b2]),
+                     "train_op12": optimizer.minimize(loss, var_list=[W2, b2]),
+                     "train_op_all": optimizer.minimize(loss)}
+        init = v1.global_variables_initializer()
+    feed = {x: data.x, y: data.y}
+    with session(graph) as sess:
+        sess.run(init)
+        record = [tuple(sess.run([hidden, out], feed))]
+        for phase, _ in core.SEED_PHASES:
+            for _ in range(cfg["steps"]):
+                sess.run(train_ops[phase], feed)
+            record.append(tuple(sess.run([hidden, out], feed)))
+    return core.make_seed_demo(cfg, record)

@@ -1,0 +1,18 @@
+"""PyTorch: the study's runner and the helpers for your own model.
+
+Runner (the same public surface as selective_update.tf1): NAME, configure, make_steps, run,
+seed_demo, project_step, make_optimizer. Your own model: split_head, NullSpaceProjector, audit.
+"""
+from __future__ import annotations
+
+from .audit import Audit, audit
+from .jacobian import (JacobianNullSpaceStep, cuda_available, device_name, project_step_jacobian,
+                       projection_cases)
+from .projector import NullSpaceProjector
+from .runner import NAME, configure, make_optimizer, make_steps, project_step, run, seed_demo
+from .split_head import KeepRows, split_head
+
+__all__ = ["Audit", "JacobianNullSpaceStep", "KeepRows", "NAME", "NullSpaceProjector", "audit",
+           "configure", "cuda_available", "device_name", "make_optimizer", "make_steps",
+           "project_step", "project_step_jacobian", "projection_cases", "run", "seed_demo",
+           "split_head"]
