@@ -12,7 +12,7 @@ import pytest
 from selective_update import settings
 from selective_update.study import grid, render, results
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
 NAMES = ["00_seed_answer.ipynb", "strategy.ipynb", "summary.ipynb"]
 REQUIRED = ["dataset", "strategy", "framework", "optimizer", "weight_decay", "warm_start_steps",

@@ -15,7 +15,7 @@ from selective_update import settings
 from selective_update.study import cli as study
 from selective_update.study import grid, notebook_runner, render
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GOOD = dict(strategy="split_head", dataset="toy", optimizers=["sgd"], weight_decays=[0.0],
             warm_start_steps=[0], lr=0.1, steps=1, seeds=[0])
 

@@ -58,7 +58,7 @@ def assert_parity(a, b, optimizer):
 # Final outputs (batch, then 2 held-out inputs) of the 16 toy set-ups x 3 steps, made by the code
 # before the restructure (commit cccde4d). Float bytes differ from one CPU to the next, so they are
 # compared with a tolerance: these strategies agree across CPU kernels to ~1e-15.
-STORED = json.loads((Path(__file__).parent / "data" / "default_options.json").read_text())
+STORED = json.loads((Path(__file__).parents[1] / "data" / "default_options.json").read_text())
 STABLE = sorted({key.split("-")[1] for key in STORED})
 
 
