@@ -96,5 +96,14 @@ def test_framework_module_run_validates_too(framework):
 
 
 def test_good_arguments_pass_the_checks():
-    cfg = su.check_run("all_params", "torch", **OK)
-    assert cfg["keep"] == (0,) and cfg["train"] == (1,) and cfg["lr"] == 0.1
+    config = su.check_run("all_params", "torch", **OK)
+    assert isinstance(config, su.RunConfig)
+    assert config.keep == (0,) and config.train == (1,) and config.lr == 0.1
+    assert config.warm_start_lr == 0.1 and config.energy is None
+
+
+def test_unknown_and_missing_arguments_are_refused_like_python_would():
+    with pytest.raises(TypeError, match="unexpected keyword argument.*'stepz'"):
+        su.backend("torch").run("all_params", **OK, stepz=3)
+    with pytest.raises(TypeError, match="missing required keyword argument.*data"):
+        su.check_run("all_params", "torch", params=OK["params"])

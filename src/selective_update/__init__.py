@@ -3,8 +3,10 @@
     import selective_update as su
     result = su.run("split_head", "torch", params=su.init_params(), data=su.make_toy_data())
 
-Framework modules (`selective_update.tf1`, `selective_update.torch`) share their public names and
-are imported only when a run asks for them.
+Framework packages (`selective_update.tf1`, `selective_update.torch`) share their runner's public
+names and are imported only when a run asks for them. The package's folders: core/ (strategies,
+runs, verdicts), algorithms/ (the math, once, over the `ops` contract), tf1/, torch/, keras.py,
+study/ (the notebooks' batch), scenarios/, bench/.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from .core import (
     STRATEGIES,
     Data,
     RestoreWarning,
+    RunConfig,
     RunResult,
     SeedDemo,
     Strategy,
@@ -33,11 +36,11 @@ from .core import (
 from .settings import ADAM_BETAS, ADAM_EPS, GAUSS_NEWTON_MAX_STEPS, MOMENTUM, RESTORE_TOL
 
 __version__ = "0.1.0"
-__all__ = ["ADAM_BETAS", "ADAM_EPS", "DTYPES", "FRAMEWORKS", "GAUSS_NEWTON_MAX_STEPS", "MOMENTUM",
-           "OPTIMIZERS", "PROMISES", "RESTORE_TOL", "SEED_PHASES", "STRATEGIES", "Data",
-           "RestoreWarning", "RunResult", "SeedDemo", "Strategy", "TrivialNullSpaceWarning",
-           "backend", "check_run", "core", "drift", "init_params", "make_toy_data", "promise",
-           "run", "seed_demo", "validation"]
+__all__ = ["ADAM_BETAS", "ADAM_EPS", "DTYPES", "Data", "FRAMEWORKS", "GAUSS_NEWTON_MAX_STEPS",
+           "MOMENTUM", "OPTIMIZERS", "PROMISES", "RESTORE_TOL", "RestoreWarning", "RunConfig",
+           "RunResult", "SEED_PHASES", "STRATEGIES", "SeedDemo", "Strategy",
+           "TrivialNullSpaceWarning", "backend", "check_run", "core", "drift", "init_params",
+           "make_toy_data", "promise", "run", "seed_demo", "validation"]
 
 
 def backend(name):
@@ -61,15 +64,12 @@ def run(strategy, framework, *, params, data, keep=(0,), train=(1,), optimizer="
     strategy records RunResult.reference_outputs on it. Strategy options (None: the default;
     a value with another strategy is a ValueError): energy (layer_subspace, 0.99), grow (grow,
     8 units per hidden layer), distill_weight (distill, 1.0).
+
+    Every argument is checked (a one-line ValueError) before a framework is imported.
     """
-    kwargs = dict(params=params, data=data, keep=keep, train=train, optimizer=optimizer, lr=lr,
-                  steps=steps, weight_decay=weight_decay, warm_start_steps=warm_start_steps,
-                  dtype=dtype, device=device, warm_start_lr=warm_start_lr)
-    options = dict(reference=reference, energy=energy, grow=grow, distill_weight=distill_weight)
-    kwargs.update({k: v for k, v in options.items() if v is not None})
-    # Refuse bad input before a framework is even imported; the module checks again (cheap).
-    check_run(strategy, framework, warn=False, **kwargs)
-    return backend(framework).run(strategy, **kwargs)
+    arguments = {k: v for k, v in locals().items() if k not in ("strategy", "framework")}
+    config = check_run(strategy, framework, **arguments)  # before the framework is imported
+    return backend(framework).train(config)
 
 
 def seed_demo(framework, params, data, *, lr=0.1, steps=1) -> SeedDemo:

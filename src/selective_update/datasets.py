@@ -111,10 +111,8 @@ def pretrain(params, x, y, steps=PRETRAIN_STEPS, lr=PRETRAIN_LR):
     L = core.n_layers(params)
     velocity = {k: np.zeros_like(v) for k, v in params.items()}
     for _ in range(steps):
-        hs = [x]
-        for l in range(1, L):
-            hs.append(1.0 / (1.0 + np.exp(-(hs[-1] @ params[f"W{l}"] + params[f"b{l}"]))))
-        delta = 2.0 * (hs[-1] @ params[f"W{L}"] + params[f"b{L}"] - y) / y.size
+        hs, out = core.forward(params, x)
+        delta = 2.0 * (out - y) / y.size
         for l in range(L, 0, -1):
             grads = {f"W{l}": hs[l - 1].T @ delta, f"b{l}": delta.sum(axis=0)}
             if l > 1:

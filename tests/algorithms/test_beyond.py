@@ -415,7 +415,8 @@ def test_make_steps_gives_each_option_to_its_strategy():
             step()
         sync()
     # Each torch trainer got its own option and only that one (not the defaults 0.99, 8, 1.0).
-    got = {s: {k: step.func.__self__.cfg.get(k) for k in ("energy", "grow", "distill_weight")}
+    options = ("energy", "grow", "distill_weight")
+    got = {s: {k: getattr(step.func.__self__.config, k) for k in options}
            for s, step in pt.make_steps(["layer_subspace", "grow", "distill"], **kw)[0].items()}
     assert got == {"layer_subspace": {"energy": 1.0, "grow": None, "distill_weight": None},
                    "grow": {"energy": None, "grow": 2, "distill_weight": None},

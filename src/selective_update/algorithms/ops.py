@@ -17,6 +17,7 @@ class Ops(Protocol):
 
     # --- elementwise and shape ------------------------------------------------------------
     def sigmoid(self, a: Tensor) -> Tensor: """Apply the logistic sigmoid."""
+    def square(self, a: Tensor) -> Tensor: """Square elementwise."""
     def maximum(self, a: Tensor, b: Tensor) -> Tensor: """Take the elementwise maximum."""
     def where(self, condition: Tensor, a: Tensor, b: Tensor) -> Tensor: """Pick a or b."""
     def zeros_like(self, a: Tensor) -> Tensor: """Make zeros shaped like a."""
@@ -33,6 +34,7 @@ class Ops(Protocol):
     # --- reductions and products ------------------------------------------------------------
     def reduce_sum(self, a: Tensor, axis: int) -> Tensor: """Sum over one axis."""
     def reduce_max(self, a: Tensor) -> Tensor: """Return the largest element."""
+    def reduce_mean(self, a: Tensor) -> Tensor: """Return the mean of every element."""
     def trace(self, a: Tensor) -> Tensor: """Sum the diagonal of a square matrix."""
     def matmul(self, a: Tensor, b: Tensor) -> Tensor: """Multiply matrices."""
     def dot(self, a: Tensor, b: Tensor, transpose_a: bool = False) -> Tensor:

@@ -55,12 +55,6 @@ def correction(ops, split_bases, dWs, dbs, keep_mask):
     return cWs, cbs
 
 
-def keep_mask(n_out, keep) -> np.ndarray:
-    """Return the (1, n_out) 0/1 row that is 1 on the kept outputs."""
-    mask = np.zeros((1, n_out))
-    mask[0, list(keep)] = 1.0
-    return mask
-
 
 def distill_penalty(ops, Ws, bs, x, keep, target, weight):
     """Return weight * mean squared change of the kept outputs at x from target (K, n)."""

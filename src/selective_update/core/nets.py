@@ -66,16 +66,29 @@ def layer_sizes(params) -> tuple:
     return (params["W1"].shape[0],) + tuple(params[f"W{l}"].shape[1] for l in range(1, L + 1))
 
 
-def train_mask(n_out, train, dtype="float64") -> np.ndarray:
-    """Return the 0/1 row mask that is 1 on the trained outputs."""
+def output_mask(n_out, outputs, dtype="float64") -> np.ndarray:
+    """Return the (n_out,) row that is 1 on the given outputs and 0 elsewhere (dtype bool: a
+    boolean mask): the one mask builder of the package, for losses, heads and constraints."""
     mask = np.zeros(n_out, dtype=dtype)
-    mask[list(train)] = 1.0
+    mask[list(outputs)] = 1
     return mask
 
 
 def output_gradient(n, n_out, train, dtype="float64") -> np.ndarray:
     """Return the question's G: 0 on other outputs, -1 on trained ones, averaged over the batch."""
-    return np.tile(-train_mask(n_out, train, dtype) / n, (n, 1))
+    return np.tile(-output_mask(n_out, train, dtype) / n, (n, 1))
+
+
+def forward(params, x):
+    """Return the layer inputs [x, h1, ..., h_{L-1}] and the outputs of a sigmoid MLP (numpy).
+
+    The numpy twin of algorithms.nullspace.forward, for pretraining and scoring.
+    """
+    L = n_layers(params)
+    hs = [x]
+    for l in range(1, L):
+        hs.append(1.0 / (1.0 + np.exp(-(hs[-1] @ params[f"W{l}"] + params[f"b{l}"]))))
+    return hs, hs[-1] @ params[f"W{L}"] + params[f"b{L}"]
 
 
 def n_params(params) -> int:

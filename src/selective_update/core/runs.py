@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -30,6 +30,50 @@ def mse(outputs, y, cols=None) -> np.ndarray:
     """Return the mean squared error per step, over samples and the given output columns."""
     cols = slice(None) if cols is None else list(cols)
     return ((outputs[..., cols] - y[..., cols]) ** 2).mean(axis=(-2, -1))
+
+
+@dataclass(frozen=True, eq=False)
+class RunConfig:
+    """run()'s arguments, checked and normalized by check_run: what a framework's runner trains.
+
+    Strategy options (energy, grow, distill_weight) are filled with their defaults for the
+    strategies that use them and None elsewhere; reference is None or float64 inputs.
+    """
+
+    strategy: str
+    framework: str
+    params: dict
+    data: Data
+    keep: tuple = (0,)
+    train: tuple = (1,)
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    steps: int = 1
+    weight_decay: float = 0.0
+    warm_start_steps: int = 0
+    dtype: str = "float64"
+    device: str = "cpu"
+    warm_start_lr: float | None = None  # None: lr
+    reference: np.ndarray | None = None
+    energy: float | None = None
+    grow: int | None = None
+    distill_weight: float | None = None
+
+    @property
+    def protected_inputs(self) -> np.ndarray:
+        """The inputs the strategy protects: the reference inputs, or else the batch."""
+        return self.data.x if self.reference is None else self.reference
+
+    def summary(self) -> dict:
+        """The plain values of the config (no arrays): RunResult.config."""
+        plain = {f.name: getattr(self, f.name) for f in fields(self)
+                 if f.name not in ("params", "data", "reference")}
+        plain["n_reference"] = None if self.reference is None else len(self.reference)
+        return plain
+
+
+# run()'s keyword arguments, in RunConfig's order: the one list both frameworks' run() accept.
+ARGUMENTS = tuple(f.name for f in fields(RunConfig) if f.name not in ("strategy", "framework"))
 
 
 @dataclass
@@ -74,24 +118,21 @@ class RunResult:
                        **{k: c.get(k) for k in OPTION_USERS})
 
 
-def make_result(cfg, outputs, eval_outputs, params, step_seconds, reference_outputs=None,
+def make_result(config, outputs, eval_outputs, params, step_seconds, reference_outputs=None,
                 restore_residual=None) -> RunResult:
-    """Assemble a RunResult from per-step outputs (numpy, any float dtype)."""
+    """Assemble a RunResult of a RunConfig from per-step outputs (numpy, any float dtype)."""
     outputs = np.asarray(outputs)
     eval_outputs = np.asarray(eval_outputs)
-    y = cfg["data"].y.astype(outputs.dtype)
-    config = {k: v for k, v in cfg.items() if k not in ("params", "data", "reference")}
-    reference = cfg.get("reference")
-    config["n_reference"] = None if reference is None else len(reference)
+    y = config.data.y.astype(outputs.dtype)
     if restore_residual is not None:
         restore_residual = np.asarray(restore_residual, dtype=np.float64)
-        warn_if_not_restored(restore_residual, cfg["dtype"])
+        warn_if_not_restored(restore_residual, config.dtype)
     return RunResult(
-        strategy=cfg["strategy"], framework=cfg["framework"], optimizer=cfg["optimizer"],
-        keep=cfg["keep"], train=cfg["train"], outputs=outputs, eval_outputs=eval_outputs,
-        loss=mse(outputs, y), train_loss=mse(outputs, y, cfg["train"]),
+        strategy=config.strategy, framework=config.framework, optimizer=config.optimizer,
+        keep=config.keep, train=config.train, outputs=outputs, eval_outputs=eval_outputs,
+        loss=mse(outputs, y), train_loss=mse(outputs, y, config.train),
         params={k: np.asarray(v) for k, v in params.items()},
-        step_seconds=np.asarray(step_seconds, dtype=np.float64), config=config,
+        step_seconds=np.asarray(step_seconds, dtype=np.float64), config=config.summary(),
         reference_outputs=None if reference_outputs is None else np.asarray(reference_outputs),
         restore_residual=restore_residual,
     )
@@ -110,7 +151,7 @@ def warn_if_not_restored(residual, dtype):
 
 # --- validation of a run's arguments (one line naming the parameter, before any work) -------
 
-def check_params(params, data):
+def check_weights(params, data):
     """Check a params dict (W1, b1, ..., WL, bL) whose shapes chain from data.x to data.y."""
     allowed = "a dict W1, b1, ..., WL, bL (L >= 2) of float arrays whose shapes chain from data.x"
     if not isinstance(params, dict) or "W1" not in params:
@@ -151,49 +192,54 @@ def check_data(data):
         fail("data", "x and x_eval differ in width", "the same input width")
 
 
-def check_run(strategy, framework, *, params, data, keep=(0,), train=(1,), optimizer="sgd", lr=0.1,
-              steps=1, weight_decay=0.0, warm_start_steps=0, dtype="float64", device="cpu",
-              warm_start_lr=None, reference=None, energy=None, grow=None, distill_weight=None,
-              warn=True) -> dict:
-    """Validate every argument of run() and return them normalized; raise ValueError otherwise."""
+def check_run(strategy, framework, *, warn=True, **arguments) -> RunConfig:
+    """Validate run()'s keyword arguments (RunConfig's fields) and return them as a RunConfig.
+
+    Raises ValueError naming the first bad argument, before any work; warns
+    (TrivialNullSpaceWarning) when warn is set and a projection has no room left.
+    """
+    unknown = sorted(set(arguments) - set(ARGUMENTS))
+    if unknown:
+        raise TypeError(f"run() got unexpected keyword argument(s) {unknown}; allowed: "
+                        f"{', '.join(ARGUMENTS)}")
+    missing = [name for name in ("params", "data") if name not in arguments]
+    if missing:
+        raise TypeError(f"run() missing required keyword argument(s): {', '.join(missing)}")
+    a = {f.name: f.default for f in fields(RunConfig) if f.name in ARGUMENTS[2:]}
+    a.update(arguments)
     check_choice("strategy", strategy, STRATEGIES)
     check_choice("framework", framework, FRAMEWORKS)
-    check_choice("optimizer", optimizer, OPTIMIZERS)
-    check_real("lr", lr, 0.0, strict=True)
-    check_int("steps", steps, 1)
-    check_real("weight_decay", weight_decay, 0.0)
-    check_int("warm_start_steps", warm_start_steps, 0)
-    if warm_start_lr is not None:
-        check_real("warm_start_lr", warm_start_lr, 0.0, strict=True)
-    check_choice("dtype", dtype, DTYPES)
-    check_choice("device", device, DEVICES)
-    if framework == "tf1" and device != "cpu":
-        fail("device", device, "'cpu' for framework tf1 (the cuda device is for torch)")
+    check_choice("optimizer", a["optimizer"], OPTIMIZERS)
+    check_real("lr", a["lr"], 0.0, strict=True)
+    check_int("steps", a["steps"], 1)
+    check_real("weight_decay", a["weight_decay"], 0.0)
+    check_int("warm_start_steps", a["warm_start_steps"], 0)
+    if a["warm_start_lr"] is not None:
+        check_real("warm_start_lr", a["warm_start_lr"], 0.0, strict=True)
+    check_choice("dtype", a["dtype"], DTYPES)
+    check_choice("device", a["device"], DEVICES)
+    if framework == "tf1" and a["device"] != "cpu":
+        fail("device", a["device"], "'cpu' for framework tf1 (the cuda device is for torch)")
+    data, params = a["data"], a["params"]
     check_data(data)
-    check_params(params, data)
+    check_weights(params, data)
     n_out = data.y.shape[1]
-    keep = check_outputs("keep", keep, n_out)
-    train = check_outputs("train", train, n_out)
+    keep = check_outputs("keep", a["keep"], n_out)
+    train = check_outputs("train", a["train"], n_out)
     check_disjoint(keep, train)
-    options = check_options(strategy, energy=energy, grow=grow, distill_weight=distill_weight)
-    reference = check_reference(reference, data)
-    cfg = dict(strategy=strategy, framework=framework, params=params, data=data, keep=keep,
-               train=train, optimizer=optimizer, lr=float(lr), steps=int(steps),
-               weight_decay=float(weight_decay), warm_start_steps=int(warm_start_steps),
-               warm_start_lr=float(lr if warm_start_lr is None else warm_start_lr),
-               dtype=dtype, device=device)
-    if reference is not None or any(v is not None for v in options.values()):
-        cfg.update(reference=reference, **options)  # without them, cfg is as before (bitwise)
+    options = check_options(strategy, **{k: a[k] for k in OPTION_USERS})
+    reference = check_reference(a["reference"], data)
+    lr = float(a["lr"])
+    config = RunConfig(
+        strategy=strategy, framework=framework, params=params, data=data, keep=keep,
+        train=train, optimizer=a["optimizer"], lr=lr, steps=int(a["steps"]),
+        weight_decay=float(a["weight_decay"]), warm_start_steps=int(a["warm_start_steps"]),
+        dtype=a["dtype"], device=a["device"],
+        warm_start_lr=lr if a["warm_start_lr"] is None else float(a["warm_start_lr"]),
+        reference=reference, **options)
     if warn and STRATEGIES[strategy].projected:
-        n = len(data.x) if reference is None else len(reference)
-        warn_if_trivial_null_space(params, n, len(keep))
-    return cfg
-
-
-def protected_inputs(cfg) -> np.ndarray:
-    """Return the inputs a strategy protects: the reference inputs, or else the batch."""
-    reference = cfg.get("reference")
-    return cfg["data"].x if reference is None else reference
+        warn_if_trivial_null_space(params, len(config.protected_inputs), len(keep))
+    return config
 
 
 def warn_if_trivial_null_space(params, n_sample, n_keep):
@@ -202,4 +248,4 @@ def warn_if_trivial_null_space(params, n_sample, n_keep):
     if m >= P:
         warnings.warn(f"null space: {m} kept constraints ({n_sample} samples x {n_keep} outputs) "
                       f">= {P} parameters; the null space may be trivial and the projected step "
-                      "may vanish", TrivialNullSpaceWarning, stacklevel=3)
+                      "may vanish", TrivialNullSpaceWarning, stacklevel=4)

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .nets import train_mask
+from .nets import output_mask
 from .runs import mse
 
 SEED_PHASES = (("train_op2", "masked_last_layer"), ("train_op12", "last_layer"),
@@ -34,12 +34,12 @@ class SeedDemo:
         return rows
 
 
-def make_seed_demo(cfg, record) -> SeedDemo:
+def make_seed_demo(config, record) -> SeedDemo:
     """Assemble a SeedDemo from (hidden, outputs) pairs recorded after each phase."""
     hidden = np.stack([h for h, _ in record])
     outputs = np.stack([o for _, o in record])
-    y = cfg["data"].y.astype(outputs.dtype)
-    mask = train_mask(y.shape[1], cfg["train"], outputs.dtype)
+    y = config.data.y.astype(outputs.dtype)
+    mask = output_mask(y.shape[1], config.train, outputs.dtype)
     return SeedDemo(phases=("start",) + tuple(p for p, _ in SEED_PHASES), hidden=hidden,
                     outputs=outputs, loss=mse(outputs, y),
                     loss2=((mask * (outputs - y)) ** 2).mean(axis=(1, 2)))

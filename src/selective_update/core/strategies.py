@@ -17,18 +17,61 @@ PROMISES = ("exact", "batch_exact", "first_order", "none", "reference_exact",
 DEVICES = ("cpu", "cuda")
 
 
+TRAINS = ("all", "last_layer", "train_heads", "grown")
+LOSSES = ("full", "masked", "output_gradient", "distill")
+AFTER = ("none", "project", "project_corrected", "subspace")
+
+
 @dataclass(frozen=True)
 class Strategy:
-    """Describe one way of training the `train` outputs while leaving `keep` alone."""
+    """Describe one way of training the `train` outputs while leaving `keep` alone.
+
+    A strategy is this description only: both frameworks' runners interpret it, and the math of
+    its loss and of what follows the step is written once in algorithms/ (algorithms.steps).
+      trains: which variables the optimizer is given (its var_list)
+        all | last_layer | train_heads (one variable per output unit, the trained ones) |
+        grown (the new units and the trained heads of a grown network)
+      loss: what is differentiated
+        full | masked (mask * (out - y)) | output_gradient (back-propagate G) |
+        distill (masked + distill_weight * change of the kept outputs on the protected inputs)
+      after: what happens to the step the optimizer took
+        none | project (onto the kept outputs' null space) | project_corrected (then
+        Gauss-Newton back to the kept outputs before the step) | subspace (off each layer's
+        protected input directions, layer_subspace)
+    """
 
     name: str
     summary: str
     source: str
-    trains: str  # "all" | "last_layer" | "train_heads": which variables the optimizer updates
-    loss: str  # "full" | "masked" | "output_gradient"
-    projected: bool = False
-    corrected: bool = False
-    subspace: bool = False  # the step is projected off each layer's protected input directions
+    trains: str
+    loss: str
+    after: str = "none"
+
+    def __post_init__(self):
+        for field_name, allowed in (("trains", TRAINS), ("loss", LOSSES), ("after", AFTER)):
+            if getattr(self, field_name) not in allowed:
+                raise ValueError(f"{field_name}: got {getattr(self, field_name)!r}; allowed: "
+                                 f"{', '.join(allowed)}")
+
+    @property
+    def projected(self) -> bool:
+        """The step is projected onto the kept outputs' null space (null_space*)."""
+        return self.after in ("project", "project_corrected")
+
+    @property
+    def corrected(self) -> bool:
+        """Gauss-Newton corrections follow the projection."""
+        return self.after == "project_corrected"
+
+    @property
+    def subspace(self) -> bool:
+        """The step is projected off each layer's protected input directions."""
+        return self.after == "subspace"
+
+    @property
+    def starts(self) -> bool:
+        """The strategy takes something from its start (layer bases, kept outputs to distill)."""
+        return self.subspace or self.loss == "distill"
 
 
 STRATEGIES = MappingProxyType({s.name: s for s in (
@@ -53,17 +96,17 @@ STRATEGIES = MappingProxyType({s.name: s for s in (
     Strategy("null_space",
              "Masked loss, every parameter; the optimizer's proposed step is projected onto the "
              "null space of the kept outputs' Jacobian over the batch (layer-wise Gram form).",
-             "beyond the answer (OGD/GPM family)", trains="all", loss="masked", projected=True),
+             "beyond the answer (OGD/GPM family)", trains="all", loss="masked", after="project"),
     Strategy("null_space_corrected",
              "null_space, then Gauss-Newton steps (minimum-norm, layer-wise Gram form) until the "
              "kept outputs on the batch are back to their values before the step.",
-             "beyond the answer", trains="all", loss="masked", projected=True, corrected=True),
+             "beyond the answer", trains="all", loss="masked", after="project_corrected"),
     Strategy("layer_subspace",
              "Masked loss, every parameter; the optimizer's step of every hidden layer and of the "
              "kept output columns is projected off the top singular directions (energy) of that "
              "layer's inputs (with a 1 for the bias) on the protected inputs, taken once at start.",
              "GPM (Saha et al., ICLR 2021), Adam-NSCL (Wang et al., CVPR 2021): step, not gradient",
-             trains="all", loss="masked", subspace=True),
+             trains="all", loss="masked", after="subspace"),
     Strategy("grow",
              "Add `grow` hidden units to each hidden layer (zero weights to the kept outputs and "
              "to the old units, never in the optimizer); train the new units and trained heads.",

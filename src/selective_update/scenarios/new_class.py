@@ -203,15 +203,6 @@ def run(sc: Scenario, strategy, setting, framework, optimizer, lr, steps, split)
                       **setting_kwargs(setting, sc))
 
 
-def forward(params, x):
-    """Return a sigmoid MLP's outputs at x (numpy)."""
-    L = core.n_layers(params)
-    h = x
-    for k in range(1, L):
-        h = 1.0 / (1.0 + np.exp(-(h @ params[f"W{k}"] + params[f"b{k}"])))
-    return h @ params[f"W{L}"] + params[f"b{L}"]
-
-
 def metrics(outputs, start, y) -> dict:
     """Return recall_new, accuracy_kept, drift_max and drift_mean of outputs against start."""
     labels = y.argmax(axis=1)

@@ -14,6 +14,11 @@ def sigmoid(a):
     return tf.sigmoid(a)
 
 
+def square(a):
+    """Square elementwise."""
+    return tf.square(a)
+
+
 def maximum(a, b):
     """Take the elementwise maximum."""
     return tf.maximum(a, b)
@@ -72,6 +77,11 @@ def reduce_sum(a, axis):
 def reduce_max(a):
     """Return the largest element of a tensor."""
     return tf.reduce_max(a)
+
+
+def reduce_mean(a):
+    """Return the mean of every element of a tensor."""
+    return tf.reduce_mean(a)
 
 
 def trace(a):

@@ -21,8 +21,8 @@ class TorchEpsAdamOptimizer(v1.train.AdamOptimizer):
             use_locking=self._use_locking)
 
 
-def make_optimizer(name, lr, *, stock_adam=False):
-    """Build the tf.compat.v1.train optimizer that matches the torch one of the same name."""
+def v1_optimizer(name, lr, *, stock_adam=False):
+    """Build the tf.compat.v1.train optimizer that matches torch_optimizer of the same name."""
     # Hyperparameters as tensors of lr's dtype: a Python float would become a float32 constant
     # (0.9 -> 0.899999976) and cost float64 runs ~1e-7 (momentum) to ~1e-4 (adam) of agreement.
     def c(value):

@@ -8,8 +8,8 @@ from .runner import NAME, session
 
 def seed_demo(params, data, *, lr=0.1, steps=1, keep=(0,), train=(1,)) -> core.SeedDemo:
     """Replay the seed's demo as written: one GradientDescentOptimizer, three minimize() ops."""
-    cfg = core.check_run("all_params", NAME, params=params, data=data, keep=keep, train=train,
-                         optimizer="sgd", lr=lr, steps=steps)
+    config = core.check_run("all_params", NAME, params=params, data=data, keep=keep,
+                            train=train, optimizer="sgd", lr=lr, steps=steps)
     if core.n_layers(params) != 2:
         raise ValueError("params: the seed's demo has one hidden layer; allowed: W1, b1, W2, b2")
     dt = tf.float64
@@ -23,11 +23,11 @@ def seed_demo(params, data, *, lr=0.1, steps=1, keep=(0,), train=(1,)) -> core.S
         b2 = v1.Variable(params["b2"], name="b2", use_resource=True)
         hidden = tf.sigmoid(tf.matmul(x, W1) + b1)
         out = tf.matmul(hidden, W2) + b2
-        mask = tf.constant(core.train_mask(data.y.shape[1], cfg["train"]), dt)
+        mask = tf.constant(core.output_mask(data.y.shape[1], config.train), dt)
         loss = tf.reduce_mean(tf.square(out - y))
         loss2 = tf.reduce_mean(tf.square(mask * out - mask * y))
         # lr as a float64 tensor: the seed's Python float would become float32 0.1 (1e-8 off)
-        optimizer = v1.train.GradientDescentOptimizer(tf.constant(cfg["lr"], dt))
+        optimizer = v1.train.GradientDescentOptimizer(tf.constant(config.lr, dt))
         train_ops = {"train_op2": optimizer.minimize(loss2, var_list=[W2, b2]),
                      "train_op12": optimizer.minimize(loss, var_list=[W2, b2]),
                      "train_op_all": optimizer.minimize(loss)}
@@ -37,7 +37,7 @@ def seed_demo(params, data, *, lr=0.1, steps=1, keep=(0,), train=(1,)) -> core.S
         sess.run(init)
         record = [tuple(sess.run([hidden, out], feed))]
         for phase, _ in core.SEED_PHASES:
-            for _ in range(cfg["steps"]):
+            for _ in range(config.steps):
                 sess.run(train_ops[phase], feed)
             record.append(tuple(sess.run([hidden, out], feed)))
-    return core.make_seed_demo(cfg, record)
+    return core.make_seed_demo(config, record)

@@ -1,7 +1,8 @@
 """PyTorch: the study's runner and the helpers for your own model.
 
 Runner (the same public surface as selective_update.tf1): NAME, configure, make_steps, run,
-seed_demo, project_step, make_optimizer. Your own model: split_head, NullSpaceProjector, audit.
+seed_demo, project_step, train; torch_optimizer. Your own model: split_head,
+NullSpaceProjector, audit.
 """
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from .audit import Audit, audit
 from .jacobian import (JacobianNullSpaceStep, cuda_available, device_name, project_step_jacobian,
                        projection_cases)
 from .projector import NullSpaceProjector
-from .runner import NAME, configure, make_optimizer, make_steps, project_step, run, seed_demo
+from .runner import (NAME, configure, make_steps, project_step, run, seed_demo, torch_optimizer,
+                     train)
 from .split_head import KeepRows, split_head
 
 __all__ = ["Audit", "JacobianNullSpaceStep", "KeepRows", "NAME", "NullSpaceProjector", "audit",
-           "configure", "cuda_available", "device_name", "make_optimizer", "make_steps",
+           "configure", "cuda_available", "device_name", "make_steps",
            "project_step", "project_step_jacobian", "projection_cases", "run", "seed_demo",
-           "split_head"]
+           "split_head", "torch_optimizer", "train"]

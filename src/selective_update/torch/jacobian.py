@@ -2,7 +2,7 @@
 
 The slow, obviously-right way the layer-wise Gram form is checked and timed against: the bench
 uses JacobianNullSpaceStep and projection_cases. Built from public pieces only (runner's
-make_optimizer and project_step, nullspace.forward), so the baseline does not depend on how the
+torch_optimizer and project_step, nullspace.forward), so the baseline does not depend on how the
 runner's step is written.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from .. import core
 from ..algorithms import nullspace
 from . import ops
-from .runner import make_optimizer, project_step
+from .runner import project_step, torch_optimizer
 
 
 def cuda_available() -> bool:
@@ -57,10 +57,10 @@ class JacobianNullSpaceStep:
         self.bs = [leaf(params[f"b{l}"]) for l in range(1, L + 1)]
         self.x = torch.as_tensor(data.x, dtype=dt, device=device)
         self.y = torch.as_tensor(data.y, dtype=dt, device=device)
-        self.mask = torch.as_tensor(core.train_mask(data.y.shape[1], train), dtype=dt,
+        self.mask = torch.as_tensor(core.output_mask(data.y.shape[1], train), dtype=dt,
                                     device=device)
         self.keep = keep
-        self.opt = make_optimizer("sgd", self.Ws + self.bs, lr, 0.0)
+        self.opt = torch_optimizer("sgd", self.Ws + self.bs, lr)
         self.project = project
 
     def __call__(self):

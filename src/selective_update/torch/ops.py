@@ -12,6 +12,11 @@ def sigmoid(a):
     return torch.sigmoid(a)
 
 
+def square(a):
+    """Square elementwise."""
+    return torch.square(a)
+
+
 def maximum(a, b):
     """Take the elementwise maximum."""
     return torch.maximum(a, b)
@@ -70,6 +75,11 @@ def reduce_sum(a, axis):
 def reduce_max(a):
     """Return the largest element of a tensor."""
     return a.max()
+
+
+def reduce_mean(a):
+    """Return the mean of every element of a tensor."""
+    return a.mean()
 
 
 def trace(a):

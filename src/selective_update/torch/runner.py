@@ -1,4 +1,9 @@
-"""PyTorch's runner: the study's strategies as eager steps, with the same numbers as tf1's."""
+"""PyTorch's runner: interprets each strategy's description eagerly, one step at a time.
+
+What a strategy trains, its loss, its start and what follows its step are algorithms.strategy_step',
+written once for both frameworks; this module holds what PyTorch itself does: leaf tensors,
+autograd, torch.optim. Same strategies, optimizers and numbers as tf1's runner.
+"""
 from __future__ import annotations
 
 import functools
@@ -8,14 +13,12 @@ import numpy as np
 import torch
 
 from .. import core, settings
-from ..algorithms import growth, nullspace, protected, subspace
+from ..algorithms import growth, nullspace, protected, strategy_step, subspace
 from ..core import options
-from ..settings import PROJECTION_SWEEPS
 from . import ops
 
 NAME = "torch"
 
-# --- the network ---------------------------------------------------------------------------------
 
 class Net:
     """Hold an MLP's parameters as leaf tensors; `split` gives one variable per output unit;
@@ -30,22 +33,26 @@ class Net:
             return torch.tensor(np.asarray(a), dtype=dt, device=device, requires_grad=True)
 
         self.split, self.grow = split, grow
+        self.heads_W = self.heads_b = self.trained = None
         if grow:
             self.sizes, self.train = core.layer_sizes(params), train
             parts = growth.pieces(params, grow, train)
             self.pieces = {name: leaf(value) for name, (value, _) in parts.items()}
             self.trained = [self.pieces[name] for name, (_, t) in parts.items() if t]
             self.zeros = {}  # growth.assemble's constant blocks, made once
+            self.variables = list(self.pieces.values())
             return
         self.Ws = [leaf(params[f"W{l}"]) for l in range(1, L)]
         self.bs = [leaf(params[f"b{l}"]) for l in range(1, L)]
         W_L, b_L = params[f"W{L}"], params[f"b{L}"]
         if split:
-            self.head_Ws = [leaf(W_L[:, k]) for k in range(W_L.shape[1])]
-            self.head_bs = [leaf(b_L[k]) for k in range(W_L.shape[1])]
+            self.heads_W = [leaf(W_L[:, k]) for k in range(W_L.shape[1])]
+            self.heads_b = [leaf(b_L[k]) for k in range(W_L.shape[1])]
         else:
             self.Ws.append(leaf(W_L))
             self.bs.append(leaf(b_L))
+        self.variables = ([t for pair in zip(self.Ws, self.bs) for t in pair]
+                          + (self.heads_W + self.heads_b if split else []))
 
     def layers(self):
         """Return (Ws, bs) with the output heads joined by torch.stack."""
@@ -55,26 +62,8 @@ class Net:
                                    self.zeros)
         if not self.split:
             return self.Ws, self.bs
-        return (self.Ws + [torch.stack(self.head_Ws, dim=1)],
-                self.bs + [torch.stack(self.head_bs)])
-
-    def parameters(self):
-        """List every leaf tensor in a fixed order."""
-        if self.grow:
-            return list(self.pieces.values())
-        heads = self.head_Ws + self.head_bs if self.split else []
-        return [t for pair in zip(self.Ws, self.bs) for t in pair] + heads
-
-    def trainable(self, strategy, train):
-        """List the variables a strategy gives to the optimizer (its var_list)."""
-        trains = core.STRATEGIES[strategy].trains
-        if trains == "all":
-            return self.parameters()
-        if trains == "last_layer":
-            return [self.Ws[-1], self.bs[-1]]
-        if trains == "grown":
-            return self.trained
-        return [self.head_Ws[k] for k in train] + [self.head_bs[k] for k in train]
+        return (self.Ws + [torch.stack(self.heads_W, dim=1)],
+                self.bs + [torch.stack(self.heads_b)])
 
     def forward(self, x):
         """Return the hidden activations and the outputs."""
@@ -91,8 +80,8 @@ class Net:
         return out
 
 
-def make_optimizer(name, variables, lr, weight_decay):
-    """Build the torch optimizer that matches the TF1 one of the same name."""
+def torch_optimizer(name, variables, lr, weight_decay=0.0):
+    """Build the torch.optim optimizer that matches tf1's v1_optimizer of the same name."""
     if name == "sgd":
         return torch.optim.SGD(variables, lr=lr, weight_decay=weight_decay, foreach=False)
     if name == "momentum":
@@ -103,32 +92,37 @@ def make_optimizer(name, variables, lr, weight_decay):
                weight_decay=weight_decay, foreach=False)
 
 
-# --- one training step --------------------------------------------------------------------------
-
-class _Trainer:
+class Trainer:
     """Run strategy steps on one network with one optimizer (its state carries across phases)."""
 
-    def __init__(self, cfg, split):
-        dt, dev = getattr(torch, cfg["dtype"]), cfg["device"]
-        data = cfg["data"]
-        self.cfg = cfg
+    def __init__(self, config, split):
+        dt, dev = getattr(torch, config.dtype), config.device
+        data = config.data
+        self.config = config
         self.x = torch.as_tensor(data.x, dtype=dt, device=dev)
         self.y = torch.as_tensor(data.y, dtype=dt, device=dev)
         self.x_eval = torch.as_tensor(data.x_eval, dtype=dt, device=dev)
-        ref = cfg.get("reference")
+        ref = config.reference
         self.x_ref = None if ref is None else torch.as_tensor(ref, dtype=dt, device=dev)
-        self.residuals = []  # final Gauss-Newton residual per corrected step
         self.x_prot = self.x if self.x_ref is None else self.x_ref  # the protected inputs
+        self.residuals = []  # final Gauss-Newton residual per corrected step
         n_out = data.y.shape[1]
-        self.mask = torch.as_tensor(core.train_mask(n_out, cfg["train"]), dtype=dt, device=dev)
-        self.G = torch.as_tensor(core.output_gradient(len(data.x), n_out, cfg["train"]),
+        self.mask = torch.as_tensor(core.output_mask(n_out, config.train), dtype=dt, device=dev)
+        self.G = torch.as_tensor(core.output_gradient(len(data.x), n_out, config.train),
                                  dtype=dt, device=dev)
-        grow = cfg.get("grow") if core.STRATEGIES[cfg["strategy"]].trains == "grown" else None
-        self.net = Net(cfg["params"], split=split, grow=grow, train=cfg["train"],
-                       dtype=cfg["dtype"], device=dev)
-        self.opt = make_optimizer(cfg["optimizer"], self.net.parameters(), cfg["lr"],
-                                  cfg["weight_decay"])
-        self._before = self._delta = None  # projected steps' buffers, made at the first one
+        grow = config.grow if core.STRATEGIES[config.strategy].trains == "grown" else None
+        self.net = Net(config.params, split=split, grow=grow, train=config.train,
+                       dtype=config.dtype, device=dev)
+        self.opt = torch_optimizer(config.optimizer, self.net.variables, config.lr,
+                                   config.weight_decay)
+        form = None if ref is None else protected.form_for(
+            core.layer_sizes(config.params), len(config.keep), len(ref))
+        self.after = strategy_step.AfterStep(
+            keep=config.keep, tol=settings.RESTORE_TOL[config.dtype],
+            max_steps=settings.GAUSS_NEWTON_MAX_STEPS, sweeps=settings.PROJECTION_SWEEPS,
+            x=self.x, x_ref=self.x_ref, form=form)
+        self.distill_target = None
+        self._before = None  # the parameters before a projected step, reused every step
         self._graded = None  # the strategy whose variables require grad (grow)
 
     def set_lr(self, lr):
@@ -136,105 +130,71 @@ class _Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr
 
-    def _gradients(self, strategy, variables):
+    def _gradients(self, s, variables):
         """Return the strategy's gradients and, detached, the forward pass they came from."""
-        s = core.STRATEGIES[strategy]
         hs, out = self.net.forward(self.x)
         if s.loss == "output_gradient":
             grads = torch.autograd.grad(out, variables, grad_outputs=self.G)
         else:
-            err = out - self.y if s.loss == "full" else self.mask * (out - self.y)
-            loss = (err ** 2).mean()
+            penalty = None
             if s.loss == "distill":
-                loss = loss + subspace.distill_penalty(ops, *self.net.layers(), self.x_prot,
-                                                       self.cfg["keep"], self.distill_target,
-                                                       self.cfg["distill_weight"])
+                penalty = subspace.distill_penalty(ops, *self.net.layers(), self.x_prot,
+                                                   self.config.keep, self.distill_target,
+                                                   self.config.distill_weight)
+            loss = strategy_step.loss(ops, s, out, self.y, self.mask, penalty)
             grads = torch.autograd.grad(loss, variables)
         return grads, [h.detach() for h in hs], out.detach()
 
     def start(self, strategy):
         """Take what a strategy keeps from its start: layer bases, or kept outputs to distill."""
         s = core.STRATEGIES[strategy]
-        if not (s.subspace or s.loss == "distill"):
+        if not s.starts:
             return
         with torch.no_grad():
             hs, out = self.net.forward(self.x_prot)
-        like = self.x
-        if s.subspace:
-            self.bases = [tuple(ops.const(a, like) for a in pair)
-                          for pair in subspace.bases([h.cpu().numpy() for h in hs],
-                                                     self.cfg["energy"])]
-            self.keep_mask = ops.const(subspace.keep_mask(out.shape[1], self.cfg["keep"]), like)
-        if s.loss == "distill":
-            self.distill_target = out[:, list(self.cfg["keep"])].T.contiguous()
+        values = strategy_step.start_values(s, self.config, [h.cpu().numpy() for h in hs],
+                                    out.cpu().numpy())
+        if "bases" in values:
+            self.after.bases = [tuple(ops.const(a, self.x) for a in pair)
+                                for pair in values["bases"]]
+            kept = strategy_step.keep_columns(out.shape[1], self.config.keep)
+            self.after.keep_mask = ops.const(kept, self.x)
+        if "distill_target" in values:
+            self.distill_target = ops.const(values["distill_target"], self.x)
 
     def step(self, strategy):
         """Take one optimizer step of `strategy`."""
         s = core.STRATEGIES[strategy]
-        variables = self.net.trainable(strategy, self.cfg["train"])
+        variables = strategy_step.var_list(s, self.net, self.config.train)
         if self.net.grow and self._graded != strategy:  # frozen pieces out of the backward
-            for p in self.net.parameters():            # pass; set once per strategy switch
+            for p in self.net.variables:               # pass; set once per strategy switch
                 p.requires_grad_(False)
             for p in variables:
                 p.requires_grad_(True)
             self._graded = strategy
-        grads, hs, out = self._gradients(strategy, variables)
-        for p in self.net.parameters():
+        grads, hs, out = self._gradients(s, variables)
+        for p in self.net.variables:
             p.grad = None  # None, not zero: optimizers skip it (no decay, no state update)
         for p, g in zip(variables, grads):
             p.grad = g
-        if not (s.projected or s.subspace):
+        if s.after == "none":
             self.opt.step()
             return
-        keep, L = self.cfg["keep"], len(self.net.Ws)
+        L = len(self.net.Ws)
         with torch.no_grad():
             params = self.net.Ws + self.net.bs
             if self._before is None:  # reused every step: no large allocation per step
                 self._before = [torch.empty_like(p) for p in params]
-                self._delta = [torch.empty_like(p) for p in params]
             for o, p in zip(self._before, params):
                 o.copy_(p)
             self.opt.step()
-            for d, p, o in zip(self._delta, params, self._before):
-                torch.sub(p, o, out=d)
-            if s.subspace:  # the optimizer's step less its part along protected directions
-                cWs, cbs = subspace.correction(ops, self.bases, self._delta[:L],
-                                               self._delta[L:], self.keep_mask)
-                for p, c in zip(params, cWs + cbs):
-                    p.sub_(c)
-                return
-            if self.x_ref is not None:
-                self._protect_reference(s, params, L)
-                return
-            # hs: the gradient's forward pass, at the parameters before the step.
-            cWs, cbs = nullspace.correction(ops, self._before[:L], self._before[L:], self.x, keep,
-                                            self._delta[:L], self._delta[L:], hs=hs)
-            for p, o, d, c in zip(params, self._before, self._delta, cWs + cbs):
-                p.copy_(o).add_(d.sub_(c))  # old + (step - correction), as project_step
-            if s.corrected:
-                seed = nullspace.kept_seed(ops, keep, out.shape[0], out.shape[1], out)
-                target = ops.einsum("kbj,bj->kb", seed, out)  # kept outputs before the step
-                tol = settings.RESTORE_TOL[self.cfg["dtype"]]
-                new_Ws, new_bs, err = nullspace.restore(
-                    ops, params[:L], params[L:], self.x, keep, target, tol,
-                    settings.GAUSS_NEWTON_MAX_STEPS)
-                self.residuals.append(float(err))
-                for p, v in zip(params, new_Ws + new_bs):
-                    p.copy_(v)
-
-    def _protect_reference(self, s, params, L):
-        """Replace the optimizer's step by its protected-inputs version (algorithms.protected)."""
-        form = protected.form_for(core.layer_sizes(self.cfg["params"]), len(self.cfg["keep"]),
-                                  len(self.x_ref))
-        Ws, bs, err = protected.protected_step(
-            ops, self._before[:L], self._before[L:], self.x_ref, self.cfg["keep"],
-            self._delta[:L], self._delta[L:], form=form, sweeps=PROJECTION_SWEEPS,
-            corrected=s.corrected, tol=settings.RESTORE_TOL[self.cfg["dtype"]],
-            max_steps=settings.GAUSS_NEWTON_MAX_STEPS)
-        if err is not None:
-            self.residuals.append(float(err))
-        for p, v in zip(params, Ws + bs):
-            p.copy_(v)
+            self.after.hs, self.after.out = hs, out  # the gradient's forward pass
+            Ws, bs, residual = strategy_step.after_step(ops, s, self.after, self._before[:L],
+                                                self._before[L:], params[:L], params[L:])
+            if residual is not None:
+                self.residuals.append(float(residual))
+            for p, v in zip(params, Ws + bs):
+                p.copy_(v)
 
     def outputs(self, x):
         """Return the outputs at x as numpy."""
@@ -264,43 +224,43 @@ def configure(threads=None):
         torch.set_num_threads(threads)
 
 
-def make_steps(strategies, **run_kwargs):
+def make_steps(strategies, **arguments):
     """Return ({strategy: callable taking one step}, sync): one trainer per strategy.
 
-    run_kwargs are run()'s (params, data, keep, train, optimizer, lr, ...); for the bench. An
+    arguments are run()'s (params, data, keep, train, optimizer, lr, ...); for the bench. An
     option (energy, grow, distill_weight) goes only to the strategies that use it.
     """
-    steps, sync = {}, None
+    taken, sync = {}, None
     for s in strategies:
-        cfg = core.check_run(s, NAME, warn=False, **options.options_for(s, run_kwargs))
-        trainer = _Trainer(cfg, split=core.STRATEGIES[s].trains == "train_heads")
+        config = core.check_run(s, NAME, warn=False, **options.options_for(s, arguments))
+        trainer = Trainer(config, split=core.STRATEGIES[s].trains == "train_heads")
         trainer.start(s)
-        steps[s] = functools.partial(trainer.step, s)
+        taken[s] = functools.partial(trainer.step, s)
         sync = trainer.sync
-    return steps, sync
+    return taken, sync
 
 
-def run(strategy, *, params, data, keep=(0,), train=(1,), optimizer="sgd", lr=0.1, steps=1,
-        weight_decay=0.0, warm_start_steps=0, dtype="float64", device="cpu",
-        warm_start_lr=None, **options) -> core.RunResult:
+def run(strategy, **arguments) -> core.RunResult:
     """Run warm-start steps (all_params), then `steps` steps of `strategy`, recording outputs.
 
-    options: reference, energy, grow, distill_weight (see selective_update.run).
+    arguments: selective_update.run's keyword arguments (core.ARGUMENTS).
     """
-    cfg = core.check_run(strategy, NAME, params=params, data=data, keep=keep, train=train,
-                         optimizer=optimizer, lr=lr, steps=steps, weight_decay=weight_decay,
-                         warm_start_steps=warm_start_steps, dtype=dtype, device=device,
-                         warm_start_lr=warm_start_lr, **options)
+    return train(core.check_run(strategy, NAME, **arguments))
+
+
+def train(config) -> core.RunResult:
+    """Train a checked core.RunConfig and record the outputs after every step."""
     configure()
-    trainer = _Trainer(cfg, split=core.STRATEGIES[strategy].trains == "train_heads")
-    trainer.set_lr(cfg["warm_start_lr"])
-    for _ in range(cfg["warm_start_steps"]):
+    strategy = config.strategy
+    trainer = Trainer(config, split=core.STRATEGIES[strategy].trains == "train_heads")
+    trainer.set_lr(config.warm_start_lr)
+    for _ in range(config.warm_start_steps):
         trainer.step("all_params")
-    trainer.set_lr(cfg["lr"])
+    trainer.set_lr(config.lr)
     trainer.start(strategy)
     inputs = [trainer.x, trainer.x_eval] + ([] if trainer.x_ref is None else [trainer.x_ref])
     recorded, seconds = [[trainer.outputs(x)] for x in inputs], []
-    for _ in range(cfg["steps"]):
+    for _ in range(config.steps):
         trainer.sync()
         start = time.perf_counter()
         trainer.step(strategy)
@@ -310,19 +270,19 @@ def run(strategy, *, params, data, keep=(0,), train=(1,), optimizer="sgd", lr=0.
             outs.append(trainer.outputs(x))
     ref = np.stack(recorded[2]) if len(recorded) > 2 else None
     residual = trainer.residuals if core.STRATEGIES[strategy].corrected else None
-    return core.make_result(cfg, np.stack(recorded[0]), np.stack(recorded[1]),
+    return core.make_result(config, np.stack(recorded[0]), np.stack(recorded[1]),
                             trainer.net.numpy_params(), seconds, ref, residual)
 
 
 def seed_demo(params, data, *, lr=0.1, steps=1, keep=(0,), train=(1,)) -> core.SeedDemo:
     """Replay the seed's demo: train_op2, train_op12, train_op_all, one SGD optimizer."""
-    cfg = core.check_run("all_params", NAME, params=params, data=data, keep=keep, train=train,
-                         optimizer="sgd", lr=lr, steps=steps)
+    config = core.check_run("all_params", NAME, params=params, data=data, keep=keep,
+                            train=train, optimizer="sgd", lr=lr, steps=steps)
     configure()
-    trainer = _Trainer(cfg, split=False)
+    trainer = Trainer(config, split=False)
     record = [(trainer.hidden(), trainer.outputs(trainer.x))]
     for _, strategy in core.SEED_PHASES:
-        for _ in range(cfg["steps"]):
+        for _ in range(config.steps):
             trainer.step(strategy)
         record.append((trainer.hidden(), trainer.outputs(trainer.x)))
-    return core.make_seed_demo(cfg, record)
+    return core.make_seed_demo(config, record)
