@@ -144,7 +144,7 @@ def test_importing_the_package_and_its_cli_loads_no_framework():
     assert out.stdout.strip() == "[]"
 
 
-RUNNER_SURFACE = ("configure", "make_steps", "run", "seed_demo", "project_step")
+RUNNER_SURFACE = ("configure", "make_steps", "run", "train", "seed_demo", "project_step")
 
 
 def test_both_runners_have_the_same_public_surface_and_signatures():

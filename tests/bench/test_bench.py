@@ -98,7 +98,7 @@ def test_reference_part_writes_issue_9_rows(tmp_path):
                            str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     with open(out / "bench.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["part"] == "reference"]
+        rows = [r for r in csv.DictReader(f) if r["part"] == "beyond_batch"]
     seen = {(r["strategy"], r["n_ref"]) for r in rows}
     for n_ref in ("batch", "64", "256"):
         assert ("null_space_corrected", n_ref) in seen and ("null_space", n_ref) in seen

@@ -1,7 +1,8 @@
 """Time the strategies that protect more than the batch (issue 9) on the digits net, 64-16-10.
 
-Rows of part `reference`: the plain step; null_space and null_space_corrected against a reference
-set of n_ref kept training digits (the batch, 64, 256, all ~1,080); layer_subspace (reference 256);
+Rows of part `beyond_batch`: the plain step; null_space and null_space_corrected against a
+reference set of n_ref kept training digits (the batch, 64, 256, all ~1,080); layer_subspace
+(reference 256);
 grow against a plain step of the grown net (64-(16 + grow)-10). Each framework through its
 make_steps, strategies interleaved repeat by repeat.
 """
@@ -52,7 +53,7 @@ def _label(n_ref, kept):
     return "batch" if n_ref is None else str(len(kept) if n_ref == "all" else n_ref)
 
 
-def bench_reference(args, env, log) -> list:
+def bench_beyond_batch(args, env, log) -> list:
     """Time the reference-protected steps at every n_ref, layer_subspace and grow, per framework."""
     from ..datasets import prepare
 
@@ -84,14 +85,14 @@ def bench_reference(args, env, log) -> list:
         plain_grown = float(np.median(seconds["plain_grown"]))
         for key, t in seconds.items():
             strategy, n_ref = key if isinstance(key, tuple) else (key, "")
-            row = measurement_row("reference", fw, strategy if key != "plain_grown" else PLAIN,
+            row = measurement_row("beyond_batch", fw, strategy if key != "plain_grown" else PLAIN,
                        grown_sizes if key == "plain_grown" else sizes, batch, t, env, args,
                        note=f"reference {n_ref}" if n_ref else "")
             row["n_ref"] = n_ref or (LAYER_SUBSPACE_REFERENCE if strategy == "layer_subspace"
                                      else "")
             _goal(row, plain, plain_grown, str(len(kept)))
             rows.append(row)
-        log(f"{fw:5s} reference 64-16-10/{batch}: " + ", ".join(
+        log(f"{fw:5s} beyond_batch 64-16-10/{batch}: " + ", ".join(
             f"{r['strategy']}{'@' + str(r['n_ref']) if r['n_ref'] != '' else ''} "
             f"{r['median_s'] * 1e3:.3g} ms" for r in rows if r["framework"] == fw))
     return rows

@@ -11,9 +11,11 @@ Parts (`--parts`, default all of them):
             pinv) in place of the layer-wise Gram form, where the Jacobian stays small;
   sweep     width (784-W-10, batch 64) and batch (784-512-10) sweeps of null_space vs plain, and
             of the projection alone (Gram vs Jacobian), log-log figures and measured slopes;
-  reference issue 9's strategies on the digits net (timing_reference.py): null_space and
-            null_space_corrected against 0..1,080 kept digits, layer_subspace, grow;
-  floor     the study's default grid computed in one fresh plain Python process (floor.py).
+  beyond_batch  protecting inputs beyond the batch, on the digits net (beyond_batch.py):
+            null_space and null_space_corrected against 0..1,080 kept digits, layer_subspace,
+            grow (`reference`, its earlier name, is still accepted);
+  floor     the study's default grid computed in one fresh plain Python process
+            (study_floor.py).
 
 Writes reports/bench.csv, bench_meta.json, figures/bench_*.png, and bench.html: notebooks/
 bench.ipynb executed on them and rendered through the study's offline template (built in a
@@ -35,7 +37,7 @@ from .. import core, validation
 from ..files import atomic_write
 from ..settings import CELL_TIMEOUT, REPORTS_DIR
 from . import report
-from .beyond_batch import bench_reference
+from .beyond_batch import bench_beyond_batch
 from .study_floor import bench_floor
 from .timing import (
     CSV_COLUMNS,
@@ -45,6 +47,7 @@ from .timing import (
     JACOBIAN_SWEEP_REPEATS,
     KEEP,
     LR,
+    PART_ALIASES,
     PARTS,
     PLAIN,
     SWEEP_BATCH_WIDTH,
@@ -105,8 +108,8 @@ def add_arguments(parser):
                         default=tuple(core.STRATEGIES), metavar="STRATEGY",
                         help="strategies (default: all; all_params is always timed: the plain "
                              "step every ratio divides by): " + ", ".join(core.STRATEGIES))
-    parser.add_argument("--parts", nargs="+", choices=PARTS, default=None, metavar="PART",
-                        help="parts to run: " + ", ".join(PARTS)
+    parser.add_argument("--parts", nargs="+", choices=PARTS + tuple(PART_ALIASES), default=None,
+                        metavar="PART", help="parts to run: " + ", ".join(PARTS)
                              + " (default all; quick: table jacobian)")
     parser.add_argument("--study-floor", action="store_true",
                         help="only measure the study floor (same as --parts floor)")
@@ -132,7 +135,7 @@ def _resolve(args):
     """Apply --quick/--study-floor defaults and check option combinations (exit 2 on error)."""
     error = args.bench_parser.error if hasattr(args, "bench_parser") else _exit_usage
     if args.parts is not None:
-        args.parts = tuple(dict.fromkeys(args.parts))
+        args.parts = tuple(dict.fromkeys(PART_ALIASES.get(p, p) for p in args.parts))
     if args.study_floor and args.parts is not None and args.parts != ("floor",):
         error("--study-floor: measures only the floor; allowed: without --parts, or --parts floor")
     if args.study_floor:
@@ -213,7 +216,7 @@ def _write(out, rows, args, env, notes):
     for name, fig in (("bench_ratios.png", figures.plot_bench_ratios(frame)),
                       ("bench_sweep_width.png", figures.plot_bench_sweep(frame, "sweep_width")),
                       ("bench_sweep_batch.png", figures.plot_bench_sweep(frame, "sweep_batch")),
-                      ("bench_reference.png", figures.plot_bench_reference(frame))):
+                      ("bench_beyond_batch.png", figures.plot_bench_beyond_batch(frame))):
         if fig is not None:
             _save(fig, out / "figures" / name)
     meta = {
@@ -269,15 +272,15 @@ def main(args) -> int:
         skipped = [f"{'-'.join(map(str, s))}/{b}" for s, b in args.sizes
                    if jacobian_entries(core.init_params(s), b) > JACOBIAN_MAX_ENTRIES]
         if "jacobian" in args.parts and skipped:
-            notes.append(f"Jacobian reference skipped at {', '.join(skipped)}: more than "
+            notes.append(f"Jacobian baseline skipped at {', '.join(skipped)}: more than "
                          f"{JACOBIAN_MAX_ENTRIES:,} Jacobian entries (784-512-10 at batch 128 "
                          "takes about 27 s per step on one core).")
     if "sweep" in args.parts:
         rows += bench_sweep(args, env, log)
         notes.append(f"Sweeps: {args.sweep_repeats} repeats per point; the Jacobian projection "
                      f"only where it has at most {JACOBIAN_MAX_ENTRIES:,} entries.")
-    if "reference" in args.parts:
-        rows += bench_reference(args, env, log)
+    if "beyond_batch" in args.parts:
+        rows += bench_beyond_batch(args, env, log)
     if "floor" in args.parts:
         rows.append(bench_floor(args, env, log)[0])
     add_ratios(rows)

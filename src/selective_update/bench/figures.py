@@ -66,11 +66,11 @@ def plot_bench_sweep(frame, part):
     return fig
 
 
-def plot_bench_reference(frame):
+def plot_bench_beyond_batch(frame):
     """Step time of the reference-protected strategies against the reference set's size."""
     import matplotlib.pyplot as plt
 
-    part = frame[(frame.part == "reference") & frame.strategy.isin(
+    part = frame[(frame.part == "beyond_batch") & frame.strategy.isin(
         ["null_space", "null_space_corrected"])].copy()
     if not len(part):
         return None
@@ -82,7 +82,7 @@ def plot_bench_reference(frame):
         g = g.sort_values("n")
         ax.plot(g.n, g.median_s * 1e3, marker="o", ls=styles.get(fw, ":"),
                 label=f"{strategy}, {fw}")
-    for fw, g in frame[(frame.part == "reference") & (frame.strategy == "all_params")
+    for fw, g in frame[(frame.part == "beyond_batch") & (frame.strategy == "all_params")
                        & (frame.sizes == part.sizes.iloc[0])].groupby("framework"):
         ax.axhline(g.median_s.iloc[0] * 1e3, color="grey", lw=0.8, ls=styles.get(fw, ":"),
                    label=f"plain step, {fw}")

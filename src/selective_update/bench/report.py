@@ -62,13 +62,13 @@ def floor_summary(frame):
     return Markdown(f"**{row.median_s:.1f} s** wall, threads {row.threads}: {row.note}")
 
 
-def reference_table(frame):
-    """The reference part: step time per strategy and n_ref, per framework, with its goal."""
+def beyond_batch_table(frame):
+    """The beyond_batch part: step time per strategy and n_ref, per framework, with its goal."""
     from IPython.display import Markdown
 
-    part = frame[frame.part == "reference"]
+    part = frame[frame.part == "beyond_batch"]
     if not len(part):
-        return Markdown("Not measured in this bench (`--parts reference`).")
+        return Markdown("Not measured in this bench (`--parts beyond_batch`).")
     shown = part.assign(ms=part.median_s * 1e3)[
         ["framework", "strategy", "sizes", "n_ref", "ms", "ratio_to_plain", "goal", "meets_goal"]]
     return shown.style.hide(axis="index").format({"ms": "{:.3g}", "ratio_to_plain": "{:.2f}"},

@@ -18,7 +18,9 @@ import numpy as np
 from .. import core
 
 FRAMEWORK_ORDER = ("torch", "tf1")
-PARTS = ("table", "jacobian", "sweep", "reference", "floor")
+PARTS = ("table", "jacobian", "sweep", "beyond_batch", "floor")
+# Earlier names of parts, still accepted by --parts.
+PART_ALIASES = {"reference": "beyond_batch"}
 PLAIN = "all_params"
 TABLE_SIZES = (((3, 4, 2), 8), ((64, 128, 10), 64), ((784, 512, 10), 32), ((784, 512, 10), 128))
 SWEEP_IN, SWEEP_OUT = 784, 10
@@ -239,7 +241,7 @@ def add_ratios(rows):
              for r in rows if r["strategy"] == PLAIN}
     for r in rows:
         base = plain.get((r["part"], r["framework"], r["sizes"], r["batch"]))
-        if base and np.isnan(r["ratio_to_plain"]):  # a part may have set its own (reference)
+        if base and np.isnan(r["ratio_to_plain"]):  # a part may have set its own (beyond_batch)
             r["ratio_to_plain"] = r["median_s"] / base
         goal = GOALS.get(r["strategy"])
         if goal and r["part"] == "table" and base:

@@ -122,7 +122,7 @@ def _shutdown_kernel():
     if km is not None:
         try:
             run_sync(km.shutdown_kernel)(now=True)
-        except Exception:  # noqa: BLE001 - it is going away either way
+        except Exception:  # it is going away either way
             pass
 
 
@@ -158,7 +158,7 @@ def _reused_kernel(kernel_name):
             reply = kc.execute_interactive(RESET, silent=True, store_history=False, timeout=60)
             if reply["content"]["status"] == "ok":
                 return km
-        except Exception:  # noqa: BLE001 - a kernel that cannot be reset is replaced
+        except Exception:  # a kernel that cannot be reset is replaced
             pass
         finally:
             kc.stop_channels()
@@ -274,7 +274,7 @@ def _execute(task, staging, output, params, cell_timeout, start, reuse, publishe
             break
         except KeyboardInterrupt:
             raise
-        except Exception as e:  # noqa: BLE001 - a kernel that failed to start, or worse
+        except Exception as e:  # a kernel that failed to start, or worse
             started = output.is_file() and _cells_started(nbformat.read(output, as_version=4))
             status = "failed"
             error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
@@ -292,7 +292,7 @@ def _execute(task, staging, output, params, cell_timeout, start, reuse, publishe
             _publish_paths(output, staging, published)
         try:
             render_html(output, html, title=task.name)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             status, error = "failed", error or f"rendering HTML failed: {type(e).__name__}: {e}"
     return dict(name=task.name, notebook=task.notebook, dataset=task.dataset,
                 strategy=task.strategy, status=status, error=error,

@@ -57,7 +57,7 @@ class KeptOutputs:
         try:
             with torch.no_grad():
                 out = self.outputs(self.flat())
-        except Exception as error:  # noqa: BLE001  (any failure means the shapes do not fit)
+        except Exception as error:  # any failure means the shapes do not fit
             first = str(error).splitlines()[0] if str(error) else type(error).__name__
             fail("inputs", f"a tensor of shape {tuple(inputs.shape)}",
                  f"a batch that model{' (through output_fn)' if output_fn else ''} maps to "
