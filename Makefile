@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml | check-python
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
+# The study and the bench write reports/, then refresh the generated tables of README.md and docs/.
 study: $(STAMP)
 	$(PY) -m selective_update study --out reports
+	$(PY) -m selective_update docs --reports reports
 
 # ruff first (fail fast), then pytest. pytest exits 5 when it collects nothing: that is a failure
 # here, not a pass. test-fast skips the notebook, browser and registry tests.
@@ -36,6 +38,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m selective_update bench --out reports
+	$(PY) -m selective_update docs --reports reports
 
 data: $(STAMP)
 	$(PY) -m selective_update data --out data

@@ -11,6 +11,8 @@ COMMANDS = {
               "run every strategy's notebook with papermill, write reports/"),
     "bench": ("selective_update.bench.cli", "time one step of each strategy in both frameworks"),
     "data": ("selective_update.datasets", "regenerate the CSV files under data/"),
+    "docs": ("selective_update.docs",
+             "refresh the README's and docs/'s generated tables from reports/"),
 }
 
 

@@ -1,4 +1,4 @@
-"""Files the package writes: all-or-nothing (atomic) writes and byte-stable CSV text."""
+"""Files the package writes: all-or-nothing (atomic) writes, byte-stable CSV and Markdown text."""
 from __future__ import annotations
 
 import os
@@ -28,6 +28,13 @@ def atomic_write(path, data):
 def tidy(frame, order):
     """Sort rows deterministically (stable) and renumber the index."""
     return frame.sort_values(order, kind="mergesort").reset_index(drop=True)
+
+
+def markdown_table(head, rows) -> str:
+    """A Markdown table from a header and rows of cell texts."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def csv_text(frame) -> str:

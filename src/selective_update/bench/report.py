@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..files import markdown_table
 from .timing import FRAMEWORK_ORDER, PLAIN, slopes
 
 
@@ -73,3 +74,60 @@ def beyond_batch_table(frame):
         ["framework", "strategy", "sizes", "n_ref", "ms", "ratio_to_plain", "goal", "meets_goal"]]
     return shown.style.hide(axis="index").format({"ms": "{:.3g}", "ratio_to_plain": "{:.2f}"},
                                                  na_rep="")
+
+
+# --- the docs' generated blocks (python -m selective_update docs) ---------------------------
+
+def _machine_line(frame, meta):
+    first = frame.iloc[0] if len(frame) else None
+    setup = "" if first is None else (f"; {first['threads']} thread(s), {first['dtype']}, "
+                                      f"device {first['device']}")
+    load = str(meta.get("load average (1 min)", "?")).split(" while")[0]
+    return (f"Measured by `make bench` on {meta.get('machine', '?')}{setup}; "
+            f"{meta.get('versions', '')}; 1-minute load {load}. Medians of interleaved steps; "
+            "ratios to the plain step (all_params, sgd) of the same framework.")
+
+
+def goal_markdown(frame, meta) -> str:
+    """The table part as Markdown: one row per strategy, its ratio per network and framework."""
+    table = frame[frame.part == "table"]
+    if not len(table):
+        return "No table part in this bench (`--parts table`)."
+    cases = list(dict.fromkeys(zip(table.sizes, table.batch)))
+    columns = [(case, fw) for case in cases for fw in FRAMEWORK_ORDER
+               if ((table.sizes == case[0]) & (table.batch == case[1])
+                   & (table.framework == fw)).any()]
+    head = ["strategy", "goal"] + [f"{s}/{b} {fw}" for (s, b), fw in columns]
+    rows = []
+    for strategy in dict.fromkeys(table.strategy):
+        mine = table[table.strategy == strategy]
+        goal = next((g for g in mine.goal if isinstance(g, str) and g), "")
+        cells = [f"`{strategy}`", goal]
+        for (sizes, batch), fw in columns:
+            hit = mine[(mine.sizes == sizes) & (mine.batch == batch) & (mine.framework == fw)]
+            if not len(hit):
+                cells.append("")
+                continue
+            r = hit.iloc[0]
+            if strategy == PLAIN:
+                cells.append(f"{r.median_s * 1e3:.3g} ms")
+                continue
+            mark = " **missed**" if str(r.meets_goal) == "False" else ""
+            cells.append(f"{r.ratio_to_plain:.2f}x{mark}")
+        rows.append(cells)
+    return _machine_line(frame, meta) + "\n\n" + markdown_table(head, rows)
+
+
+def beyond_batch_markdown(frame, meta) -> str:
+    """The beyond_batch part as Markdown: ms per step and the ratio to the plain step."""
+    part = frame[frame.part == "beyond_batch"]
+    if not len(part):
+        return "No beyond_batch part in this bench (`--parts beyond_batch`)."
+    rows = [[r.framework, f"`{r.strategy}`", r.sizes, r.n_ref, f"{r.median_s * 1e3:.3g}",
+             "" if r.ratio_to_plain != r.ratio_to_plain else f"{r.ratio_to_plain:.2f}",
+             r.goal if isinstance(r.goal, str) else "",
+             {"True": "met", "False": "**missed**"}.get(str(r.meets_goal), "")]
+            for r in part.itertuples()]
+    head = ["framework", "strategy", "network", "protected inputs", "ms per step",
+            "ratio to plain", "goal", ""]
+    return _machine_line(frame, meta) + "\n\n" + markdown_table(head, rows)

@@ -11,6 +11,7 @@ import inspect
 import numpy as np
 
 from .. import core
+from ..files import markdown_table
 
 # --- tables -------------------------------------------------------------------------------------
 
@@ -38,15 +39,23 @@ def promise_table(rows, by=("framework", "optimizer", "weight_decay", "warm_star
 
 
 def promise_markdown(results) -> str:
-    """The measured promise table (strategy x promise) as Markdown, e.g. for the README."""
-    lines = ["| strategy | promise | max batch drift | max held-out drift | min lr ratio | "
-             "held in every run |", "|---|---|---|---|---|---|"]
-    for r in promise_table(results, by=("strategy", "promise")).to_dict("records"):
-        ratio = "" if np.isnan(r["min lr ratio"]) else f"{r['min lr ratio']:.3g}"
-        lines.append(f"| `{r['strategy']}` | {r['promise']} | {r['max batch drift']:.3g} | "
-                     f"{r['max held-out drift']:.3g} | {ratio} | "
-                     f"{'yes' if r['holds'] else '**no**'} |")
-    return "\n".join(lines)
+    """The measured promise table (strategy x promise, drifts per dataset) as Markdown."""
+    datasets = sorted(set(results.dataset)) if "dataset" in results else [None]
+    head = ["strategy", "promise"] + [f"{d or 'all'}: max batch / held-out drift"
+                                      for d in datasets] + ["min lr ratio", "held in every run"]
+    rows = []
+    for (strategy, promised), g in results.groupby(["strategy", "promise"], sort=False):
+        cells = [f"`{strategy}`", promised]
+        for d in datasets:
+            part = g if d is None else g[g.dataset == d]
+            cells.append(f"{part.drift_train.max():.2g} / {part.drift_eval.max():.2g}"
+                         if len(part) else "")
+        ratio = g.drift_ratio.min()
+        cells += ["" if np.isnan(ratio) else f"{ratio:.3g}", "yes" if g.holds.all() else "**no**"]
+        rows.append(cells)
+    order = {name: i for i, name in enumerate(core.STRATEGIES)}
+    rows.sort(key=lambda r: (order.get(r[0].strip("`"), len(order)), r[1]))
+    return markdown_table(head, rows)
 
 
 def final_rows(rows):
@@ -85,8 +94,13 @@ def answer_markdown(rows):
     """Markdown: the study's answer in a few sentences, computed from results.csv's rows."""
     from IPython.display import Markdown
 
+    return Markdown(answer_text(rows))
+
+
+def answer_text(rows) -> str:
+    """The study's answer as Markdown text (the summary page and the README's generated block)."""
     if rows.empty:
-        return Markdown("No results yet: run `python -m selective_update study`.")
+        return "No results yet: run `python -m selective_update study`."
     gain = final_rows(rows).groupby(["strategy", "dataset"]).loss_improvement.median()
     order = [s for s in core.STRATEGIES if s in set(rows.strategy)]
     failed = rows[~rows.holds.astype(bool)]
@@ -102,7 +116,45 @@ def answer_markdown(rows):
     lines += ["", "Every promise held in every run." if failed.empty else
               f"**{failed.groupby(CONFIG).ngroups} configurations broke their promise** "
               "(the tables below mark them FAIL)."]
-    return Markdown("\n".join(lines))
+    return "\n".join(lines)
+
+
+def answer_brief(rows) -> str:
+    """The answer in five lines (the README's generated block), grouped by what was kept where."""
+    if rows.empty:
+        return "No results yet: run `make study`."
+    runs = len(final_rows(rows))
+    order = [s for s in core.STRATEGIES if s in set(rows.strategy)]
+    groups = {"everywhere": [], "fresh": [], "batch": [], "first": [], "none": []}
+    for name in order:
+        part = rows[rows.strategy == name]
+        promises, held_out = set(part.promise), part.drift_eval.max()
+        if held_out == 0:
+            groups["everywhere"].append(f"`{name}`")
+        elif "exact" in promises:
+            moved = part[part.promise != "exact"].drift_eval.max()
+            groups["fresh"].append(f"`{name}` (otherwise held-out drift up to {moved:.2g})")
+        elif promises & {"batch_exact", "reference_exact"}:
+            groups["batch"].append(f"`{name}` (batch drift <= {part.drift_train.max():.2g}, "
+                                   f"held-out up to {held_out:.2g})")
+        elif promises & {"first_order", "reference_first_order"}:
+            groups["first"].append(f"`{name}` (halving lr cuts one step's drift >= "
+                                   f"{part.drift_ratio.min():.3g}x; held-out up to "
+                                   f"{held_out:.2g})")
+        else:
+            groups["none"].append(f"`{name}` {held_out:.2g}")
+    say = {"everywhere": "bitwise fixed on every input, in every run",
+           "fresh": "exact only while no decay or optimizer state moves a zero-gradient weight",
+           "batch": "exact on the protected batch, not beyond it",
+           "first": "fixed to first order on the batch",
+           "none": "no guarantee (largest held-out drift)"}
+    failed = rows[~rows.holds.astype(bool)].groupby(CONFIG).ngroups
+    lines = [f"- **{say[k]}**: {', '.join(v)}." for k, v in groups.items() if v]
+    lines.append(f"- Over {runs:,} runs ({rows.dataset.nunique()} datasets x both frameworks x "
+                 f"{rows.optimizer.nunique()} optimizers x weight decay x warm start x seeds), "
+                 + ("every promise held." if not failed else
+                    f"**{failed} configurations broke their promise**."))
+    return "\n".join(lines)
 
 
 def collapsed(table, summary):
