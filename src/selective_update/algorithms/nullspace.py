@@ -41,13 +41,22 @@ def kept_deltas(ops, Ws, hs, seed):
     return deltas
 
 
-def gram(ops, hs, deltas):
-    """Return J J^T (m, m) of the kept outputs over the batch, m = K * n."""
+def layer_inputs(ops, h):
+    """Return H H^T + 1 (n, n): the Gram of one layer's inputs (the 1 is the bias)."""
+    return ops.matmul(h, ops.transpose(h)) + 1.0
+
+
+def gram(ops, hs, deltas, inputs=None):
+    """Return J J^T (m, m) of the kept outputs over the batch, m = K * n.
+
+    inputs: the layer_inputs of hs when the caller has them (compensated.py shares them).
+    """
     total = None
-    for h, D in zip(hs, deltas):
+    if inputs is None:
+        inputs = [layer_inputs(ops, h) for h in hs]
+    for h_gram, D in zip(inputs, deltas):
         K, n = D.shape[0], D.shape[1]
-        inputs = ops.matmul(h, ops.transpose(h)) + 1.0
-        term = ops.einsum("kbj,lcj->kblc", D, D) * ops.reshape(inputs, (1, n, 1, n))
+        term = ops.einsum("kbj,lcj->kblc", D, D) * ops.reshape(h_gram, (1, n, 1, n))
         total = term if total is None else total + term
     m = K * n
     return ops.reshape(total, (m, m))

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from .. import core, settings
-from ..algorithms import growth, nullspace, protected, strategy_step, subspace
+from ..algorithms import compensated, growth, nullspace, protected, strategy_step, subspace
 from ..core import options
 from . import ops
 from .framework import tf, v1
@@ -156,6 +156,10 @@ class Graph:
         var_list = strategy_step.var_list(s, self, self.train)
         if s.loss == "output_gradient":
             grads = v1.gradients(self.out, var_list, grad_ys=self.G)
+        elif s.loss == "compensated_gradient":  # G of the masked loss, then G' in its place
+            G = v1.gradients(self.losses[s.loss], self.out)[0]
+            G_prime = compensated.compensated_gradient(ops, self.Ws, self.hs, G, self.keep)
+            grads = v1.gradients(self.out, var_list, grad_ys=G_prime)
         else:
             grads = v1.gradients(self.losses[s.loss], var_list)
         decoupled = self.optimizer_name == "adamw"
