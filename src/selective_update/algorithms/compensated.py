@@ -6,30 +6,18 @@ J^T G - J_k^T alpha, whose first-order change of the kept outputs on the batch i
 J_k J^T G - K_kk alpha, with the kept outputs' Gram K_kk = J_k J_k^T (m x m, m = K * n). So
   K_kk alpha = J_k J^T G
 makes it zero, and a plain SGD step with G' is null_space's projected SGD step. Both sides come
-from the layer-wise form, without the gradient or a forward-mode product:
-  K_kk      = sum_l (H H^T + 1) o (D D^T)              (nullspace.gram)
-  J_k J^T G = sum_l rowsum(D o ((H H^T + 1) C))        (C_l: G back-propagated to layer l)
-where H are layer l's inputs and D the kept outputs' deltas there. At the last layer the kept
-deltas are one-hot on the kept columns, so a G that is zero there adds only to K_kk.
+from the layer-wise form (nullspace.gram), without the gradient or a forward-mode product:
+  K_kk      = sum_l (H H^T + 1) o (D D^T)
+  J_k J^T G = sum_l rowsum((H H^T + 1) o (D C^T))
+where H are layer l's inputs, D the kept outputs' deltas there and C the deltas of G (G
+back-propagated to layer l, with D in one pass). At the last layer the kept deltas are one-hot
+on the kept columns, so a G that is zero there adds only to K_kk.
 Cost: the Grams (n^2 times the layer widths), an m x m Cholesky solve, one backward pass of G'.
 """
 from __future__ import annotations
 
 from ..settings import COMPENSATION_REFINEMENTS
 from . import nullspace, solve
-
-
-def gradient_change(ops, inputs, deltas, carried):
-    """Return J_k J^T G (K, n): the kept outputs' change along the gradient of G, layer-wise.
-
-    inputs: nullspace.layer_inputs per layer; deltas: the kept outputs' (K, n, d_l);
-    carried: G back-propagated, (1, n, d_l) per layer (nullspace.kept_deltas with seed G).
-    """
-    total = None
-    for h_gram, D, C in zip(inputs, deltas, carried):
-        term = ops.einsum("kbj,bj->kb", D, ops.matmul(h_gram, C[0]))
-        total = term if total is None else total + term
-    return total
 
 
 def compensate(ops, Ws, hs, G, keep):
@@ -41,15 +29,16 @@ def compensate(ops, Ws, hs, G, keep):
     where the factor fails).
     """
     n, n_out = G.shape[0], G.shape[1]
+    K, m = len(keep), len(keep) * n
     seed = nullspace.kept_seed(ops, keep, n, n_out, G)
-    deltas = nullspace.kept_deltas(ops, Ws, hs, seed)
-    carried = nullspace.kept_deltas(ops, Ws, hs, ops.reshape(G, (1, n, n_out)))
-    inputs = [nullspace.layer_inputs(ops, h) for h in hs]
-    K_kk = nullspace.gram(ops, hs, deltas, inputs)
-    rhs = ops.reshape(gradient_change(ops, inputs, deltas, carried), (len(keep) * n, 1))
-    alpha = solve.psd_solve_refined(ops, solve.psd_factor(ops, K_kk), rhs,
+    # the kept outputs' deltas and G's, back-propagated together: (K + 1, n, d_l) per layer
+    both = nullspace.kept_deltas(ops, Ws, hs, ops.concat([seed, ops.reshape(G, (1, n, n_out))],
+                                                         0))
+    grams = nullspace.gram(ops, hs, [D[:K] for D in both], against=both)  # [K_kk | K_kG]
+    rhs = ops.reshape(ops.reduce_sum(grams[:, m:], 1), (m, 1))  # J_k J^T G
+    alpha = solve.psd_solve_refined(ops, solve.psd_factor(ops, grams[:, :m]), rhs,
                                     COMPENSATION_REFINEMENTS)
-    alpha = ops.reshape(alpha, (len(keep), n))
+    alpha = ops.reshape(alpha, (K, n))
     return G - ops.einsum("kb,kbj->bj", alpha, seed), alpha
 
 

@@ -41,25 +41,20 @@ def kept_deltas(ops, Ws, hs, seed):
     return deltas
 
 
-def layer_inputs(ops, h):
-    """Return H H^T + 1 (n, n): the Gram of one layer's inputs (the 1 is the bias)."""
-    return ops.matmul(h, ops.transpose(h)) + 1.0
-
-
-def gram(ops, hs, deltas, inputs=None):
+def gram(ops, hs, deltas, against=None):
     """Return J J^T (m, m) of the kept outputs over the batch, m = K * n.
 
-    inputs: the layer_inputs of hs when the caller has them (compensated.py shares them).
+    against: other deltas (K', n, d_l) per layer, back-propagated over the same inputs; then
+    J J_against^T (m, K' * n) is returned (compensated.py: the kept outputs against themselves
+    and against the gradient's G, in one product per layer).
     """
     total = None
-    if inputs is None:
-        inputs = [layer_inputs(ops, h) for h in hs]
-    for h_gram, D in zip(inputs, deltas):
-        K, n = D.shape[0], D.shape[1]
-        term = ops.einsum("kbj,lcj->kblc", D, D) * ops.reshape(h_gram, (1, n, 1, n))
+    for h, D, A in zip(hs, deltas, deltas if against is None else against):
+        K, n, K_against = D.shape[0], D.shape[1], A.shape[0]
+        inputs = ops.matmul(h, ops.transpose(h)) + 1.0
+        term = ops.einsum("kbj,lcj->kblc", D, A) * ops.reshape(inputs, (1, n, 1, n))
         total = term if total is None else total + term
-    m = K * n
-    return ops.reshape(total, (m, m))
+    return ops.reshape(total, (K * n, K_against * n))
 
 
 def jvp(ops, hs, deltas, dWs, dbs):

@@ -11,8 +11,9 @@ Parts (`--parts`, default all of them):
             pinv) in place of the layer-wise Gram form, where the Jacobian stays small;
   sweep     width (784-W-10, batch 64) and batch (784-512-10) sweeps of null_space vs plain, and
             of the projection alone (Gram vs Jacobian), log-log figures and measured slopes;
-  reference issue 9's strategies on the digits net (timing_reference.py): null_space and
-            null_space_corrected against 0..1,080 kept digits, layer_subspace, grow;
+  reference issue 9's strategies on the digits net (beyond_batch.py): null_space and
+            null_space_corrected against 0..1,080 kept digits, layer_subspace, grow; and
+            compensated_gradient on the batch (issue 16);
   floor     the study's default grid computed in one fresh plain Python process (floor.py).
 
 Writes reports/bench.csv, bench_meta.json, figures/bench_*.png, and bench.html: notebooks/
