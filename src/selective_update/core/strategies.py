@@ -134,7 +134,8 @@ def promise(strategy, optimizer, *, weight_decay=0.0, warm_start_steps=0, refere
     """Say what a strategy guarantees for the kept outputs under this optimizer set-up.
 
     reference: None, or the reference inputs (any array, or True): the protected inputs of
-    null_space, null_space_corrected, layer_subspace and distill become the reference inputs.
+    null_space, null_space_corrected, compensated_gradient, layer_subspace and distill become the
+    reference inputs.
 
     | strategy                         | promise (where it holds)                            |
     |----------------------------------|-----------------------------------------------------|
@@ -143,7 +144,7 @@ def promise(strategy, optimizer, *, weight_decay=0.0, warm_start_steps=0, refere
     | null_space                       | first_order on the batch; reference_first_order     |
     | compensated_gradient             | first_order with sgd, or momentum from fresh state, |
     |                                  | and no decay (the step is a sum of compensated      |
-    |                                  | gradients); else none                               |
+    |                                  | gradients); reference_first_order; else none        |
     | null_space_corrected             | batch_exact; reference_exact with a reference       |
     | layer_subspace, energy=1.0       | batch_exact; reference_exact with a reference       |
     | layer_subspace, energy<1; distill; all_params, last_layer, output_gradient, masked_loss |
@@ -166,7 +167,9 @@ def promise(strategy, optimizer, *, weight_decay=0.0, warm_start_steps=0, refere
         # is second order. Decay adds lr * wd * theta and Adam rescales each coordinate: none.
         sums_gradients = optimizer == "sgd" or (optimizer == "momentum"
                                                 and warm_start_steps == 0)
-        return "first_order" if weight_decay == 0 and sums_gradients else "none"
+        if weight_decay == 0 and sums_gradients:
+            return "reference_first_order" if on_reference else "first_order"
+        return "none"
     if strategy == "null_space_corrected" or (strategy == "layer_subspace"
                                               and options["energy"] == 1.0):
         return "reference_exact" if on_reference else "batch_exact"

@@ -135,13 +135,8 @@ class Trainer:
         hs, out = self.net.forward(self.x)
         if s.loss == "output_gradient":
             grads = torch.autograd.grad(out, variables, grad_outputs=self.G)
-        elif s.loss == "compensated_gradient":  # G of the masked loss, then G' in its place
-            loss = strategy_step.loss(ops, s, out, self.y, self.mask)
-            G, = torch.autograd.grad(loss, out, retain_graph=True)
-            with torch.no_grad():
-                G_prime = compensated.compensated_gradient(ops, self.net.Ws, hs, G,
-                                                           self.config.keep)
-            grads = torch.autograd.grad(out, variables, grad_outputs=G_prime)
+        elif s.loss == "compensated_gradient":
+            grads = self._compensated(s, hs, out, variables)
         else:
             penalty = None
             if s.loss == "distill":
@@ -151,6 +146,19 @@ class Trainer:
             loss = strategy_step.loss(ops, s, out, self.y, self.mask, penalty)
             grads = torch.autograd.grad(loss, variables)
         return grads, [h.detach() for h in hs], out.detach()
+
+    def _compensated(self, s, hs, out, variables):
+        """Back-propagate G' in place of the masked loss's G (reference: with the reference
+        inputs' outputs, which get -alpha on the kept outputs)."""
+        loss = strategy_step.loss(ops, s, out, self.y, self.mask)
+        G, = torch.autograd.grad(loss, out, retain_graph=True)
+        hs_ref, out_ref = (None, None) if self.x_ref is None else self.net.forward(self.x_ref)
+        with torch.no_grad():
+            G_prime = compensated.compensated_gradient(ops, self.net.Ws, hs, G, self.config.keep,
+                                                       hs_ref)
+        if out_ref is None:
+            return torch.autograd.grad(out, variables, grad_outputs=G_prime)
+        return torch.autograd.grad((out, out_ref), variables, grad_outputs=(G, G_prime))
 
     def start(self, strategy):
         """Take what a strategy keeps from its start: layer bases, or kept outputs to distill."""
