@@ -56,6 +56,8 @@ def test_promise_table():
     assert su.promise("null_space", "adam", reference=x_ref) == "reference_first_order"
     assert su.promise("null_space_corrected", "sgd", reference=True) == "reference_exact"
     assert su.promise("null_space_corrected", "sgd", reference=None) == "batch_exact"
+    assert su.promise("compensated_gradient", "sgd", reference=x_ref) == "reference_first_order"
+    assert su.promise("compensated_gradient", "adam", reference=x_ref) == "none"
     assert su.promise("masked_loss", "sgd", reference=x_ref) == "none"
     assert su.promise("split_head", "sgd", reference=x_ref) == "exact"
     assert su.promise("layer_subspace", "adam", energy=1.0) == "batch_exact"
