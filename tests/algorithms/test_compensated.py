@@ -263,3 +263,13 @@ def test_more_constraints_than_parameters_warn_and_still_run(framework):
     with warnings.catch_warnings():
         warnings.simplefilter("error", su.TrivialNullSpaceWarning)
         su.run(STRATEGY, framework, params=PARAMS, data=DATA, steps=1)  # 8 < 26: no warning
+
+
+@pytest.mark.parametrize("framework", su.FRAMEWORKS)
+def test_same_call_twice_gives_identical_arrays(framework):
+    runs = [su.run(STRATEGY, framework, **SETUPS["deep"], optimizer="adam", steps=3,
+                   warm_start_steps=2, weight_decay=0.01) for _ in range(2)]
+    for field in ("outputs", "eval_outputs", "loss", "train_loss"):
+        assert np.array_equal(getattr(runs[0], field), getattr(runs[1], field))
+    for name in runs[0].params:
+        assert np.array_equal(runs[0].params[name], runs[1].params[name])
