@@ -60,7 +60,8 @@ def run(strategy, framework, *, params, data, keep=(0,), train=(1,), optimizer="
 
     reference: None or inputs (n_ref, n_in) on which the kept outputs are protected. It replaces
     the batch as the protected inputs of null_space, null_space_corrected (the batch is not
-    included: stack it into reference to protect both), layer_subspace and distill; every
+    included: stack it into reference to protect both), compensated_gradient, layer_subspace
+    and distill; every
     strategy records RunResult.reference_outputs on it. Strategy options (None: the default;
     a value with another strategy is a ValueError): energy (layer_subspace, 0.99), grow (grow,
     8 units per hidden layer), distill_weight (distill, 1.0).

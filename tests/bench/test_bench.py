@@ -91,7 +91,7 @@ def test_cuda_without_a_gpu_exits_2(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_reference_part_writes_issue_9_rows(tmp_path):
+def test_beyond_batch_part_writes_its_rows_under_its_old_name_too(tmp_path):
     out = tmp_path / "reports"
     proc = subprocess.run([sys.executable, "-m", "selective_update", "bench", "--parts",
                            "reference", "--repeats", "1", "--frameworks", "torch", "--out",
@@ -103,10 +103,33 @@ def test_reference_part_writes_issue_9_rows(tmp_path):
     for n_ref in ("batch", "64", "256"):
         assert ("null_space_corrected", n_ref) in seen and ("null_space", n_ref) in seen
     assert any(s == "null_space_corrected" and int(n) > 1000 for s, n in seen if n.isdigit())
+    for n_ref in ("batch", "64", "256"):  # issue 16, next to null_space
+        assert ("compensated_gradient", n_ref) in seen
     goals = {r["strategy"]: r["goal"] for r in rows if r["goal"]}
-    assert set(goals) == {"layer_subspace", "grow", "null_space_corrected"}
+    assert set(goals) == {"layer_subspace", "grow", "null_space_corrected",
+                          "compensated_gradient"}
+    assert goals["compensated_gradient"] == "<= 10x"
     assert all(math.isfinite(float(r["median_s"])) and float(r["median_s"]) > 0 for r in rows)
     assert "Beyond the batch" in (out / "bench.html").read_text()
+
+
+def test_compensated_goals_hold_at_the_issue_size_and_threads_only():
+    from selective_update.bench import timing
+
+    def row(strategy, sizes="784-512-10", batch=128, threads=1, median=1.3):
+        return dict(part="table", framework="torch", strategy=strategy, sizes=sizes, batch=batch,
+                    threads=threads, median_s=median, ratio_to_plain=float("nan"), goal="",
+                    meets_goal="")
+
+    rows = timing.add_ratios([row("all_params", median=1.0), row("compensated_gradient"),
+                              row("all_params", threads=2, median=1.0),
+                              row("compensated_gradient", threads=2, median=1.35),
+                              row("all_params", batch=32, median=1.0),
+                              row("compensated_gradient", batch=32, median=5.0)])
+    judged = {(r["threads"], r["batch"]): (r["goal"], r["meets_goal"]) for r in rows
+              if r["strategy"] == "compensated_gradient"}
+    assert judged == {(1, 128): ("<= 1.4x", True), (2, 128): ("<= 1.3x", False),
+                      (1, 32): ("", "")}
 
 
 def test_a_failed_page_leaves_the_previous_bench_files(tmp_path, monkeypatch):

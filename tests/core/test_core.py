@@ -42,6 +42,12 @@ def test_promise_table():
     assert su.promise("masked_last_layer", "momentum", weight_decay=0.01) == "none"
     assert su.promise("null_space", "adam", weight_decay=0.01) == "first_order"
     assert su.promise("null_space_corrected", "momentum") == "batch_exact"
+    assert su.promise("compensated_gradient", "sgd", warm_start_steps=2) == "first_order"
+    assert su.promise("compensated_gradient", "momentum") == "first_order"  # fresh state
+    assert su.promise("compensated_gradient", "momentum", warm_start_steps=2) == "none"
+    assert su.promise("compensated_gradient", "sgd", weight_decay=0.01) == "none"
+    for optimizer in ("adam", "adamw"):
+        assert su.promise("compensated_gradient", optimizer) == "none"
     for name in ("all_params", "last_layer", "output_gradient", "masked_loss"):
         assert su.promise(name, "sgd") == "none"
     assert set(su.PROMISES) == {"exact", "batch_exact", "first_order", "none", "reference_exact",
@@ -50,6 +56,8 @@ def test_promise_table():
     assert su.promise("null_space", "adam", reference=x_ref) == "reference_first_order"
     assert su.promise("null_space_corrected", "sgd", reference=True) == "reference_exact"
     assert su.promise("null_space_corrected", "sgd", reference=None) == "batch_exact"
+    assert su.promise("compensated_gradient", "sgd", reference=x_ref) == "reference_first_order"
+    assert su.promise("compensated_gradient", "adam", reference=x_ref) == "none"
     assert su.promise("masked_loss", "sgd", reference=x_ref) == "none"
     assert su.promise("split_head", "sgd", reference=x_ref) == "exact"
     assert su.promise("layer_subspace", "adam", energy=1.0) == "batch_exact"
@@ -63,7 +71,8 @@ def test_promise_table():
 def test_registry_names_and_descriptions():
     assert list(su.STRATEGIES) == ["all_params", "last_layer", "output_gradient", "masked_loss",
                                    "masked_last_layer", "split_head", "null_space",
-                                   "null_space_corrected", "layer_subspace", "grow", "distill"]
+                                   "compensated_gradient", "null_space_corrected",
+                                   "layer_subspace", "grow", "distill"]
     for name, s in su.STRATEGIES.items():
         assert s.name == name and len(s.summary) > 20 and s.source
     assert su.OPTIMIZERS == ("sgd", "momentum", "adam", "adamw")

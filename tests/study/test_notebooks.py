@@ -119,10 +119,13 @@ def test_seed_answer_notebook_shows_both_frameworks_side_by_side(tmp_path):
     nb = _execute("00_seed_answer.ipynb", tmp_path / "seed.ipynb")
     assert not _errors(nb)
     text = json.dumps(nb)
-    for phase in ("train_op2", "train_op12", "train_op_all"):
+    for phase in ("train_op2", "train_op12", "train_op_all", "train_op_compensated"):
         assert phase in text
     assert "GradientDescentOptimizer" in text  # the answer's code is shown
     assert "kept exactly" in text  # train_op2 keeps output 1 bitwise, measured
+    assert "grad_ys=G_prime" in text  # the direct answer's code is shown too
+    # G' = [-alpha, -1]: alpha per sample in both frameworks, and output 2 rose on every sample
+    assert "alpha, output 1" in text and "rose by" in text and "fell on" not in text
 
 
 @pytest.mark.slow

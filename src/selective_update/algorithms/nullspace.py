@@ -41,16 +41,21 @@ def kept_deltas(ops, Ws, hs, seed):
     return deltas
 
 
-def gram(ops, hs, deltas):
-    """Return J J^T (m, m) of the kept outputs over the batch, m = K * n."""
+def gram(ops, hs, deltas, against=None, hs_against=None):
+    """Return J J^T (m, m) of the kept outputs over the batch, m = K * n.
+
+    against: other deltas (K', n', d_l) per layer, back-propagated over the inputs whose layer
+    inputs are hs_against (default: hs); then J J_against^T (m, K' * n') is returned
+    (compensated.py: the kept outputs against themselves and against the gradient's G).
+    """
     total = None
-    for h, D in zip(hs, deltas):
-        K, n = D.shape[0], D.shape[1]
-        inputs = ops.matmul(h, ops.transpose(h)) + 1.0
-        term = ops.einsum("kbj,lcj->kblc", D, D) * ops.reshape(inputs, (1, n, 1, n))
+    for h, D, h_against, A in zip(hs, deltas, hs if hs_against is None else hs_against,
+                                  deltas if against is None else against):
+        K, n, K_against, n_against = D.shape[0], D.shape[1], A.shape[0], A.shape[1]
+        inputs = ops.matmul(h, ops.transpose(h_against)) + 1.0
+        term = ops.einsum("kbj,lcj->kblc", D, A) * ops.reshape(inputs, (1, n, 1, n_against))
         total = term if total is None else total + term
-    m = K * n
-    return ops.reshape(total, (m, m))
+    return ops.reshape(total, (K * n, K_against * n_against))
 
 
 def jvp(ops, hs, deltas, dWs, dbs):

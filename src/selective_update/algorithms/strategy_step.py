@@ -32,6 +32,8 @@ def loss(ops, strategy, out, y, mask, penalty=None):
     """Return the strategy's scalar loss at outputs `out` (output_gradient has none: None).
 
     mask: the 0/1 row of the trained outputs; penalty: distill's term (distill_penalty).
+    compensated_gradient's is the masked loss: its gradient with respect to `out` is the G that
+    algorithms.compensated turns into G'.
     """
     if strategy.loss == "output_gradient":
         return None

@@ -13,7 +13,8 @@ Parts (`--parts`, default all of them):
             of the projection alone (Gram vs Jacobian), log-log figures and measured slopes;
   beyond_batch  protecting inputs beyond the batch, on the digits net (beyond_batch.py):
             null_space and null_space_corrected against 0..1,080 kept digits, layer_subspace,
-            grow (`reference`, its earlier name, is still accepted);
+            grow, and compensated_gradient on the batch (issue 16) (`reference`, the part's
+            earlier name, is still accepted);
   floor     the study's default grid computed in one fresh plain Python process
             (study_floor.py).
 

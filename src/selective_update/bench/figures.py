@@ -27,11 +27,11 @@ def plot_bench_ratios(frame):
             ax.xaxis.set_minor_formatter(ticker.NullFormatter())
             ax.tick_params(axis="x", labelrotation=45)
             ax.axvline(1.0, color="black", lw=0.8)
-            for goal, style in ((1.05, ":"), (2.5, "--"), (5.0, "-.")):
+            for goal, style in ((1.05, ":"), (1.4, (0, (1, 3))), (2.5, "--"), (5.0, "-.")):
                 ax.axvline(goal, color="grey", lw=0.8, ls=style)
         g.set_axis_labels("ratio to the plain step (log)", "")
         g.figure.suptitle("Step cost relative to the plain step (all_params, sgd); black: 1, "
-                          "grey: goals 1.05, 2.5, 5", y=1.03)
+                          "grey: goals 1.05, 1.4, 2.5, 5", y=1.03)
         return g.figure
     return None
 
@@ -71,7 +71,7 @@ def plot_bench_beyond_batch(frame):
     import matplotlib.pyplot as plt
 
     part = frame[(frame.part == "beyond_batch") & frame.strategy.isin(
-        ["null_space", "null_space_corrected"])].copy()
+        ["null_space", "null_space_corrected", "compensated_gradient"])].copy()
     if not len(part):
         return None
     batch = part.batch.iloc[0]

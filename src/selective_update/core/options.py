@@ -16,7 +16,8 @@ OPTION_DEFAULTS = MappingProxyType({"energy": DEFAULT_ENERGY, "grow": DEFAULT_GR
                                     "distill_weight": DEFAULT_DISTILL_WEIGHT})
 # Strategies whose protection moves to the reference inputs when run() gets reference= (every
 # strategy records the reference outputs).
-REFERENCE_USERS = ("null_space", "null_space_corrected", "layer_subspace", "distill")
+REFERENCE_USERS = ("null_space", "null_space_corrected", "compensated_gradient", "layer_subspace",
+                   "distill")
 
 
 def check_options(strategy, **options) -> dict:

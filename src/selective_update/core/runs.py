@@ -237,7 +237,8 @@ def check_run(strategy, framework, *, warn=True, **arguments) -> RunConfig:
         dtype=a["dtype"], device=a["device"],
         warm_start_lr=lr if a["warm_start_lr"] is None else float(a["warm_start_lr"]),
         reference=reference, **options)
-    if warn and STRATEGIES[strategy].projected:
+    if warn and (STRATEGIES[strategy].projected
+                 or STRATEGIES[strategy].loss == "compensated_gradient"):
         warn_if_trivial_null_space(params, len(config.protected_inputs), len(keep))
     return config
 

@@ -18,7 +18,7 @@ DEVICES = ("cpu", "cuda")
 
 
 TRAINS = ("all", "last_layer", "train_heads", "grown")
-LOSSES = ("full", "masked", "output_gradient", "distill")
+LOSSES = ("full", "masked", "output_gradient", "distill", "compensated_gradient")
 AFTER = ("none", "project", "project_corrected", "subspace")
 
 
@@ -33,7 +33,9 @@ class Strategy:
         grown (the new units and the trained heads of a grown network)
       loss: what is differentiated
         full | masked (mask * (out - y)) | output_gradient (back-propagate G) |
-        distill (masked + distill_weight * change of the kept outputs on the protected inputs)
+        distill (masked + distill_weight * change of the kept outputs on the protected inputs) |
+        compensated_gradient (back-propagate G' = G - alpha on the kept outputs, G the masked
+        loss's gradient with respect to the outputs: algorithms.compensated)
       after: what happens to the step the optimizer took
         none | project (onto the kept outputs' null space) | project_corrected (then
         Gauss-Newton back to the kept outputs before the step) | subspace (off each layer's
@@ -97,6 +99,14 @@ STRATEGIES = MappingProxyType({s.name: s for s in (
              "Masked loss, every parameter; the optimizer's proposed step is projected onto the "
              "null space of the kept outputs' Jacobian over the batch (layer-wise Gram form).",
              "beyond the answer (OGD/GPM family)", trains="all", loss="masked", after="project"),
+    Strategy("compensated_gradient",
+             "Back-propagate G' = [-alpha, G_2] instead of G = [0, G_2] (G: the masked loss's "
+             "gradient with respect to the outputs): alpha, one number per sample and kept "
+             "output, makes the kept outputs' first-order change on the batch zero (K_kk alpha = "
+             "K_kt G_2, layer-wise Gram form). tf.gradients(out, vars, grad_ys=G') / "
+             "torch.autograd.grad(out, params, grad_outputs=G'): one backward pass.",
+             "the question in its own terms: change G", trains="all",
+             loss="compensated_gradient"),
     Strategy("null_space_corrected",
              "null_space, then Gauss-Newton steps (minimum-norm, layer-wise Gram form) until the "
              "kept outputs on the batch are back to their values before the step.",
@@ -124,13 +134,17 @@ def promise(strategy, optimizer, *, weight_decay=0.0, warm_start_steps=0, refere
     """Say what a strategy guarantees for the kept outputs under this optimizer set-up.
 
     reference: None, or the reference inputs (any array, or True): the protected inputs of
-    null_space, null_space_corrected, layer_subspace and distill become the reference inputs.
+    null_space, null_space_corrected, compensated_gradient, layer_subspace and distill become the
+    reference inputs.
 
     | strategy                         | promise (where it holds)                            |
     |----------------------------------|-----------------------------------------------------|
     | split_head, grow                 | exact: every input, any optimizer, decay, warm start |
     | masked_last_layer                | exact with sgd, or fresh state and no decay; else none |
     | null_space                       | first_order on the batch; reference_first_order     |
+    | compensated_gradient             | first_order with sgd, or momentum from fresh state, |
+    |                                  | and no decay (the step is a sum of compensated      |
+    |                                  | gradients); reference_first_order; else none        |
     | null_space_corrected             | batch_exact; reference_exact with a reference       |
     | layer_subspace, energy=1.0       | batch_exact; reference_exact with a reference       |
     | layer_subspace, energy<1; distill; all_params, last_layer, output_gradient, masked_loss |
@@ -147,6 +161,15 @@ def promise(strategy, optimizer, *, weight_decay=0.0, warm_start_steps=0, refere
         return "exact"
     if strategy == "null_space":
         return "reference_first_order" if on_reference else "first_order"
+    if strategy == "compensated_gradient":
+        # Only sgd's step, or fresh momentum's (a sum of earlier compensated gradients), is made of
+        # compensated gradients: each has no first-order effect where it was taken, so the leak
+        # is second order. Decay adds lr * wd * theta and Adam rescales each coordinate: none.
+        sums_gradients = optimizer == "sgd" or (optimizer == "momentum"
+                                                and warm_start_steps == 0)
+        if weight_decay == 0 and sums_gradients:
+            return "reference_first_order" if on_reference else "first_order"
+        return "none"
     if strategy == "null_space_corrected" or (strategy == "layer_subspace"
                                               and options["energy"] == 1.0):
         return "reference_exact" if on_reference else "batch_exact"

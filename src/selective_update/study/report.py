@@ -238,7 +238,45 @@ def seed_verdict(tf1_demo, torch_demo, keep=(0,), train=(1,)):
             change = float(demo.rows(keep, train)[i]["out1_change"])
             kept = "**kept exactly** (0.0)" if change == 0 else f"moved {change:.3g}"
             cells.append(f"{fw}: {kept}")
-        lines.append(f"- `{phase}`: kept output " + "; ".join(cells))
+        order = " (G' cancels the first order)" if phase == core.COMPENSATED_PHASE else ""
+        lines.append(f"- `{phase}`: kept output " + "; ".join(cells) + order)
+    return Markdown("\n".join(lines))
+
+
+def seed_compensation(tf1_demo, torch_demo, keep=(0,), train=(1,)):
+    """Per sample, TF1 next to PyTorch: alpha (G = [0, -1] becomes G' = [-alpha, -1]) and the
+    change of each output over the compensated phase (kept: second order; trained: its rise)."""
+    import pandas as pd
+
+    columns = {}
+    for fw, demo in (("tf1", tf1_demo), ("torch", torch_demo)):
+        change = demo.change(core.COMPENSATED_PHASE)
+        for k, j in enumerate(keep):
+            columns[(f"alpha, output {j + 1}", fw)] = demo.alpha[k]
+            columns[(f"output {j + 1} change (kept)", fw)] = change[:, j]
+        for j in train:
+            columns[(f"output {j + 1} change (trained)", fw)] = change[:, j]
+    table = pd.DataFrame(columns).sort_index(axis=1, level=0, sort_remaining=False)
+    table.index.name = "sample"
+    return table
+
+
+def seed_orders(tf1_demo, torch_demo, keep=(0,), train=(1,)):
+    """Markdown: output 1's change under G' (second order) next to train_op_all's (first order),
+    and output 2's rise, in each framework."""
+    from IPython.display import Markdown
+
+    lines = []
+    for fw, demo in (("tf1", tf1_demo), ("torch", torch_demo)):
+        rows = {row["phase"]: row for row in demo.rows(keep, train)}
+        full = rows["train_op_all"]["out1_change"]
+        compensated = rows[core.COMPENSATED_PHASE]["out1_change"]
+        rise = demo.change(core.COMPENSATED_PHASE)[:, list(train)]
+        risen = (f"rose by {rise.min():.3g} to {rise.max():.3g} on every sample"
+                 if rise.min() > 0 else f"fell on some sample (least change {rise.min():.3g})")
+        lines.append(f"- {fw}: the kept output moved {compensated:.3g} under G' against "
+                     f"{full:.3g} under `train_op_all` ({full / compensated:.3g}x less); the "
+                     f"trained output {risen}")
     return Markdown("\n".join(lines))
 
 

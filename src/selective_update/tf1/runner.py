@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from .. import core, settings
-from ..algorithms import growth, nullspace, protected, strategy_step, subspace
+from ..algorithms import compensated, growth, nullspace, protected, strategy_step, subspace
 from ..core import options
 from . import ops
 from .framework import tf, v1
@@ -57,6 +57,10 @@ class Graph:
             self.hs = hs  # the loss's forward pass: projected steps reuse it (same values)
             self.hidden = hs[1]
             self.hs_any, self.out_any = nullspace.forward(ops, layers_W, layers_b, self.x_any)
+            self.hs_ref = self.out_ref = None  # compensated_gradient's reference forward pass
+            if n_ref is not None and any(s.loss == "compensated_gradient" for s in described):
+                self.hs_ref, self.out_ref = nullspace.forward(ops, layers_W, layers_b,
+                                                              self.x_ref)
             self.mask = tf.constant(core.output_mask(sizes[-1], train), dt)
             self.after = strategy_step.AfterStep(
                 keep=keep, tol=settings.RESTORE_TOL[dtype],
@@ -156,6 +160,14 @@ class Graph:
         var_list = strategy_step.var_list(s, self, self.train)
         if s.loss == "output_gradient":
             grads = v1.gradients(self.out, var_list, grad_ys=self.G)
+        elif s.loss == "compensated_gradient":  # G of the masked loss, then G' in its place
+            G = v1.gradients(self.losses[s.loss], self.out)[0]
+            G_prime = compensated.compensated_gradient(ops, self.Ws, self.hs, G, self.keep,
+                                                       self.hs_ref)
+            if self.x_ref is None:
+                grads = v1.gradients(self.out, var_list, grad_ys=G_prime)
+            else:  # the reference inputs join the backward pass with -alpha on kept outputs
+                grads = v1.gradients([self.out, self.out_ref], var_list, grad_ys=[G, G_prime])
         else:
             grads = v1.gradients(self.losses[s.loss], var_list)
         decoupled = self.optimizer_name == "adamw"

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .. import core, settings
-from ..algorithms import growth, nullspace, protected, strategy_step, subspace
+from ..algorithms import compensated, growth, nullspace, protected, strategy_step, subspace
 from ..core import options
 from . import ops
 
@@ -135,6 +135,8 @@ class Trainer:
         hs, out = self.net.forward(self.x)
         if s.loss == "output_gradient":
             grads = torch.autograd.grad(out, variables, grad_outputs=self.G)
+        elif s.loss == "compensated_gradient":
+            grads = self._compensated(s, hs, out, variables)
         else:
             penalty = None
             if s.loss == "distill":
@@ -144,6 +146,19 @@ class Trainer:
             loss = strategy_step.loss(ops, s, out, self.y, self.mask, penalty)
             grads = torch.autograd.grad(loss, variables)
         return grads, [h.detach() for h in hs], out.detach()
+
+    def _compensated(self, s, hs, out, variables):
+        """Back-propagate G' in place of the masked loss's G (reference: with the reference
+        inputs' outputs, which get -alpha on the kept outputs)."""
+        loss = strategy_step.loss(ops, s, out, self.y, self.mask)
+        G, = torch.autograd.grad(loss, out, retain_graph=True)
+        hs_ref, out_ref = (None, None) if self.x_ref is None else self.net.forward(self.x_ref)
+        with torch.no_grad():
+            G_prime = compensated.compensated_gradient(ops, self.net.Ws, hs, G, self.config.keep,
+                                                       hs_ref)
+        if out_ref is None:
+            return torch.autograd.grad(out, variables, grad_outputs=G_prime)
+        return torch.autograd.grad((out, out_ref), variables, grad_outputs=(G, G_prime))
 
     def start(self, strategy):
         """Take what a strategy keeps from its start: layer bases, or kept outputs to distill."""
@@ -275,7 +290,9 @@ def train(config) -> core.RunResult:
 
 
 def seed_demo(params, data, *, lr=0.1, steps=1, keep=(0,), train=(1,)) -> core.SeedDemo:
-    """Replay the seed's demo: train_op2, train_op12, train_op_all, one SGD optimizer."""
+    """Replay the seed's demo: train_op2, train_op12, train_op_all, one SGD optimizer; then
+    train_op_compensated: G = [0, -1] per sample becomes G' = [-alpha, -1] and
+    torch.autograd.grad(out, params, grad_outputs=G') is applied."""
     config = core.check_run("all_params", NAME, params=params, data=data, keep=keep,
                             train=train, optimizer="sgd", lr=lr, steps=steps)
     configure()
@@ -285,4 +302,20 @@ def seed_demo(params, data, *, lr=0.1, steps=1, keep=(0,), train=(1,)) -> core.S
         for _ in range(config.steps):
             trainer.step(strategy)
         record.append((trainer.hidden(), trainer.outputs(trainer.x)))
-    return core.make_seed_demo(config, record)
+    G = torch.as_tensor(core.question_gradient(*data.y.shape, config.train),
+                        dtype=trainer.x.dtype)
+    compensation = [_compensated_step(trainer, G) for _ in range(config.steps)][0]
+    record.append((trainer.hidden(), trainer.outputs(trainer.x)))
+    return core.make_seed_demo(config, record, *compensation)
+
+
+def _compensated_step(trainer, G):
+    """Take one optimizer step of every variable along G' (compensated G); return (alpha, G')."""
+    hs, out = trainer.net.forward(trainer.x)
+    with torch.no_grad():
+        G_prime, alpha = compensated.compensate(ops, trainer.net.Ws, hs, G, trainer.config.keep)
+    grads = torch.autograd.grad(out, trainer.net.variables, grad_outputs=G_prime)
+    for p, g in zip(trainer.net.variables, grads):
+        p.grad = g
+    trainer.opt.step()
+    return alpha.numpy(), G_prime.numpy()
