@@ -1,5 +1,7 @@
 """The Keras helper on a functional CNN written here, not the study's MLP."""
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -133,6 +135,37 @@ def test_bad_input_is_refused_and_leaves_the_model():
 
 
 def test_keras_3_works_after_the_tf1_module_imported_tensorflow():
-    # This module imported selective_update.tf1 (TF_USE_LEGACY_KERAS=1, TensorFlow) first.
-    assert os.environ["TF_USE_LEGACY_KERAS"] == "1"
+    # This module imported selective_update.tf1 (TensorFlow) first.
     assert keras.__version__.startswith("3.") and keras.backend.backend() == "tensorflow"
+
+
+TF_KERAS = ("import os, logging\n"
+            "env = {k: os.environ.get(k) for k in ('TF_USE_LEGACY_KERAS', "
+            "'TF_CPP_MIN_LOG_LEVEL', 'KERAS_BACKEND')}\n"
+            "{imports}\n"
+            "import tensorflow as tf\n"
+            "layer = tf.keras.layers.Dense(3)\n"
+            "assert layer(tf.ones((2, 4))).shape == (2, 3)\n"
+            "from tensorflow import keras as tk\n"
+            "assert tk.layers.Dense(2) is not None\n"
+            "assert {k: os.environ.get(k) for k in env} == {**env, 'KERAS_BACKEND': "
+            "env['KERAS_BACKEND'] or os.environ.get('KERAS_BACKEND')}, os.environ\n"
+            "print('tf.keras ok', logging.getLogger('tensorflow').level)\n")
+
+
+@pytest.mark.parametrize("imports, log_level", [
+    ("import tensorflow as tf; import selective_update.keras", None),  # the issue's lines
+    ("import selective_update.tf1, selective_update.keras, selective_update.torch", "0"),
+])
+def test_importing_the_package_leaves_tf_keras_and_the_environment(imports, log_level):
+    """Fresh process: tf.keras works after the import, and TF_USE_LEGACY_KERAS,
+    TF_CPP_MIN_LOG_LEVEL (unset, or the user's 0) are as they were."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_USE_LEGACY_KERAS", "TF_CPP_MIN_LOG_LEVEL")}
+    if log_level is not None:
+        env["TF_CPP_MIN_LOG_LEVEL"] = log_level
+    code = TF_KERAS.replace("{imports}", imports)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("tf.keras ok")

@@ -8,30 +8,32 @@ import importlib
 import os
 import sys
 
+# Set only while TensorFlow imports, then put back as the user had them: TF_CPP_MIN_LOG_LEVEL 2
+# keeps C++ INFO/WARNING lines of the start-up off the terminal; TF_USE_LEGACY_KERAS 1 skips the
+# eager import of Keras 3 inside `import tensorflow` (~2 s). tf.keras reads the variable again
+# when first used, so with it restored tf.keras is Keras 3 as usual.
+IMPORT_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_USE_LEGACY_KERAS": "1"}
+
 
 def quiet_import(name):
-    """Import `tensorflow` or `keras` with fd 2 silenced while TF starts up and probes devices.
-
-    TF_CPP_MIN_LOG_LEVEL 2 keeps C++ INFO/WARNING lines (one "Not handling type DT_DOUBLE" per
-    op) off the terminal while errors stay; Python warnings are untouched.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # `import tensorflow` eagerly imports Keras 3 (~2 s); TF skips it with this set and tf_keras
-    # not installed. Nothing but selective_update.keras uses Keras, and it imports keras itself.
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     if name in sys.modules and "tensorflow" in sys.modules:
         return sys.modules[name]
+    saved_env = {key: os.environ.get(key) for key in IMPORT_ENVIRONMENT}
+    for key, value in IMPORT_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     try:
         sys.stderr.flush()
-        os.dup2(devnull, 2)  # absl logs "no cuda drivers" to fd 2 before any setting applies
+        os.dup2(devnull, 2)
         module = importlib.import_module(name)
-        # Probe the devices now, inside the redirect: a machine with libcuda but no GPU logs a
-        # "failed call to cuInit" error at the first probe (else at the first Session).
         sys.modules["tensorflow"].config.list_physical_devices()
         return module
     finally:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
-
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
