@@ -2,7 +2,7 @@
 
 Runner (the same public surface as selective_update.tf1): NAME, configure, make_steps, run,
 seed_demo, project_step, make_optimizer. Your own model: split_head, unsplit_head,
-NullSpaceProjector, audit; PromiseWarning says where a promise will not
+NullSpaceProjector, LayerSubspaceProjector, audit; PromiseWarning says where a promise will not
 hold as the model is set up.
 """
 from __future__ import annotations
@@ -11,11 +11,12 @@ from .audit import Audit, audit
 from .jacobian import (JacobianNullSpaceStep, cuda_available, device_name, project_step_jacobian,
                        projection_cases)
 from ..notices import PromiseWarning
+from .layer_subspace import LayerSubspaceProjector
 from .projector import NullSpaceProjector
 from .runner import NAME, configure, make_optimizer, make_steps, project_step, run, seed_demo
 from .split_head import KeepRows, split_head, unsplit_head
 
-__all__ = ["Audit", "JacobianNullSpaceStep", "KeepRows", "NAME",
+__all__ = ["Audit", "JacobianNullSpaceStep", "KeepRows", "LayerSubspaceProjector", "NAME",
            "NullSpaceProjector",
            "PromiseWarning", "audit", "configure", "cuda_available", "device_name",
            "make_optimizer", "make_steps", "project_step", "project_step_jacobian",
