@@ -2,12 +2,13 @@
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
 
 import selective_update.tf1  # noqa: F401  (TensorFlow first, as in a kernel that ran the study)
-from selective_update.keras import KeepUnits, keras, split_head
+from selective_update.keras import KeepUnits, PromiseWarning, keras, split_head, unsplit_head
 
 # Keras 3.15 converts tensors through np.array(x, copy=False), which numpy 2 warns about.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept")
@@ -134,6 +135,110 @@ def test_bad_input_is_refused_and_leaves_the_model():
         split_head(object(), model.get_layer("head"), TRAIN)
 
 
+def softmax_cnn(activation):
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Flatten()(keras.layers.Conv2D(3, 3, activation="relu")(inputs))
+    if activation == "layer":
+        logits = keras.layers.Dense(5, name="head")(h)
+        outputs = keras.layers.Softmax(name="probabilities")(logits)
+    else:
+        outputs = keras.layers.Dense(5, activation=activation, name="head")(h)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.mark.parametrize("activation, mixer", [("softmax", "its activation softmax"),
+                                               ("layer", "the layer 'probabilities'")])
+def test_a_softmax_on_the_split_units_is_said_before_training(activation, mixer):
+    model = softmax_cnn(activation)
+    before = predict(model)
+    with pytest.warns(PromiseWarning, match=rf"split_head: {mixer}.* mixes the units of 'head'"
+                                            r".*from_logits=True") as record:
+        split_head(model, model.get_layer("head"), TRAIN)
+    assert [r.filename for r in record if r.category is PromiseWarning] == [__file__]
+    model.compile(OPTIMIZERS["adam"](), "categorical_crossentropy")
+    model.fit(X, np.eye(5)[np.arange(128) % 5], epochs=2, batch_size=32, verbose=0)
+    assert np.abs(predict(model) - before)[:, KEEP].max() > 1e-3  # what the warning said
+
+
+def test_a_linear_head_does_not_warn():
+    model = softmax_cnn("tanh")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PromiseWarning)
+        split_head(model, model.get_layer("head"), TRAIN)
+
+
+def test_a_second_split_in_one_model_is_refused():
+    model = functional_cnn(seed=5)
+    split_head(model, model.get_layer("head"), TRAIN)
+    before = state(model)
+    with pytest.raises(ValueError, match=r"^layer: .*'head' is split: unsplit_head"):
+        split_head(model, model.get_layer("block").layers[-1], [0])
+    assert state(model)[:2] == before[:2]
+
+
+def test_unsplit_head_gives_back_plain_layers_and_flags(tmp_path):
+    model = functional_cnn(seed=6)
+    model.get_layer("conv").trainable = False  # the user's own choice survives the round trip
+    flags = [layer.trainable for layer in model._flatten_layers()]
+    split_head(model, model.get_layer("head"), TRAIN)
+    model.compile(OPTIMIZERS["adamw_decay"](), "mse")
+    model.fit(X, Y, epochs=1, batch_size=32, verbose=0)
+    split_values = predict(model)
+    path = tmp_path / "split.keras"
+    model.save(path)
+    returned = unsplit_head(model, model.get_layer("head"))
+    assert [v.path for v in returned] == ["head/kernel", "head/bias"]
+    assert [layer.trainable for layer in model._flatten_layers()] == flags
+    assert all(v.constraint is None for v in model.weights)
+    assert np.array_equal(predict(model), split_values)  # the current values, kept units frozen
+    model.compile(OPTIMIZERS["adamw_decay"](), "mse")
+    model.fit(X, Y, epochs=1, batch_size=32, verbose=0)
+    assert np.abs(predict(model) - split_values)[:, KEEP].max() > 1e-4  # plain training again
+    loaded = keras.saving.load_model(path)  # saved while split: unsplit it after loading
+    unsplit_head(loaded, loaded.get_layer("head"))
+    assert [layer.trainable for layer in loaded._flatten_layers()] == flags
+    with pytest.raises(ValueError, match=r"^layer: .*not split"):
+        unsplit_head(loaded, loaded.get_layer("head"))
+
+
+LOAD = ("import os, sys; os.environ['KERAS_BACKEND'] = 'tensorflow'\n"
+        "import keras, numpy as np\n"
+        "try:\n"
+        "    model = keras.saving.load_model(sys.argv[1])\n"
+        "except Exception as error:\n"
+        "    print('FAILED', type(error).__name__, len(str(error)), str(error)[-300:])\n"
+        "else:\n"
+        "    print('LOADED', 'selective_update' in sys.modules)\n"
+        "    np.save(sys.argv[2], model.predict(np.load(sys.argv[3]), verbose=0))\n")
+
+
+def load_without_the_package(path, tmp_path):
+    np.save(tmp_path / "x.npy", X_EVAL)
+    out = subprocess.run([sys.executable, "-c", LOAD, str(path), str(tmp_path / "y.npy"),
+                          str(tmp_path / "x.npy")], capture_output=True, text=True, timeout=300,
+                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def test_keras_files_without_the_package(tmp_path):
+    """Split: a short error naming selective_update (was a 21,584-character TypeError, mostly
+    the frozen copy); after unsplit_head: plain Keras 3 loads it."""
+    model = functional_cnn(seed=7)
+    split_head(model, model.get_layer("head"), TRAIN)
+    model.save(tmp_path / "split.keras")
+    said = load_without_the_package(tmp_path / "split.keras", tmp_path)
+    words = said.split()
+    assert words[0] == "FAILED" and words[1] == "TypeError" and int(words[2]) < 5000, said
+    assert "selective_update" in said
+    unsplit_head(model, model.get_layer("head"))
+    model.save(tmp_path / "plain.keras")
+    assert load_without_the_package(tmp_path / "plain.keras", tmp_path).split() == [
+        "LOADED", "False"]
+    assert np.array_equal(np.load(tmp_path / "y.npy"), predict(model))
+
+
 def test_keras_3_works_after_the_tf1_module_imported_tensorflow():
     # This module imported selective_update.tf1 (TensorFlow) first.
     assert keras.__version__.startswith("3.") and keras.backend.backend() == "tensorflow"
@@ -155,7 +260,8 @@ TF_KERAS = ("import os, logging\n"
 
 @pytest.mark.parametrize("imports, log_level", [
     ("import tensorflow as tf; import selective_update.keras", None),  # the issue's lines
-    ("import selective_update.tf1, selective_update.keras, selective_update.torch", "0"),
+    pytest.param("import selective_update.tf1, selective_update.keras, selective_update.torch",
+                 "0", marks=pytest.mark.slow),
 ])
 def test_importing_the_package_leaves_tf_keras_and_the_environment(imports, log_level):
     """Fresh process: tf.keras works after the import, and TF_USE_LEGACY_KERAS,
