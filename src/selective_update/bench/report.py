@@ -73,3 +73,17 @@ def reference_table(frame):
         ["framework", "strategy", "sizes", "n_ref", "ms", "ratio_to_plain", "goal", "meets_goal"]]
     return shown.style.hide(axis="index").format({"ms": "{:.3g}", "ratio_to_plain": "{:.2f}"},
                                                  na_rep="")
+
+
+def helpers_table(frame):
+    """The helpers part: each helper's step against the plain step, with issue 15's targets."""
+    from IPython.display import Markdown
+
+    part = frame[frame.part == "helpers"]
+    if not len(part):
+        return Markdown("Not measured in this bench (`--parts helpers`).")
+    shown = part.assign(ms=part.median_s * 1e3)[
+        ["strategy", "n_ref", "ms", "ratio_to_plain", "peak_rss_mb", "goal", "meets_goal",
+         "note"]].rename(columns={"strategy": "case", "n_ref": "protected inputs"})
+    return shown.style.hide(axis="index").format(
+        {"ms": "{:.4g}", "ratio_to_plain": "{:.3g}", "peak_rss_mb": "{:.0f}"}, na_rep="")

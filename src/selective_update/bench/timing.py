@@ -18,7 +18,7 @@ import numpy as np
 from .. import core
 
 FRAMEWORK_ORDER = ("torch", "tf1")
-PARTS = ("table", "jacobian", "sweep", "reference", "floor")
+PARTS = ("table", "jacobian", "sweep", "reference", "helpers", "floor")
 PLAIN = "all_params"
 TABLE_SIZES = (((3, 4, 2), 8), ((64, 128, 10), 64), ((784, 512, 10), 32), ((784, 512, 10), 128))
 SWEEP_IN, SWEEP_OUT = 784, 10
@@ -53,7 +53,7 @@ EXPECTED_SLOPES = {
 CSV_COLUMNS = ("part", "framework", "strategy", "sizes", "width", "batch", "n_ref", "n_params",
                "median_s", "q1_s", "q3_s", "ratio_to_plain", "goal", "meets_goal", "repeats",
                "threads", "device", "dtype", "load_1m", "machine", "python", "numpy", "torch",
-               "tensorflow", "note")
+               "tensorflow", "peak_rss_mb", "note")
 
 
 def machine() -> str:
@@ -155,7 +155,8 @@ def measurement_row(part, framework, strategy, sizes, batch, seconds, env, args,
                 goal="", meets_goal="", repeats=len(seconds), threads=env["threads"],
                 device=args.device if framework == "torch" else "cpu", dtype=args.dtype,
                 load_1m=load(), machine=env["machine"], python=env["python"],
-                numpy=env["numpy"], torch=env["torch"], tensorflow=env["tensorflow"], note=note)
+                numpy=env["numpy"], torch=env["torch"], tensorflow=env["tensorflow"],
+                peak_rss_mb="", note=note)
 
 
 def bench_table(args, env, log) -> list:

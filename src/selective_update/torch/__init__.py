@@ -11,13 +11,15 @@ from .audit import Audit, audit
 from .jacobian import (JacobianNullSpaceStep, cuda_available, device_name, project_step_jacobian,
                        projection_cases)
 from ..notices import PromiseWarning
+from .helper_cases import helper_cases
+from .helper_cases import model_facts as helper_model_facts
 from .layer_subspace import LayerSubspaceProjector
 from .projector import NullSpaceProjector
 from .runner import NAME, configure, make_optimizer, make_steps, project_step, run, seed_demo
 from .split_head import KeepRows, split_head, unsplit_head
 
 __all__ = ["Audit", "JacobianNullSpaceStep", "KeepRows", "LayerSubspaceProjector", "NAME",
-           "NullSpaceProjector",
-           "PromiseWarning", "audit", "configure", "cuda_available", "device_name",
-           "make_optimizer", "make_steps", "project_step", "project_step_jacobian",
-           "projection_cases", "run", "seed_demo", "split_head", "unsplit_head"]
+           "NullSpaceProjector", "PromiseWarning", "audit", "configure", "cuda_available",
+           "device_name", "helper_cases", "helper_model_facts", "make_optimizer", "make_steps",
+           "project_step", "project_step_jacobian", "projection_cases", "run", "seed_demo",
+           "split_head", "unsplit_head"]
