@@ -274,3 +274,27 @@ def test_a_float32_model_is_projected_as_well_as_float64():
     the Gram is now formed and solved in float64 whatever the model's dtype."""
     f64, f32 = float32_drift(torch.float64), float32_drift(torch.float32)
     assert f32 <= 2 * f64 + 1e-6, (f32, f64)
+
+
+def conv_drift(dtype, n=100):
+    """One Adam step of a tanh CNN protecting n images whose columns span three decades: 600
+    constraints on 684 parameters, conv rows in J (the part a float32 product may form)."""
+    torch.manual_seed(0)
+    model = CNN(act=torch.tanh).to(dtype)
+    scale = torch.logspace(0, -3, 8).reshape(1, 1, 1, 8)
+    x = (torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * scale).to(dtype)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    projector = NullSpaceProjector(model, range(6), x).attach(opt)
+    before = outputs(model, x)
+    fit(model, opt, 1, x=x, y=torch.ones(n, 6, dtype=dtype))
+    return float((outputs(model, x) - before).abs().max()), projector.last["gram"]
+
+
+def test_an_ill_conditioned_float32_gram_is_formed_again_in_float64(monkeypatch):
+    f64, gram64 = conv_drift(torch.float64)
+    f32, gram32 = conv_drift(torch.float32)
+    assert gram64 == "float64" and gram32 == "float64 (float32 rows fell short)"
+    assert f32 <= 2 * f64 + 1e-6, (f32, f64)
+    assert conv_drift(torch.float32, n=60)[1] == "float32 rows"  # well conditioned: fast
+    monkeypatch.setattr(projector_module, "FAST_GRAM_RTOL", float("inf"))  # never check
+    assert conv_drift(torch.float32)[0] > 1e-2  # what the check prevents (the issue's 0.089)

@@ -24,11 +24,10 @@ from torch import nn
 from torch.func import functional_call, jacrev, vmap
 from torch.nn.utils import parametrize
 
+from ..settings import GRAM_BLOCKS, SAMPLE_CHUNK
 from .kept_outputs import Wrapped
 from .modules import evaluation, shared_with
 
-GRAM_BLOCKS = 4  # row blocks of R when forming R Rᵀ: only the lower blocks are multiplied
-SAMPLE_CHUNK = 128  # protected inputs per vmap chunk (memory bound of the per-sample pass)
 
 
 class Layer:
@@ -177,27 +176,49 @@ def add_symmetric_gram(G, R, blocks=GRAM_BLOCKS):
     spans = [slice(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
     for i, si in enumerate(spans):
         for sj in spans[:i + 1]:
-            block = R[si] @ R[sj].T
+            block = (R[si] @ R[sj].T).to(G.dtype)
             G[si, sj] += block
             if si != sj:
                 G[sj, si] += block.T
 
 
 class Linearization:
-    """J at one point: J v, Jᵀ a and J Jᵀ, all in float64."""
+    """J at one point: J v, Jᵀ a and J Jᵀ, in float64.
+
+    A float32 model's explicit rows stay float32 (R_low) until exact() asks for float64: J Jᵀ's
+    part from them is then a float32 product (fast), and J v, Jᵀ a round like the model does.
+    """
 
     def __init__(self, jacobian, kron, rows):
         self.jacobian, self.kron = jacobian, kron
         self.K, self.n = len(jacobian.keep), len(jacobian.inputs)
         self.m = self.K * self.n
         self.row_index = [i for i, _ in rows]
-        self.R = torch.cat([r.to(torch.float64) for _, r in rows], dim=1) if rows else None
+        R = torch.cat([r for _, r in rows], dim=1) if rows else None
+        low = R is not None and R.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        self.R_low = R.float() if low else None  # float32 rows as computed; None: float64 model
+        self.R = None if low else R
         self.offsets = [0]
         for _, r in rows:
             self.offsets.append(self.offsets[-1] + r.shape[1])
 
+    @property
+    def fast(self):
+        """Whether J's explicit rows are float32 (not yet made exact)."""
+        return self.R is None and self.R_low is not None
+
+    def exact(self):
+        """Use float64 rows from now on (J Jᵀ, J v and Jᵀ a)."""
+        if self.fast:
+            self.R = self.R_low.to(torch.float64)
+        return self
+
+    def _rows(self, like=None):
+        """Return the explicit rows in float64, or float32 ones while fast."""
+        return self.R_low if self.fast else self.R
+
     def gram(self):
-        """Return J Jᵀ (m, m), float64."""
+        """Return J Jᵀ (m, m), float64 (the explicit rows' part a float32 product while fast)."""
         device = self.jacobian.inputs.device
         G = torch.zeros(self.m, self.m, dtype=torch.float64, device=device)
         K, n = self.K, self.n
@@ -211,8 +232,8 @@ class Linearization:
             term = D @ D.T
             term.view(K, n, K, n).mul_(inputs.view(1, n, 1, n))
             G += term
-        if self.R is not None:
-            add_symmetric_gram(G, self.R)
+        if self.R_low is not None or self.R is not None:
+            add_symmetric_gram(G, self._rows(G))
         return G
 
     def jv(self, v):
@@ -226,8 +247,10 @@ class Linearization:
                 y = y + v[layer.bias]
             total += torch.einsum("kbo,bo->kb", delta, y)
         total = total.reshape(-1)
-        if self.R is not None:
-            total = total + self.R @ torch.cat([v[i].reshape(-1) for i in self.row_index])
+        if self.row_index:
+            R = self._rows(total)
+            flat = torch.cat([v[i].reshape(-1) for i in self.row_index]).to(R.dtype)
+            total = total + (R @ flat).to(torch.float64)
         return total
 
     def jtv(self, a):
@@ -240,8 +263,9 @@ class Linearization:
                 out[layer.weight] = M.T @ x
             if layer.bias is not None:
                 out[layer.bias] = M.sum(0)
-        if self.R is not None:
-            flat = self.R.T @ a
+        if self.row_index:
+            R = self._rows(a)
+            flat = (R.T @ a.to(R.dtype)).to(torch.float64)
             for i, lo, hi in zip(self.row_index, self.offsets[:-1], self.offsets[1:]):
                 out[i] = flat[lo:hi].view(params[i].shape)
         return [t if t is not None else torch.zeros(p.shape, dtype=torch.float64,

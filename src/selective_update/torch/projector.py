@@ -6,7 +6,8 @@ import torch
 
 from ..algorithms.solve import psd_factor, psd_solve
 from ..core.runs import RestoreWarning, TrivialNullSpaceWarning
-from ..settings import CHORD_RATE, GAUSS_NEWTON_MAX_STEPS, PROJECTION_SWEEPS, RESTORE_TOL
+from ..settings import (CHORD_RATE, FAST_GRAM_RTOL, GAUSS_NEWTON_MAX_STEPS, PROJECTION_SWEEPS,
+                        RESTORE_TOL, TRIVIAL_SHARE)
 from ..validation import fail
 from . import ops
 from .kept_jacobian import KeptJacobian
@@ -14,9 +15,6 @@ from .kept_outputs import KeptOutputs
 from .modules import evaluation, module_trail, warn_once, warn_running_stats
 from .step_hooks import StepHooks
 
-# A null space whose random direction keeps less than this share of its norm once projected is
-# trivial: the constraints span every direction the optimizer can take.
-TRIVIAL_SHARE = 1e-3
 VALUE_FLOW = "no Python control flow on tensor values (.item(), if x.sum() > 0) in forward"
 HINTS = (("randomness", "put the module in eval mode or draw no random numbers in forward"),
          ("data-dependent", VALUE_FLOW), (".item()", VALUE_FLOW),
@@ -66,7 +64,7 @@ class NullSpaceProjector(StepHooks):
         self.keep, self.inputs = probe.keep, inputs
         self.corrected, self.output_fn = corrected, output_fn
         self.last = {}
-        self._jac = self._target = self._tol = None
+        self._jac = self._target = self._tol = self._gram = None
 
     def _prepare(self, params):
         with module_trail(self.model) as trail:
@@ -91,11 +89,10 @@ class NullSpaceProjector(StepHooks):
         """Linearize and project a random step; return the share of its norm that is kept."""
         self._jac = jac
         lin = jac.linearize()
-        factor = psd_factor(ops, lin.gram())
         generator = torch.Generator(device="cpu").manual_seed(0)
         v = [torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p.device)
              for p in jac.params]
-        kept = self._project_vector(lin, factor, v)
+        _, kept = self._factor_and_project(lin, v)
         if self.corrected:
             self._kept()
         norm = sum(float((t * t).sum()) for t in v) ** 0.5
@@ -108,10 +105,10 @@ class NullSpaceProjector(StepHooks):
         return out.index_select(1, self._jac.index).T.reshape(-1).to(torch.float64)
 
     @staticmethod
-    def _project_vector(lin, factor, v):
-        """Return v - Jᵀ (J Jᵀ)⁻¹ J v, applied PROJECTION_SWEEPS times (float64)."""
-        for _ in range(PROJECTION_SWEEPS):
-            alpha = _solve(factor, lin.jv(v))
+    def _project_vector(lin, factor, v, first=None):
+        """Return v - Jᵀ (J Jᵀ)⁻¹ J v, applied PROJECTION_SWEEPS times (float64); first: J v."""
+        for sweep in range(PROJECTION_SWEEPS):
+            alpha = _solve(factor, first if sweep == 0 and first is not None else lin.jv(v))
             v = [t - c for t, c in zip(v, lin.jtv(alpha))]
         return v
 
@@ -119,13 +116,28 @@ class NullSpaceProjector(StepHooks):
         step = [(p.detach() - o).to(torch.float64) for p, o in zip(self.params, old)]
         self.write(old)  # linearize where the step started
         lin = self._jac.linearize()
-        factor = psd_factor(ops, lin.gram())
-        step = self._project_vector(lin, factor, step)
+        factor, step = self._factor_and_project(lin, step)
         self.write([o + s.to(o.dtype) for o, s in zip(old, step)])
         steps, residual = 0, None
         if self.corrected:
             steps, residual = self._restore(lin, factor)
-        self.last = {"gauss_newton_steps": steps, "residual": residual}
+        self.last = {"gauss_newton_steps": steps, "residual": residual, "gram": self._gram}
+
+    def _factor_and_project(self, lin, v):
+        """Factor J Jᵀ and project v. A float32 model's explicit rows enter J Jᵀ through a
+        float32 product first; kept when its projection leaves at most FAST_GRAM_RTOL of J v,
+        else (an ill-conditioned J Jᵀ) everything is formed again in float64."""
+        self._gram = "float32 rows" if lin.fast else "float64"
+        factor = psd_factor(ops, lin.gram())
+        first = lin.jv(v)
+        projected = self._project_vector(lin, factor, v, first)
+        if lin.fast and float(lin.jv(projected).abs().max()) > FAST_GRAM_RTOL * float(
+                first.abs().max()):
+            lin.exact()
+            factor = psd_factor(ops, lin.gram())
+            projected = self._project_vector(lin, factor, v)
+            self._gram = "float64 (float32 rows fell short)"
+        return factor, projected
 
     def _restore(self, lin, factor):
         """Take Gauss-Newton steps until the kept outputs at inputs are back at their target.
@@ -141,7 +153,7 @@ class NullSpaceProjector(StepHooks):
             r = self._kept() - self._target
             err, previous, steps = float(r.abs().max()), err, steps + 1
             if err > CHORD_RATE * previous and err > self._tol:
-                lin = self._jac.linearize()
+                lin = self._jac.linearize().exact()  # a restore needs every direction
                 factor = psd_factor(ops, lin.gram())
         if err > self._tol:
             warn_once(self, "restore", f"NullSpaceProjector: kept outputs still {err:.3g} from "
