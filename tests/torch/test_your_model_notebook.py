@@ -25,5 +25,13 @@ def test_your_model_notebook_runs_quick(tmp_path):
     assert rows.loc[("Keras CNN", "split_head"), "held_out_drift"] == 0
     assert rows.loc[("torch CNN", "projector corrected"), "inputs_drift"] <= 1e-8
     assert rows.loc[("torch CNN", "naive"), "held_out_drift"] > 1e-3
+    assert rows.loc[("torch CNN", "layer subspace 1.0"), "inputs_drift"] <= 1e-9
+    assert rows.loc[("torch CNN", "layer subspace 0.97"), "inputs_drift"] > 1e-9
+    bn = "torch CNN + BatchNorm"
+    assert rows.loc[(bn, "split_head, BatchNorm in train mode"), "held_out_drift"] > 1e-3
+    assert rows.loc[(bn, "split_head, bn.eval()"), "held_out_drift"] == 0
+    assert rows.loc[("Keras CNN, softmax head", "split_head"), "held_out_drift"] > 1e-3
     text = Path(out).read_text()
+    assert text.count("PromiseWarning: split_head") == 2  # BatchNorm, softmax: shown, once each
+    assert "ratio to the plain step" in text
     assert "DT_DOUBLE" not in text and json.loads(text)["cells"]
