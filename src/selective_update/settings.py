@@ -125,5 +125,5 @@ TRIVIAL_SHARE = 1e-3
 FAST_GRAM_RTOL = 1e-6
 # Forming J Jᵀ = R Rᵀ: row blocks (only the blocks on and below the diagonal are multiplied), and
 # protected inputs per chunk of the per-sample vmap pass (bounds its memory).
-GRAM_BLOCKS = 4
+GRAM_BLOCKS = 8
 SAMPLE_CHUNK = 128

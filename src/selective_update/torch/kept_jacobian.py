@@ -220,7 +220,7 @@ class Linearization:
     def gram(self):
         """Return J Jᵀ (m, m), float64 (the explicit rows' part a float32 product while fast)."""
         device = self.jacobian.inputs.device
-        G = torch.zeros(self.m, self.m, dtype=torch.float64, device=device)
+        G = None
         K, n = self.K, self.n
         for layer, x, delta in self.kron:
             inputs = torch.zeros(n, n, dtype=torch.float64, device=device)
@@ -231,7 +231,9 @@ class Linearization:
             D = delta.reshape(self.m, -1)
             term = D @ D.T
             term.view(K, n, K, n).mul_(inputs.view(1, n, 1, n))
-            G += term
+            G = term if G is None else G.add_(term)
+        if G is None:
+            G = torch.zeros(self.m, self.m, dtype=torch.float64, device=device)
         if self.R_low is not None or self.R is not None:
             add_symmetric_gram(G, self._rows(G))
         return G
