@@ -31,7 +31,7 @@ def _refusal(error, trail):
     """Fail in one line naming where the dry projection broke and a fix."""
     text = str(error).splitlines()[0] if str(error) else ""
     where = f"module {trail[-1]!r}" if trail and trail[-1] else "the model"
-    hint = next((h for key, h in HINTS if key in text or key in trail[-1:]),
+    hint = next((h for key, h in HINTS if key in text),
                 "layers that torch.func.vmap and jacrev can differentiate per sample")
     fail("model", f"{where} failing a dry projection ({type(error).__name__}: {text[:160]})",
          f"a model the projector can differentiate per sample in eval mode; fix: {hint}")
@@ -45,7 +45,9 @@ class NullSpaceProjector(StepHooks):
     projected. The kept outputs are those of the model in eval mode (dropout off, running
     statistics), whatever mode you train in; the Jacobian's blocks (kept_jacobian.py) come from
     one vmap/jacrev pass per step and J Jᵀ is factored once per step in float64 (the study's
-    solver, algorithms/solve.py). corrected=True then takes Gauss-Newton steps, reusing that
+    solver, algorithms/solve.py; a float32 model's explicit rows first enter it through a
+    float32 product, kept only when its projection holds to FAST_GRAM_RTOL, and projector.last
+    says which). corrected=True then takes Gauss-Newton steps, reusing that
     factor, until the kept outputs at inputs are back within RESTORE_TOL (relative to their
     scale) of their values at attach(), at most GAUSS_NEWTON_MAX_STEPS.
 
