@@ -298,3 +298,28 @@ def test_an_ill_conditioned_float32_gram_is_formed_again_in_float64(monkeypatch)
     assert conv_drift(torch.float32, n=60)[1] == "float32 rows"  # well conditioned: fast
     monkeypatch.setattr(projector_module, "FAST_GRAM_RTOL", float("inf"))  # never check
     assert conv_drift(torch.float32)[0] > 1e-2  # what the check prevents (the issue's 0.089)
+
+
+class DictOutputs(CNN):
+    """A model returning a dict, as detection or multi-task models do."""
+
+    def forward(self, x):
+        logits = super().forward(x)
+        return {"logits": logits, "aux": logits.sum(1)}
+
+
+def test_an_output_fn_picks_the_kept_outputs_of_a_dict():
+    model = make(DictOutputs)
+    x_keep, y = X[:12], targets(64, 6)
+    with torch.no_grad():
+        before = model(x_keep)["logits"].clone()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)
+    NullSpaceProjector(model, KEEP, x_keep, corrected=True,
+                       output_fn=lambda m, inputs: m(inputs)["logits"]).attach(opt)
+    for _ in range(3):
+        opt.zero_grad()
+        (model(X)["logits"] - y).pow(2).mean().backward()
+        opt.step()
+    with torch.no_grad():
+        change = model(x_keep)["logits"] - before
+    assert change[:, KEEP].abs().max() <= 1e-8 and change[:, TRAIN].abs().max() > 1e-3
