@@ -1,11 +1,14 @@
 """The Keras helper on a functional CNN written here, not the study's MLP."""
 import os
+import subprocess
+import sys
+import warnings
 
 import numpy as np
 import pytest
 
 import selective_update.tf1  # noqa: F401  (TensorFlow first, as in a kernel that ran the study)
-from selective_update.keras import KeepUnits, keras, split_head
+from selective_update.keras import KeepUnits, PromiseWarning, keras, split_head, unsplit_head
 
 # Keras 3.15 converts tensors through np.array(x, copy=False), which numpy 2 warns about.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept")
@@ -132,7 +135,142 @@ def test_bad_input_is_refused_and_leaves_the_model():
         split_head(object(), model.get_layer("head"), TRAIN)
 
 
+def softmax_cnn(activation):
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Flatten()(keras.layers.Conv2D(3, 3, activation="relu")(inputs))
+    if activation == "layer":
+        logits = keras.layers.Dense(5, name="head")(h)
+        outputs = keras.layers.Softmax(name="probabilities")(logits)
+    else:
+        outputs = keras.layers.Dense(5, activation=activation, name="head")(h)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.mark.parametrize("activation, mixer", [("softmax", "its activation softmax"),
+                                               ("layer", "the layer 'probabilities'")])
+def test_a_softmax_on_the_split_units_is_said_before_training(activation, mixer):
+    model = softmax_cnn(activation)
+    before = predict(model)
+    with pytest.warns(PromiseWarning, match=rf"split_head: {mixer}.* mixes the units of 'head'"
+                                            r".*from_logits=True") as record:
+        split_head(model, model.get_layer("head"), TRAIN)
+    assert [r.filename for r in record if r.category is PromiseWarning] == [__file__]
+    model.compile(OPTIMIZERS["adam"](), "categorical_crossentropy")
+    model.fit(X, np.eye(5)[np.arange(128) % 5], epochs=2, batch_size=32, verbose=0)
+    assert np.abs(predict(model) - before)[:, KEEP].max() > 1e-3  # what the warning said
+
+
+def test_a_linear_head_does_not_warn():
+    model = softmax_cnn("tanh")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PromiseWarning)
+        split_head(model, model.get_layer("head"), TRAIN)
+
+
+def test_a_second_split_in_one_model_is_refused():
+    model = functional_cnn(seed=5)
+    split_head(model, model.get_layer("head"), TRAIN)
+    before = state(model)
+    with pytest.raises(ValueError, match=r"^layer: .*'head' is split: unsplit_head"):
+        split_head(model, model.get_layer("block").layers[-1], [0])
+    assert state(model)[:2] == before[:2]
+
+
+def test_unsplit_head_gives_back_plain_layers_and_flags(tmp_path):
+    model = functional_cnn(seed=6)
+    model.get_layer("conv").trainable = False  # the user's own choice survives the round trip
+    flags = [layer.trainable for layer in model._flatten_layers()]
+    split_head(model, model.get_layer("head"), TRAIN)
+    model.compile(OPTIMIZERS["adamw_decay"](), "mse")
+    model.fit(X, Y, epochs=1, batch_size=32, verbose=0)
+    split_values = predict(model)
+    path = tmp_path / "split.keras"
+    model.save(path)
+    returned = unsplit_head(model, model.get_layer("head"))
+    assert [v.path for v in returned] == ["head/kernel", "head/bias"]
+    assert [layer.trainable for layer in model._flatten_layers()] == flags
+    assert all(v.constraint is None for v in model.weights)
+    assert np.array_equal(predict(model), split_values)  # the current values, kept units frozen
+    model.compile(OPTIMIZERS["adamw_decay"](), "mse")
+    model.fit(X, Y, epochs=1, batch_size=32, verbose=0)
+    assert np.abs(predict(model) - split_values)[:, KEEP].max() > 1e-4  # plain training again
+    loaded = keras.saving.load_model(path)  # saved while split: unsplit it after loading
+    unsplit_head(loaded, loaded.get_layer("head"))
+    assert [layer.trainable for layer in loaded._flatten_layers()] == flags
+    with pytest.raises(ValueError, match=r"^layer: .*not split"):
+        unsplit_head(loaded, loaded.get_layer("head"))
+
+
+LOAD = ("import os, sys; os.environ['KERAS_BACKEND'] = 'tensorflow'\n"
+        "import keras, numpy as np\n"
+        "for path in sys.argv[1:3]:\n"
+        "    try:\n"
+        "        model = keras.saving.load_model(path)\n"
+        "    except Exception as error:\n"
+        "        text = str(error)\n"
+        "        tail = text[-300:].replace('\\n', ' ')\n"
+        "        print('FAILED', type(error).__name__, len(text), tail)\n"
+        "    else:\n"
+        "        print('LOADED', 'selective_update' in sys.modules)\n"
+        "        np.save(sys.argv[3], model.predict(np.load(sys.argv[4]), verbose=0))\n")
+
+
+def test_keras_files_without_the_package(tmp_path):
+    """Split: a short error naming selective_update (was a 21,584-character TypeError, mostly
+    the frozen copy); after unsplit_head: plain Keras 3 loads it. One fresh process loads both."""
+    model = functional_cnn(seed=7)
+    split_head(model, model.get_layer("head"), TRAIN)
+    model.save(tmp_path / "split.keras")
+    unsplit_head(model, model.get_layer("head"))
+    model.save(tmp_path / "plain.keras")
+    np.save(tmp_path / "x.npy", X_EVAL)
+    out = subprocess.run([sys.executable, "-c", LOAD, str(tmp_path / "split.keras"),
+                          str(tmp_path / "plain.keras"), str(tmp_path / "y.npy"),
+                          str(tmp_path / "x.npy")], capture_output=True, text=True, timeout=300,
+                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    split_said, plain_said = out.stdout.splitlines()[:2]
+    words = split_said.split()
+    assert words[:2] == ["FAILED", "TypeError"] and int(words[2]) < 5000, split_said
+    assert "selective_update" in split_said
+    assert plain_said.split() == ["LOADED", "False"]
+    assert np.array_equal(np.load(tmp_path / "y.npy"), predict(model))
+
+
 def test_keras_3_works_after_the_tf1_module_imported_tensorflow():
-    # This module imported selective_update.tf1 (TF_USE_LEGACY_KERAS=1, TensorFlow) first.
-    assert os.environ["TF_USE_LEGACY_KERAS"] == "1"
+    # This module imported selective_update.tf1 (TensorFlow) first.
     assert keras.__version__.startswith("3.") and keras.backend.backend() == "tensorflow"
+
+
+TF_KERAS = ("import os, logging\n"
+            "env = {k: os.environ.get(k) for k in ('TF_USE_LEGACY_KERAS', "
+            "'TF_CPP_MIN_LOG_LEVEL', 'KERAS_BACKEND')}\n"
+            "{imports}\n"
+            "import tensorflow as tf\n"
+            "layer = tf.keras.layers.Dense(3)\n"
+            "assert layer(tf.ones((2, 4))).shape == (2, 3)\n"
+            "from tensorflow import keras as tk\n"
+            "assert tk.layers.Dense(2) is not None\n"
+            "assert {k: os.environ.get(k) for k in env} == {**env, 'KERAS_BACKEND': "
+            "env['KERAS_BACKEND'] or os.environ.get('KERAS_BACKEND')}, os.environ\n"
+            "print('tf.keras ok', logging.getLogger('tensorflow').level)\n")
+
+
+@pytest.mark.parametrize("imports, log_level", [
+    ("import tensorflow as tf; import selective_update.keras", None),  # the issue's lines
+    pytest.param("import selective_update.tf1, selective_update.keras, selective_update.torch",
+                 "0", marks=pytest.mark.slow),
+])
+def test_importing_the_package_leaves_tf_keras_and_the_environment(imports, log_level):
+    """Fresh process: tf.keras works after the import, and TF_USE_LEGACY_KERAS,
+    TF_CPP_MIN_LOG_LEVEL (unset, or the user's 0) are as they were."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_USE_LEGACY_KERAS", "TF_CPP_MIN_LOG_LEVEL")}
+    if log_level is not None:
+        env["TF_CPP_MIN_LOG_LEVEL"] = log_level
+    code = TF_KERAS.replace("{imports}", imports)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("tf.keras ok")

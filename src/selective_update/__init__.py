@@ -33,12 +33,13 @@ from .core import (
     make_toy_data,
     promise,
 )
+from .notices import PromiseWarning
 from .settings import ADAM_BETAS, ADAM_EPS, GAUSS_NEWTON_MAX_STEPS, MOMENTUM, RESTORE_TOL
 
 __version__ = "0.1.0"
 __all__ = ["ADAM_BETAS", "ADAM_EPS", "DTYPES", "Data", "FRAMEWORKS", "GAUSS_NEWTON_MAX_STEPS",
-           "MOMENTUM", "OPTIMIZERS", "PROMISES", "RESTORE_TOL", "RestoreWarning", "RunConfig",
-           "RunResult", "SEED_PHASES", "STRATEGIES", "SeedDemo", "Strategy",
+           "MOMENTUM", "OPTIMIZERS", "PROMISES", "PromiseWarning", "RESTORE_TOL", "RestoreWarning",
+           "RunConfig", "RunResult", "SEED_PHASES", "STRATEGIES", "SeedDemo", "Strategy",
            "TrivialNullSpaceWarning", "backend", "check_run", "core", "drift", "init_params",
            "make_toy_data", "promise", "run", "seed_demo", "validation"]
 

@@ -121,6 +121,13 @@ def _bench_table(reports):
     return report.goal_markdown(frame, meta)
 
 
+def _bench_helpers(reports):
+    from .bench import report
+
+    frame, meta = report.read_bench(reports)
+    return report.helpers_markdown(frame, meta)
+
+
 def _bench_beyond_batch(reports):
     from .bench import report
 
@@ -137,6 +144,7 @@ BLOCKS = {
     "your_model": Block("your_model.csv", _csv_table("your_model.csv")),
     "bench_table": Block("bench.csv", _bench_table),
     "bench_beyond_batch": Block("bench.csv", _bench_beyond_batch),
+    "bench_helpers": Block("bench.csv", _bench_helpers),
 }
 DOCUMENTS = ("README.md", "docs/*.md")
 

@@ -10,22 +10,30 @@ The mechanism, and why: trainable flags plus a kernel constraint, not a split la
 - A split layer would need the Dense replaced inside the user's graph: a rebuilt functional model,
   and no way to do it for a subclassed one. The constraint changes no graph, no layer class and no
   weight name or shape. The model saves and loads as .keras with its plain Dense, and the loaded
-  model still keeps the promise, because the constraint and the flags are in the saved config.
+  model still keeps the promise, because the constraint and the flags are in the saved config;
+  the frozen copy is saved in the weights file, next to the kernel (the config only names the
+  trained units), so a file saved while split that is loaded without this package stops with a
+  short TypeError naming selective_update>KeepUnits. unsplit_head first to share a plain file.
 - Costs, documented: the kept columns still get gradients, and the optimizer keeps slots for
-  them (wasted work, never applied). The frozen copy lives in the constraint's config, so it is
-  in the .keras file twice.
-- Loading other weights into the layer later (load_weights) does not update that copy: the next
-  step puts the old kept columns back. Call split_head on a fresh model instead.
+  them (wasted work, never applied). The frozen copy is in the weights file twice.
+- Loading a plain weights file into the split layer later (load_weights) does not update that
+  copy: the next step puts the old kept columns back. Call split_head on a fresh model instead.
+- A softmax on the layer's units mixes them: the kept units' logits stay bitwise, their
+  probabilities do not (split_head warns).
 
 `import selective_update.keras` before `keras.saving.load_model` so that KeepUnits is registered.
+TensorFlow is imported the quiet way (quiet_import), which leaves tf.keras and the environment as
+they were.
 """
 from __future__ import annotations
 
 import base64
 import os
+import warnings
 
 import numpy as np
 
+from .notices import PromiseWarning
 from .quiet_import import quiet_import
 from .validation import check_outputs, fail
 
@@ -33,40 +41,89 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 keras = quiet_import("keras")
 
 
+# Keras walks KerasSaveable attributes of a layer when it saves and loads weights: the frozen copy
+# travels in the weights file, next to the kernel it keeps, and the layer config stays short.
+try:
+    from keras.src.saving.keras_saveable import KerasSaveable
+except ImportError:  # another Keras: the frozen copy goes into the config (the older format)
+    KerasSaveable = object
+
+
 @keras.saving.register_keras_serializable(package="selective_update")
-class KeepUnits(keras.constraints.Constraint):
+class KeepUnits(keras.constraints.Constraint, KerasSaveable):
     """Put the kept units (last axis) of a kernel or bias back to a frozen copy after updates."""
 
-    def __init__(self, frozen, train, inner=None):
-        if isinstance(frozen, dict):  # from get_config
+    def __init__(self, frozen=None, train=(), inner=None):
+        if isinstance(frozen, dict):  # a config saved by the older format
             frozen = np.frombuffer(base64.b64decode(frozen["data"]),
                                    dtype=frozen["dtype"]).reshape(frozen["shape"])
-        self.frozen = np.array(frozen)
+        self.frozen = None if frozen is None else np.array(frozen)
         self.train = tuple(int(k) for k in train)
         if isinstance(inner, dict):
             inner = keras.constraints.deserialize(inner)
         self.inner = inner
-        mask = np.zeros(self.frozen.shape[-1], dtype=bool)
-        mask[list(self.train)] = True
-        self.mask = mask  # broadcasts over the kernel's input axis
+        self.flags = None  # trainable flags of the model before split_head, for unsplit_head
 
     def __call__(self, w):
         if self.inner is not None:
             w = self.inner(w)
-        return keras.ops.where(self.mask, w, keras.ops.cast(self.frozen, w.dtype))
+        if self.frozen is None:
+            raise ValueError("KeepUnits: got no frozen copy of the kept units; allowed: a "
+                             "constraint made by split_head or loaded with the model's weights")
+        mask = np.zeros(self.frozen.shape[-1], dtype=bool)
+        mask[list(self.train)] = True  # broadcasts over the kernel's input axis
+        return keras.ops.where(mask, w, keras.ops.cast(self.frozen, w.dtype))
 
     def get_config(self):
-        """Return a JSON-able config; the frozen copy is stored exactly, as base64 bytes."""
-        frozen = np.ascontiguousarray(self.frozen)
-        return {"frozen": {"dtype": frozen.dtype.str, "shape": list(frozen.shape),
-                           "data": base64.b64encode(frozen.tobytes()).decode("ascii")},
-                "train": list(self.train),
-                "inner": None if self.inner is None else keras.constraints.serialize(self.inner)}
+        """Return a JSON-able config: the trained units (the frozen copy is in the weights)."""
+        config = {"train": list(self.train),
+                  "inner": None if self.inner is None else keras.constraints.serialize(
+                      self.inner)}
+        if KerasSaveable is object:
+            frozen = np.ascontiguousarray(self.frozen)
+            config["frozen"] = {"dtype": frozen.dtype.str, "shape": list(frozen.shape),
+                                "data": base64.b64encode(frozen.tobytes()).decode("ascii")}
+        return config
+
+    def _obj_type(self):
+        return "Operation"  # the kind whose attributes Keras's saving skips (none of ours)
+
+    def save_own_variables(self, store):
+        """Write the frozen copy (and the flags unsplit_head restores) into the weights file."""
+        store["frozen"] = self.frozen
+        if self.flags is not None:
+            store["flags"] = np.asarray(self.flags, dtype=np.int8)
+
+    def load_own_variables(self, store):
+        """Read the frozen copy back; a plain weights file (no entry) leaves it as it is."""
+        if "frozen" in store:
+            self.frozen = np.array(store["frozen"])
+        if "flags" in store:
+            self.flags = [bool(f) for f in np.asarray(store["flags"])]
+
+    def __reduce__(self):  # KerasSaveable pickles through a .keras archive; a constraint is small
+        state = (self.frozen, self.train, self.inner)
+        return (_rebuild_keep_units, (state, self.flags))
+
+
+def _rebuild_keep_units(state, flags):
+    constraint = KeepUnits(*state)
+    constraint.flags = flags
+    return constraint
 
 
 def _describe(layer):
     """Name a layer in one line."""
     return f"{type(layer).__name__}(name={getattr(layer, 'name', '?')!r})"
+
+
+def _check_layer(model, layer):
+    if not isinstance(model, keras.Model):
+        fail("model", type(model).__name__, "a keras.Model")
+    if not isinstance(layer, keras.layers.Dense):
+        fail("layer", _describe(layer), "a keras.layers.Dense inside model")
+    if not any(sub is layer for sub in model._flatten_layers()):
+        fail("layer", _describe(layer), "a Dense inside model (this one is not in it)")
 
 
 def _freeze_all_but(root, target):
@@ -80,36 +137,103 @@ def _freeze_all_but(root, target):
             layer.trainable = False
 
 
+def _flags(model):
+    """Return every layer's and variable's trainable flag, in a fixed order."""
+    return ([layer.trainable for layer in model._flatten_layers()]
+            + [v.trainable for v in model.weights])
+
+
+def _set_flags(model, flags):
+    layers, variables = model._flatten_layers(), model.weights
+    for layer, flag in zip(layers, flags):  # outer layers first: a layer's flag cascades inward
+        layer.trainable = flag
+    for variable, flag in zip(variables, flags[len(layers):]):
+        variable.trainable = flag
+
+
+MIXING = ("softmax", "log_softmax")  # activations whose output for one unit reads every unit
+
+
+def _mixing_after(layer):
+    """Name what mixes the layer's units after it: its activation, or a softmax layer fed by it."""
+    name = getattr(layer.activation, "__name__", "")
+    if name in MIXING:
+        return f"its activation {name}"
+    for node in getattr(layer, "_outbound_nodes", []):
+        op = getattr(node, "operation", None)
+        if isinstance(op, keras.layers.Softmax) or getattr(
+                getattr(op, "activation", None), "__name__", "") in MIXING:
+            return f"the layer {op.name!r} after it ({type(op).__name__})"
+    return None
+
+
 def split_head(model, layer, train) -> list:
     """Let only the `train` units of the Dense `layer` change; freeze everything else in model.
 
     Call it on a built model (any warm start before is fine), then compile and fit: every kept
-    output of model stays bitwise unchanged under any optimizer, weight decay or momentum.
+    unit of the layer stays bitwise unchanged under any optimizer, weight decay or momentum.
+    The promise is on the layer's units before any softmax: a softmax activation (or a Softmax
+    layer right after it) mixes the units, so the kept probabilities move as the trained units
+    learn; split_head says so in a PromiseWarning (use activation=None and from_logits=True).
     Returns [layer.kernel, layer.bias] (the variables that still train, in their train units).
+    unsplit_head undoes it.
     """
-    if not isinstance(model, keras.Model):
-        fail("model", type(model).__name__, "a keras.Model")
-    if not isinstance(layer, keras.layers.Dense):
-        fail("layer", _describe(layer), "a keras.layers.Dense inside model")
-    if not any(sub is layer for sub in model._flatten_layers()):
-        fail("layer", _describe(layer), "a Dense inside model (this one is not in it)")
+    _check_layer(model, layer)
     if not layer.built:
         fail("layer", _describe(layer), "a built Dense (build or call the model first)")
     if getattr(layer, "quantization_mode", None) or getattr(layer, "lora_enabled", False):
         fail("layer", _describe(layer), "a Dense without quantization or LoRA")
     if isinstance(layer.kernel.constraint, KeepUnits):
         fail("layer", _describe(layer), "a Dense not split yet (split_head split this one already)")
+    split = [sub.name for sub in model._flatten_layers() if isinstance(sub, keras.layers.Dense)
+             and isinstance(getattr(sub.kernel, "constraint", None), KeepUnits)]
+    if split:
+        fail("layer", _describe(layer), f"a Dense of a model without a split layer ({split[0]!r} "
+             "is split: unsplit_head(model, that layer) first)")
     train = check_outputs("train", train, layer.units)
     # Everything validated: from here on the model changes.
+    flags = _flags(model)
     _freeze_all_but(model, layer)
     layer.trainable = True
     trained = [layer.kernel] + ([layer.bias] if layer.use_bias else [])
     for variable, attribute in zip(trained, ("kernel_constraint", "bias_constraint")):
         constraint = KeepUnits(keras.ops.convert_to_numpy(variable), train, variable.constraint)
+        constraint.flags = flags
         variable.constraint = constraint
         setattr(layer, attribute, constraint)  # saved in the layer's config
     for variable in model.trainable_variables:  # a subclassed model's own weights, if any
         if not any(variable is v for v in trained):
             variable.trainable = False
     model.train_function = None  # a compiled model retraces fit with the new trainable list
+    mixing = _mixing_after(layer)
+    if mixing:
+        warnings.warn(f"split_head: {mixing} mixes the units of {layer.name!r}: the kept units' "
+                      "values before it stay bitwise, but after it they move as the trained "
+                      "units learn; split a Dense with activation=None and put the softmax in "
+                      "the loss (from_logits=True)", PromiseWarning, stacklevel=2)
     return trained
+
+
+def unsplit_head(model, layer) -> list:
+    """Undo split_head: the layer's plain constraints back, every trainable flag as before.
+
+    The kernel and bias keep their current values (the kept units' frozen values, the trained
+    units' values). The model then saves to a .keras file that Keras loads without this
+    package. A model loaded from a file saved while split gets the flags saved with it.
+    Returns [layer.kernel, layer.bias].
+    """
+    _check_layer(model, layer)
+    if not isinstance(layer.kernel.constraint, KeepUnits):
+        fail("layer", _describe(layer), "a Dense that split_head split (this one is not split)")
+    flags = layer.kernel.constraint.flags
+    variables = [layer.kernel] + ([layer.bias] if layer.use_bias else [])
+    for variable, attribute in zip(variables, ("kernel_constraint", "bias_constraint")):
+        inner = variable.constraint.inner
+        variable.constraint = inner
+        setattr(layer, attribute, inner)
+    if flags is not None and len(flags) == len(model._flatten_layers()) + len(model.weights):
+        _set_flags(model, flags)
+    else:  # no record (another model object): Keras's default, everything trainable
+        _set_flags(model, [True] * (len(model._flatten_layers()) + len(model.weights)))
+    model.train_function = None
+    return variables

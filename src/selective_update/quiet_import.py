@@ -8,19 +8,27 @@ import importlib
 import os
 import sys
 
+# Set only while TensorFlow imports, where the user has not set them, then put back as the user
+# had them (a library leaves process-wide state alone). TF_CPP_MIN_LOG_LEVEL 2 keeps C++
+# INFO/WARNING lines off the terminal (one "Not handling type DT_DOUBLE" per op): TensorFlow reads
+# it once, at its first log line, which the import writes, so it holds for the session ops too,
+# while a level the user set (0 to see them) wins. TF_USE_LEGACY_KERAS 1 skips the eager import of
+# Keras 3 inside `import tensorflow` (~2 s); tf.keras reads the variable again when first used, so
+# once it is put back tf.keras is Keras 3 as usual (issue 15: it used to stay set, and tf.keras
+# then failed with "Keras cannot be imported").
+IMPORT_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_USE_LEGACY_KERAS": "1"}
+
 
 def quiet_import(name):
     """Import `tensorflow` or `keras` with fd 2 silenced while TF starts up and probes devices.
 
-    TF_CPP_MIN_LOG_LEVEL 2 keeps C++ INFO/WARNING lines (one "Not handling type DT_DOUBLE" per
-    op) off the terminal while errors stay; Python warnings are untouched.
+    Python warnings, logging levels and the environment are left as they were.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # `import tensorflow` eagerly imports Keras 3 (~2 s); TF skips it with this set and tf_keras
-    # not installed. Nothing but selective_update.keras uses Keras, and it imports keras itself.
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     if name in sys.modules and "tensorflow" in sys.modules:
         return sys.modules[name]
+    saved_env = {key: os.environ.get(key) for key in IMPORT_ENVIRONMENT}
+    for key, value in IMPORT_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     try:
         sys.stderr.flush()
@@ -34,4 +42,8 @@ def quiet_import(name):
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
-
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

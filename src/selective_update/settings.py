@@ -119,3 +119,16 @@ NEW_CLASS_MAX_WORK = 3e10
 NEW_CLASS_CORRECTED_FACTOR = 2
 NEW_CLASS_REDUCED_GRID = dict(optimizers=["adam"], lrs={"adam": [0.03, 0.1]}, steps=[10, 20])
 # --- end of the new-class scenario ------------------------------------------------------------
+
+# --- the helpers for your own model (selective_update.torch, issue 15) ----------------------------
+# NullSpaceProjector: a projected random step keeping less than this share of its norm means the
+# constraints span every direction the optimizer can take (TrivialNullSpaceWarning at attach()).
+TRIVIAL_SHARE = 1e-3
+# A float32 model's explicit Jacobian rows (convolutions, per-sample rows) enter J Jᵀ through a
+# float32 product (twice as fast); the projection is kept when it leaves at most this share of
+# J v (the step's first-order change of the kept outputs), else J Jᵀ is formed again in float64.
+FAST_GRAM_RTOL = 1e-6
+# Forming J Jᵀ = R Rᵀ: row blocks (only the blocks on and below the diagonal are multiplied), and
+# protected inputs per chunk of the per-sample vmap pass (bounds its memory).
+GRAM_BLOCKS = 8
+SAMPLE_CHUNK = 128

@@ -155,3 +155,39 @@ def test_a_failed_page_leaves_the_previous_bench_files(tmp_path, monkeypatch):
         bench.write_reports(out, [row], args, env, [])
     assert (out / "bench.csv").read_text() == "previous\n"
     assert sorted(p.name for p in out.iterdir()) == ["bench.csv"]  # no staging left behind
+
+
+@pytest.mark.slow
+def test_helpers_part_writes_issue_15_rows(tmp_path):
+    out = tmp_path / "reports"
+    proc = subprocess.run([sys.executable, "-m", "selective_update", "bench", "--parts",
+                           "helpers", "--quick", "--frameworks", "torch", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(out / "bench.csv", newline="") as f:
+        rows = {r["strategy"]: r for r in csv.DictReader(f) if r["part"] == "helpers"}
+    assert set(rows) == {"plain", "split_head", "null_space_8", "null_space_16",
+                         "null_space_corrected_8", "layer_subspace_16"}
+    assert all(r["dtype"] == "float32" and r["n_params"] == "55018" for r in rows.values())
+    assert float(rows["plain"]["ratio_to_plain"]) == 1.0
+    assert float(rows["null_space_16"]["peak_rss_mb"]) > 100
+    assert rows["null_space_corrected_8"]["note"].startswith("Gauss-Newton steps per step: ")
+    page = (out / "bench.html").read_text()
+    assert "The helpers on your own model" in page
+    assert (out / "figures" / "bench_helpers.png").stat().st_size > 0
+
+
+def test_helpers_goals_compare_the_corrected_step_with_its_twin():
+    from selective_update.bench import helpers
+
+    def row(name, seconds, ratio, rss=""):
+        return dict(strategy=name, median_s=seconds, ratio_to_plain=ratio, peak_rss_mb=rss,
+                    goal="", meets_goal="")
+
+    rows = [row("null_space_64", 0.1, 9.0), row("null_space_corrected_64", 0.25, 22.0),
+            row("null_space_512", 3.0, 240.0, rss=2100.0), row("layer_subspace_512", 0.01, 1.2)]
+    helpers._goals(rows, 64, 512, quick=False)
+    met = {r["strategy"]: r["meets_goal"] for r in rows}
+    assert met == {"null_space_64": True, "null_space_corrected_64": False,
+                   "null_space_512": False, "layer_subspace_512": True}  # 2.5x twin; RSS > 2 GB
+    assert "2 GB" in rows[2]["goal"]

@@ -36,6 +36,8 @@ class Ops(Protocol):
     def reduce_max(self, a: Tensor) -> Tensor: """Return the largest element."""
     def reduce_mean(self, a: Tensor) -> Tensor: """Return the mean of every element."""
     def trace(self, a: Tensor) -> Tensor: """Sum the diagonal of a square matrix."""
+    def add_diagonal(self, a: Tensor, value: Tensor) -> Tensor:
+        """Return a square matrix with value added to its diagonal (a + value * I)."""
     def matmul(self, a: Tensor, b: Tensor) -> Tensor: """Multiply matrices."""
     def dot(self, a: Tensor, b: Tensor, transpose_a: bool = False) -> Tensor:
         """Return (a or a^T) @ b for a matrix a and a vector or matrix b."""

@@ -5,8 +5,6 @@ frameworks, so the eigenvalue cutoff, the jitter and the fallback are written on
 """
 from __future__ import annotations
 
-import numpy as np
-
 from ..settings import CHOLESKY_JITTER
 
 
@@ -35,7 +33,7 @@ def psd_factor(ops, A):
     """
     n = A.shape[0]
     jitter = CHOLESKY_JITTER * ops.trace(A) / n
-    L, ok = ops.cholesky(A + jitter * ops.const(np.eye(n), A))
+    L, ok = ops.cholesky(ops.add_diagonal(A, jitter))
     return L, A, ok
 
 

@@ -14,9 +14,14 @@ from __future__ import annotations
 import numpy as np
 
 
-def basis(h, energy) -> np.ndarray:
-    """Return U (d+1, r): the top right singular directions of [h, 1] holding `energy`."""
-    H = np.concatenate([np.asarray(h, dtype=np.float64), np.ones((len(h), 1))], axis=1)
+def basis(h, energy, bias=True) -> np.ndarray:
+    """Return U (d+1, r): the top right singular directions of [h, 1] holding `energy`.
+
+    bias=False: of h alone, U (d, r), for a layer without a bias.
+    """
+    H = np.asarray(h, dtype=np.float64)
+    if bias:
+        H = np.concatenate([H, np.ones((len(h), 1))], axis=1)
     _, s, Vt = np.linalg.svd(H, full_matrices=False)
     rank = int((s > s[0] * max(H.shape) * np.finfo(np.float64).eps).sum())
     if energy >= 1.0:

@@ -15,6 +15,10 @@ Parts (`--parts`, default all of them):
             null_space and null_space_corrected against 0..1,080 kept digits, layer_subspace,
             grow, and compensated_gradient on the batch (issue 16) (`reference`, the part's
             earlier name, is still accepted);
+  helpers   issue 15's helpers for your own model (helpers.py) on a ~55k-parameter CNN, float32:
+            split_head, NullSpaceProjector on 64 and 512 protected images (and corrected on 64),
+            LayerSubspaceProjector on 512, each against a plain AdamW step; peak RSS of the
+            512-image projector in a fresh process (torch only; --quick: 8 and 16 images);
   floor     the study's default grid computed in one fresh plain Python process
             (study_floor.py).
 
@@ -39,6 +43,7 @@ from ..files import atomic_write
 from ..settings import CELL_TIMEOUT, REPORTS_DIR
 from . import report
 from .beyond_batch import bench_beyond_batch
+from .helpers import bench_helpers
 from .study_floor import bench_floor
 from .timing import (
     CSV_COLUMNS,
@@ -158,8 +163,8 @@ def _resolve(args):
             error("--device: cuda with part floor; allowed: cpu for the study floor")
         if not cuda_available():
             error("--device: cuda, but torch sees no CUDA device here; allowed: cpu")
-    if "jacobian" in args.parts and "torch" not in args.frameworks:
-        args.parts = tuple(p for p in args.parts if p != "jacobian")
+    if "torch" not in args.frameworks:  # both parts time torch code only
+        args.parts = tuple(p for p in args.parts if p not in ("jacobian", "helpers"))
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         error(f"--out: {out} is a file; allowed: a folder")
@@ -217,7 +222,8 @@ def _write(out, rows, args, env, notes):
     for name, fig in (("bench_ratios.png", figures.plot_bench_ratios(frame)),
                       ("bench_sweep_width.png", figures.plot_bench_sweep(frame, "sweep_width")),
                       ("bench_sweep_batch.png", figures.plot_bench_sweep(frame, "sweep_batch")),
-                      ("bench_beyond_batch.png", figures.plot_bench_beyond_batch(frame))):
+                      ("bench_beyond_batch.png", figures.plot_bench_beyond_batch(frame)),
+                      ("bench_helpers.png", figures.plot_bench_helpers(frame))):
         if fig is not None:
             _save(fig, out / "figures" / name)
     meta = {
@@ -282,6 +288,10 @@ def main(args) -> int:
                      f"only where it has at most {JACOBIAN_MAX_ENTRIES:,} entries.")
     if "beyond_batch" in args.parts:
         rows += bench_beyond_batch(args, env, log)
+    if "helpers" in args.parts:
+        rows += bench_helpers(args, env, log)
+        notes.append("Helpers: float32 on CPU whatever --dtype and --device; ratios to the plain "
+                     "AdamW step of the same CNN, timed with the light steps.")
     if "floor" in args.parts:
         rows.append(bench_floor(args, env, log)[0])
     add_ratios(rows)

@@ -90,3 +90,25 @@ def plot_bench_beyond_batch(frame):
            ylabel="median ms per step", title="Reference-protected step time (digits 64-16-10)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
     return fig
+
+
+def plot_bench_helpers(frame):
+    """Each helper's step over the plain AdamW step on the bench's CNN (log), goals marked."""
+    import matplotlib.pyplot as plt
+
+    part = frame[(frame.part == "helpers") & (frame.strategy != "plain")]
+    if not len(part):
+        return None
+    part = part.iloc[::-1]
+    fig, ax = plt.subplots(figsize=(7.5, 0.5 * len(part) + 1.5))
+    colors = ["tab:green" if m is True or m == "True" else "tab:red" if m is False or m == "False"
+              else "tab:grey" for m in part.meets_goal]
+    ax.barh(part.strategy, part.ratio_to_plain, color=colors)
+    for y, (ratio, goal) in enumerate(zip(part.ratio_to_plain, part.goal)):
+        ax.annotate(f"{ratio:.3g}x" + (f"  (goal {goal})" if isinstance(goal, str) and goal
+                                       else ""), (ratio, y), xytext=(4, -3),
+                    textcoords="offset points", fontsize=8)
+    ax.axvline(1.0, color="black", lw=0.8)
+    ax.set(xscale="log", xlabel="ratio to the plain AdamW step (log)",
+           title="Helpers on a ~55k-parameter CNN (float32); green: goal met, red: missed")
+    return fig

@@ -76,6 +76,21 @@ def beyond_batch_table(frame):
                                                  na_rep="")
 
 
+def helpers_table(frame):
+    """The helpers part: each helper's step against the plain step, with issue 15's targets."""
+    from IPython.display import Markdown
+
+    part = frame[frame.part == "helpers"]
+    if not len(part):
+        return Markdown("Not measured in this bench (`--parts helpers`).")
+    shown = part.assign(ms=part.median_s * 1e3)[
+        ["strategy", "n_ref", "ms", "ratio_to_plain", "peak_rss_mb", "goal", "meets_goal",
+         "note"]].rename(columns={"strategy": "case", "n_ref": "protected inputs"})
+    return shown.style.hide(axis="index").format(
+        {"protected inputs": "{:.0f}", "ms": "{:.4g}", "ratio_to_plain": "{:.3g}",
+         "peak_rss_mb": "{:.0f}"}, na_rep="")
+
+
 # --- the docs' generated blocks (python -m selective_update docs) ---------------------------
 
 def _machine_line(frame, meta):
@@ -130,4 +145,22 @@ def beyond_batch_markdown(frame, meta) -> str:
             for r in part.itertuples()]
     head = ["framework", "strategy", "network", "protected inputs", "ms per step",
             "ratio to plain", "goal", ""]
+    return _machine_line(frame, meta) + "\n\n" + markdown_table(head, rows)
+
+
+def helpers_markdown(frame, meta) -> str:
+    """The helpers part as Markdown: each helper's step against the plain step, with its goal."""
+    part = frame[frame.part == "helpers"]
+    if not len(part):
+        return "No helpers part in this bench (`--parts helpers`)."
+    rows = []
+    for r in part.itertuples():
+        protected = "" if r.n_ref != r.n_ref or r.n_ref == "" else f"{float(r.n_ref):.0f}"
+        rss = "" if r.peak_rss_mb != r.peak_rss_mb else f"{r.peak_rss_mb:.0f}"
+        rows.append([f"`{r.strategy}`", protected, f"{r.median_s * 1e3:.4g}",
+                     f"{r.ratio_to_plain:.3g}", rss, r.goal if isinstance(r.goal, str) else "",
+                     {"True": "met", "False": "**missed**"}.get(str(r.meets_goal), ""),
+                     r.note if isinstance(r.note, str) else ""])
+    head = ["case", "protected inputs", "ms per step", "ratio to plain", "peak RSS MB", "goal",
+            "", "note"]
     return _machine_line(frame, meta) + "\n\n" + markdown_table(head, rows)

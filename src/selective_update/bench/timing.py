@@ -18,7 +18,7 @@ import numpy as np
 from .. import core
 
 FRAMEWORK_ORDER = ("torch", "tf1")
-PARTS = ("table", "jacobian", "sweep", "beyond_batch", "floor")
+PARTS = ("table", "jacobian", "sweep", "beyond_batch", "helpers", "floor")
 # Earlier names of parts, still accepted by --parts.
 PART_ALIASES = {"reference": "beyond_batch"}
 PLAIN = "all_params"
@@ -62,7 +62,7 @@ EXPECTED_SLOPES = {
 CSV_COLUMNS = ("part", "framework", "strategy", "sizes", "width", "batch", "n_ref", "n_params",
                "median_s", "q1_s", "q3_s", "ratio_to_plain", "goal", "meets_goal", "repeats",
                "threads", "device", "dtype", "load_1m", "machine", "python", "numpy", "torch",
-               "tensorflow", "note")
+               "tensorflow", "peak_rss_mb", "note")
 
 
 def machine() -> str:
@@ -164,7 +164,8 @@ def measurement_row(part, framework, strategy, sizes, batch, seconds, env, args,
                 goal="", meets_goal="", repeats=len(seconds), threads=env["threads"],
                 device=args.device if framework == "torch" else "cpu", dtype=args.dtype,
                 load_1m=load(), machine=env["machine"], python=env["python"],
-                numpy=env["numpy"], torch=env["torch"], tensorflow=env["tensorflow"], note=note)
+                numpy=env["numpy"], torch=env["torch"], tensorflow=env["tensorflow"],
+                peak_rss_mb="", note=note)
 
 
 def bench_table(args, env, log) -> list:

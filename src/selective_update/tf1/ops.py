@@ -89,6 +89,11 @@ def trace(a):
     return tf.linalg.trace(a)
 
 
+def add_diagonal(a, value):
+    """Return a square matrix with value added to its diagonal (a + value * I, no dense I)."""
+    return tf.linalg.set_diag(a, tf.linalg.diag_part(a) + value)
+
+
 def matmul(a, b):
     """Multiply matrices."""
     return tf.matmul(a, b)

@@ -1,32 +1,18 @@
-"""A model's kept outputs at chosen inputs as a function of its parameters, and its linearization.
-
-NullSpaceProjector and audit use these: KeptOutputs evaluates the kept outputs from a flat vector
-of chosen parameters (torch.func.functional_call), Linearized their Jacobian through products.
+"""A model's kept outputs at chosen inputs as a function of its parameters (audit, and the
+checks of NullSpaceProjector): KeptOutputs evaluates them from a flat vector of chosen parameters
+(torch.func.functional_call), Linearized gives Jᵀ a through a vjp.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.func import functional_call, jvp, vjp, vmap
+from torch.func import functional_call, vjp
 
 from ..validation import check_outputs, fail
-
-CHUNK_ELEMENTS = 2 ** 22  # tangents built at once when forming a Gram matrix (memory bound)
-
-
-def describe(module):
-    """Name a module in one line: its class, and its sizes for a Linear."""
-    if isinstance(module, nn.Linear):
-        return f"Linear(in_features={module.in_features}, out_features={module.out_features})"
-    return type(module).__name__
+from .modules import check_module
 
 
-def check_module(name, model):
-    if not isinstance(model, nn.Module):
-        fail(name, type(model).__name__, "a torch.nn.Module")
-
-
-class _Outputs(nn.Module):
+class Wrapped(nn.Module):
     """Wrap model and output_fn so torch.func.functional_call can swap the model's parameters."""
 
     def __init__(self, model, output_fn):
@@ -47,7 +33,7 @@ class KeptOutputs:
         if not isinstance(inputs, torch.Tensor) or inputs.dim() < 1 or not len(inputs):
             fail("inputs", type(inputs).__name__ if not isinstance(inputs, torch.Tensor)
                  else f"a tensor of shape {tuple(inputs.shape)}", "a non-empty batch tensor")
-        self.wrapper = _Outputs(model, output_fn)
+        self.wrapper = Wrapped(model, output_fn)
         self.inputs = inputs
         every = dict(model.named_parameters())
         self.names = list(every) if names is None else names
@@ -97,48 +83,15 @@ class KeptOutputs:
 
 
 class Linearized:
-    """The kept outputs' Jacobian J at theta, used only through J v, J^T a and J^+ r."""
+    """The kept outputs' Jacobian J at theta, used through Jᵀ a (one vjp)."""
 
     def __init__(self, f, theta):
         self.f, self.theta = f, theta
         with torch.enable_grad():
             self.value, self._vjp = vjp(f, theta)
         self.m, self.P = self.value.numel(), theta.numel()
-        self._solver = None
-
-    def jv(self, v):
-        """Return J v."""
-        with torch.enable_grad():
-            return jvp(self.f, (self.theta,), (v,))[1]
 
     def jtv(self, a):
-        """Return J^T a."""
+        """Return Jᵀ a."""
         with torch.enable_grad():
             return self._vjp(a)[0]
-
-    def _columns(self, first, second, size):
-        """Return the matrix whose rows are second(first(e_i)), built a chunk of e_i at a time."""
-        chunk = max(1, CHUNK_ELEMENTS // max(self.m, self.P))
-        eye = torch.eye(size, dtype=self.theta.dtype, device=self.theta.device)
-        with torch.enable_grad():
-            return torch.cat([vmap(second)(vmap(first)(eye[i:i + chunk]))
-                              for i in range(0, size, chunk)])
-
-    def pinv(self, r):
-        """Return J^+ r: the smallest parameter change that moves the kept outputs by r."""
-        if self._solver is None:
-            # Gram form J J^T (m x m) while m <= P, else parameter form J^T J (P x P): J itself
-            # (m x P) is never held, only `chunk` of its rows or columns at a time.
-            gram_form = self.m <= self.P
-            if gram_form:
-                G = self._columns(self.jtv, self.jv, self.m)
-            else:
-                G = self._columns(self.jv, self.jtv, self.P)
-            w, V = torch.linalg.eigh((G + G.T) / 2)
-            cutoff = w[-1].clamp(min=0) * G.shape[0] * torch.finfo(G.dtype).eps
-            inv = torch.where(w > cutoff, 1.0 / w.clamp(min=cutoff), torch.zeros_like(w))
-            self._solver = (gram_form, V, inv)
-        gram_form, V, inv = self._solver
-        if gram_form:
-            return self.jtv(V @ (inv * (V.T @ r)))
-        return V @ (inv * (V.T @ self.jtv(r)))

@@ -2,99 +2,164 @@
 null space of the kept outputs' Jacobian at chosen inputs."""
 from __future__ import annotations
 
-import warnings
-
 import torch
 
-from ..core.runs import RestoreWarning
-from ..settings import GAUSS_NEWTON_MAX_STEPS, RESTORE_TOL
+from ..algorithms.solve import psd_factor, psd_solve
+from ..core.runs import RestoreWarning, TrivialNullSpaceWarning
+from ..settings import (CHORD_RATE, FAST_GRAM_RTOL, GAUSS_NEWTON_MAX_STEPS, PROJECTION_SWEEPS,
+                        RESTORE_TOL, TRIVIAL_SHARE)
 from ..validation import fail
-from .kept_outputs import KeptOutputs, Linearized
+from . import ops
+from .kept_jacobian import KeptJacobian
+from .kept_outputs import KeptOutputs
+from .modules import evaluation, module_trail, warn_once, warn_running_stats
+from .step_hooks import StepHooks
 
-class NullSpaceProjector:
+VALUE_FLOW = "no Python control flow on tensor values (.item(), if x.sum() > 0) in forward"
+HINTS = (("randomness", "put the module in eval mode or draw no random numbers in forward"),
+         ("data-dependent", VALUE_FLOW), (".item()", VALUE_FLOW),
+         ("attention", "the math attention kernel: torch.nn.attention.sdpa_kernel("
+                       "SDPBackend.MATH)"))
+
+
+def _solve(factor, r):
+    """Return (J Jᵀ)⁻¹ r through the study's solver (a Cholesky factor, pinv where it failed)."""
+    return psd_solve(ops, factor, r.reshape(-1, 1)).reshape(-1)
+
+
+def _refusal(error, trail):
+    """Fail in one line naming where the dry projection broke and a fix."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    where = f"module {trail[-1]!r}" if trail and trail[-1] else "the model"
+    hint = next((h for key, h in HINTS if key in text),
+                "layers that torch.func.vmap and jacrev can differentiate per sample")
+    fail("model", f"{where} failing a dry projection ({type(error).__name__}: {text[:160]})",
+         f"a model the projector can differentiate per sample in eval mode; fix: {hint}")
+
+
+class NullSpaceProjector(StepHooks):
     """Project each optimizer step onto the null space of the kept outputs' Jacobian at inputs.
 
     The step projected is the one the optimizer took (after momentum, Adam and weight decay),
     seen through optimizer step hooks. Only parameters of model that the optimizer holds are
-    projected; the Jacobian is never materialized (see Linearized: Gram form J J^T built from
-    torch.func vjp/jvp products while kept x n <= parameters, else the parameter form J^T J).
-    corrected=True then takes Gauss-Newton steps until the kept outputs at inputs are back
-    within RESTORE_TOL of their values at attach() (at most GAUSS_NEWTON_MAX_STEPS; warns if not).
-    The forward pass must be deterministic (dropout off, BatchNorm in eval mode).
+    projected. The kept outputs are those of the model in eval mode (dropout off, running
+    statistics), whatever mode you train in; the Jacobian's blocks (kept_jacobian.py) come from
+    one vmap/jacrev pass per step and J Jᵀ is factored once per step in float64 (the study's
+    solver, algorithms/solve.py; a float32 model's explicit rows first enter it through a
+    float32 product, kept only when its projection holds to FAST_GRAM_RTOL, and projector.last
+    says which). corrected=True then takes Gauss-Newton steps, reusing that
+    factor, until the kept outputs at inputs are back within RESTORE_TOL (relative to their
+    scale) of their values at attach(), at most GAUSS_NEWTON_MAX_STEPS.
+
+    attach() runs one dry projection and refuses (ValueError naming the module) a model it
+    cannot differentiate; it warns when the constraints leave no direction to train
+    (TrivialNullSpaceWarning) and when running statistics will move the kept outputs
+    (PromiseWarning). A projection that fails inside optimizer.step() puts the parameters and
+    the optimizer state back as they were before that step, then raises.
     """
 
     def __init__(self, model, keep, inputs, *, corrected=False, output_fn=None):
         if not isinstance(corrected, bool):
             fail("corrected", corrected, "True or False")
-        self._probe = KeptOutputs(model, keep, inputs, output_fn)  # validates; changes nothing
-        self.model, self.keep, self.inputs = model, self._probe.keep, inputs
+        probe = KeptOutputs(model, keep, inputs, output_fn)  # validates; changes nothing
+        super().__init__(model)
+        self.keep, self.inputs = probe.keep, inputs
         self.corrected, self.output_fn = corrected, output_fn
-        self.optimizer, self.last = None, {}
-        self._f = self._handles = self._before = self._target = None
+        self.last = {}
+        self._jac = self._target = self._tol = self._gram = None
 
-    def attach(self, optimizer):
-        """Project every later optimizer.step() of this optimizer; return self."""
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            fail("optimizer", type(optimizer).__name__, "a torch.optim.Optimizer")
-        if self.optimizer is not None:
-            fail("optimizer", type(optimizer).__name__,
-                 "an optimizer, once: this projector is attached already (detach() first)")
-        if getattr(optimizer, "_null_space_projector", None) is not None:
-            fail("optimizer", type(optimizer).__name__,
-                 "an optimizer without a projector (another one is attached to it)")
-        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        names = [n for n, p in self.model.named_parameters() if id(p) in held]
-        if not names:
-            fail("optimizer", type(optimizer).__name__, "an optimizer holding model's parameters")
-        self._f = KeptOutputs(self.model, self.keep, self.inputs, self.output_fn, names)
-        self._target = self._f(self._f.flat()).detach()
-        self._handles = [optimizer.register_step_pre_hook(self._snapshot),
-                         optimizer.register_step_post_hook(self._project)]
-        self.optimizer = optimizer
-        optimizer._null_space_projector = self
-        return self
+    def _prepare(self, params):
+        with module_trail(self.model) as trail:
+            try:
+                jac = KeptJacobian(self.model, self.keep, self.inputs, self.output_fn, params)
+                share = self._dry_run(jac)
+            except Exception as error:  # noqa: BLE001  (any failure: refuse, nothing changed)
+                _refusal(error, trail)
+        self._jac, self.params = jac, jac.params
+        self._target = self._kept()
+        dtype = str(self.params[0].dtype).removeprefix("torch.")
+        self._tol = RESTORE_TOL.get(dtype, 1e-5) * max(1.0, float(self._target.abs().max()))
+        size = sum(p.numel() for p in self.params)
+        if jac.m >= size and share <= TRIVIAL_SHARE:
+            warn_once(self, "trivial", f"NullSpaceProjector: {jac.m} constraints span every "
+                      f"direction of the {size} parameters the optimizer holds: projected "
+                      "steps are zero and nothing trains (protect fewer inputs or outputs)",
+                      TrivialNullSpaceWarning)
+        warn_running_stats(self, self.model, "NullSpaceProjector")
 
-    def detach(self):
-        """Stop projecting: remove the hooks from the optimizer."""
-        if self.optimizer is not None:
-            for handle in self._handles:
-                handle.remove()
-            self.optimizer._null_space_projector = None
-        self.optimizer = self._handles = self._before = None
+    def _dry_run(self, jac):
+        """Linearize and project a random step; return the share of its norm that is kept."""
+        self._jac = jac
+        lin = jac.linearize()
+        generator = torch.Generator(device="cpu").manual_seed(0)
+        v = [torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p.device)
+             for p in jac.params]
+        _, kept = self._factor_and_project(lin, v)
+        if self.corrected:
+            self._kept()
+        norm = sum(float((t * t).sum()) for t in v) ** 0.5
+        return sum(float((t * t).sum()) for t in kept) ** 0.5 / norm
 
-    def _snapshot(self, optimizer, args, kwargs):
-        self._before = self._f.flat().clone()
+    def _kept(self):
+        """Return the kept outputs at inputs now (eval mode), float64, kept output major."""
+        with evaluation(self.model), torch.no_grad():
+            out = self._jac.wrapper(self.inputs)
+        return out.index_select(1, self._jac.index).T.reshape(-1).to(torch.float64)
 
-    def _project(self, optimizer, args, kwargs):
-        old = self._before
-        lin = Linearized(self._f, old)
-        step = self._f.flat() - old
-        theta = old + (step - lin.pinv(lin.jv(step)))
+    @staticmethod
+    def _project_vector(lin, factor, v, first=None):
+        """Return v - Jᵀ (J Jᵀ)⁻¹ J v, applied PROJECTION_SWEEPS times (float64); first: J v."""
+        for sweep in range(PROJECTION_SWEEPS):
+            alpha = _solve(factor, first if sweep == 0 and first is not None else lin.jv(v))
+            v = [t - c for t, c in zip(v, lin.jtv(alpha))]
+        return v
+
+    def _project_step(self, old):
+        step = [(p.detach() - o).to(torch.float64) for p, o in zip(self.params, old)]
+        self.write(old)  # linearize where the step started
+        lin = self._jac.linearize()
+        factor, step = self._factor_and_project(lin, step)
+        self.write([o + s.to(o.dtype) for o, s in zip(old, step)])
         steps, residual = 0, None
         if self.corrected:
-            theta, steps, residual = self._restore(theta, lin)
-        self._f.write(theta)
-        self.last = {"gauss_newton_steps": steps, "residual": residual}
+            steps, residual = self._restore(lin, factor)
+        self.last = {"gauss_newton_steps": steps, "residual": residual, "gram": self._gram}
 
-    def _restore(self, theta, lin):
+    def _factor_and_project(self, lin, v):
+        """Factor J Jᵀ and project v. A float32 model's explicit rows enter J Jᵀ through a
+        float32 product first; kept when its projection leaves at most FAST_GRAM_RTOL of J v,
+        else (an ill-conditioned J Jᵀ) everything is formed again in float64."""
+        self._gram = "float32 rows" if lin.fast else "float64"
+        factor = psd_factor(ops, lin.gram())
+        first = lin.jv(v)
+        projected = self._project_vector(lin, factor, v, first)
+        if lin.fast and float(lin.jv(projected).abs().max()) > FAST_GRAM_RTOL * float(
+                first.abs().max()):
+            lin.exact()
+            factor = psd_factor(ops, lin.gram())
+            projected = self._project_vector(lin, factor, v)
+            self._gram = "float64 (float32 rows fell short)"
+        return factor, projected
+
+    def _restore(self, lin, factor):
         """Take Gauss-Newton steps until the kept outputs at inputs are back at their target.
 
-        The step's own linearization is reused (a chord step: one vjp, no new Gram) while the
-        residual keeps falling 10x per step; otherwise the next step re-linearizes.
+        Each step reuses the step's factor (a chord step: one Jᵀ a, no new Gram) while the
+        residual falls by CHORD_RATE per step; otherwise the next step re-linearizes.
         """
-        tol = RESTORE_TOL.get(str(theta.dtype).removeprefix("torch."), 1e-5)
-        with torch.no_grad():
-            r = self._f(theta) - self._target
+        r = self._kept() - self._target
         err, steps = float(r.abs().max()), 0
-        while err > tol and steps < GAUSS_NEWTON_MAX_STEPS:
-            theta = theta - lin.pinv(r)
-            with torch.no_grad():
-                r = self._f(theta) - self._target
+        while err > self._tol and steps < GAUSS_NEWTON_MAX_STEPS:
+            correction = lin.jtv(_solve(factor, r))
+            self.write([p.detach() - c.to(p.dtype) for p, c in zip(self.params, correction)])
+            r = self._kept() - self._target
             err, previous, steps = float(r.abs().max()), err, steps + 1
-            if err > 0.1 * previous:
-                lin = Linearized(self._f, theta)
-        if err > tol:
-            warnings.warn(f"NullSpaceProjector: kept outputs still {err:.3g} from their target "
-                          f"after {steps} Gauss-Newton steps (tolerance {tol:g})",
-                          RestoreWarning, stacklevel=3)
-        return theta, steps, err
+            if err > CHORD_RATE * previous and err > self._tol:
+                lin = self._jac.linearize().exact()  # a restore needs every direction
+                factor = psd_factor(ops, lin.gram())
+        if err > self._tol:
+            warn_once(self, "restore", f"NullSpaceProjector: kept outputs still {err:.3g} from "
+                      f"their target after {steps} Gauss-Newton steps (tolerance {self._tol:.3g}"
+                      ", relative to their scale); shown once: projector.last has each step's "
+                      "residual", RestoreWarning)
+        return steps, err

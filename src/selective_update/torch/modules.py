@@ -1,0 +1,102 @@
+"""What the torch helpers check on a user's model: names, running statistics, shared weights; the
+evaluation mode their own passes run in; their warnings, pointed at the user's line."""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+from torch import nn
+
+from .. import notices
+from ..validation import fail
+
+TORCH_DIR = os.path.dirname(torch.__file__)
+
+
+def describe(module):
+    """Name a module in one line: its class, and its sizes for a Linear."""
+    if isinstance(module, nn.Linear):
+        return f"Linear(in_features={module.in_features}, out_features={module.out_features})"
+    return type(module).__name__
+
+
+def check_module(name, model):
+    if not isinstance(model, nn.Module):
+        fail(name, type(model).__name__, "a torch.nn.Module")
+
+
+def name_of(model, module):
+    """Return module's name inside model ('' for model itself, '?' when it is not inside)."""
+    return next((n for n, m in model.named_modules(remove_duplicate=False) if m is module), "?")
+
+
+def running_stat_modules(model):
+    """Return [(name, module)] whose forward in train mode updates running statistics (buffers)."""
+    return [(n, m) for n, m in model.named_modules()
+            if getattr(m, "track_running_stats", False)
+            and getattr(m, "running_mean", None) is not None]
+
+
+def shared_with(model, tensor, owner):
+    """Return the names under which modules other than owner hold this very parameter."""
+    return [f"{n}.{p}" if n else p for n, m in model.named_modules(remove_duplicate=False)
+            if m is not owner for p, t in m.named_parameters(recurse=False) if t is tensor]
+
+
+@contextlib.contextmanager
+def evaluation(model):
+    """Run the helpers' own passes in eval mode (no dropout, running statistics) with the math
+    attention kernel, which every torch.func transform differentiates; flags put back after."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def warn_once(owner, cause, message, category=notices.PromiseWarning):
+    """Warn once per owner and cause, at the user's line (outside torch and this package)."""
+    return notices.warn_once(owner, cause, message, category, skip_dirs=(TORCH_DIR,))
+
+
+def warn_running_stats(owner, model, helper):
+    """Warn once if a module that updates running statistics is in train mode now."""
+    moving = [n for n, m in running_stat_modules(model) if m.training]
+    if moving:
+        warn_once(owner, "running statistics",
+                  f"{helper}: {', '.join(moving)} in train mode update running statistics, which "
+                  "move the kept outputs (buffers are not parameters: nothing keeps them); put "
+                  "those modules in eval mode while training, e.g. "
+                  f"model.get_submodule({moving[0]!r}).eval() after model.train()")
+
+
+@contextlib.contextmanager
+def module_trail(model):
+    """Yield the list of modules whose forward pass is running (names, outermost first): what
+    is left in it after an exception names the module that raised."""
+    trail = []
+
+    def enter(name):
+        def hook(module, args):
+            trail.append(name)
+        return hook
+
+    def leave(module, args, output):
+        if trail:
+            trail.pop()
+
+    handles = []
+    for name, module in model.named_modules():
+        handles += [module.register_forward_pre_hook(enter(name)),
+                    module.register_forward_hook(leave)]
+    try:
+        yield trail
+    finally:
+        for handle in handles:
+            handle.remove()
