@@ -39,10 +39,12 @@ from .render import render_html
 
 DIE_AFTER = 2.0  # seconds into a run with the test hook notebook_runner.WORKER_DIES
 POLL = 5.0  # seconds between looks for workers that joined while every worker is busy
-# The scheduler of --cluster local: the study retries a run whose worker died itself (it counts
-# the tries), and a worker is sent one task at a time (one notebook per worker, as in the pool).
-LOCAL_SCHEDULER = {"distributed.scheduler.allowed-failures": 0,
-                   "distributed.scheduler.worker-saturation": 1.0}
+# --cluster local: the study retries a run whose worker died itself (it counts the tries), a worker
+# is sent one task at a time (one notebook each, as in the pool), and no statistical profiler
+# samples the worker's threads every 10 ms while it renders a page.
+LOCAL_CONFIG = {"distributed.scheduler.allowed-failures": 0,
+                "distributed.scheduler.worker-saturation": 1.0,
+                "distributed.worker.profile.enabled": False}
 
 
 class ClusterError(ValueError):
@@ -107,7 +109,7 @@ def run_on_worker(task, inputs, cell_timeout, reuse, published, expected_fingerp
                                        "install the client's commit and pins on it", 0), {}
         if task.fault == notebook_runner.WORKER_DIES:  # kill this worker mid-run
             threading.Timer(DIE_AFTER, os.kill, (os.getpid(), signal.SIGKILL)).start()
-        with tempfile.TemporaryDirectory(prefix="selective-update-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="su-dask-run-") as tmp:
             staging = Path(tmp).resolve()  # resolved: the published path replaces it whole
             for name, data in inputs.items():
                 (staging / name).parent.mkdir(parents=True, exist_ok=True)
@@ -123,7 +125,7 @@ def run_on_worker(task, inputs, cell_timeout, reuse, published, expected_fingerp
 def connect(address, jobs):
     """Return (client, LocalCluster or None); ClusterError (one line) if nothing answers."""
     if address == "local":
-        with dask.config.set(LOCAL_SCHEDULER):
+        with dask.config.set(LOCAL_CONFIG):
             cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
                                    dashboard_address=":0", silence_logs=logging.ERROR,
                                    memory_limit=0)  # no limit, as the pool's workers
@@ -146,7 +148,7 @@ class ClusterRunner:
 
     def __init__(self, address, jobs):
         self.client, self.cluster = connect(address, jobs)
-        self.running = {}  # future -> (task, submission number)
+        self.running = {}  # future -> (task, the workers that died running it before)
         try:
             self.client.register_plugin(KernelPerWorker())
             self.fingerprint = fingerprint()
@@ -178,43 +180,43 @@ class ClusterRunner:
         while pending or self.running:
             capacity = max(1, len(self.client.nthreads()))  # workers may come and go
             while pending and len(self.running) < capacity:
-                self._submit(pending.pop(0), 1, args)
+                self._submit(pending.pop(0), (), args)
             try:
                 done, _ = wait(list(self.running), timeout=POLL, return_when="FIRST_COMPLETED")
             except TimeoutError:
                 continue
             for future in done:
-                task, submission = self.running.pop(future)
-                status = self._finish(future, task, submission, staging, args)
+                task, died = self.running.pop(future)
+                status = self._finish(future, task, died, staging, args)
                 if status is not None:
                     yield status
 
-    def _submit(self, task, submission, args):
-        key = f"notebook-{task.name}-{submission}-{uuid.uuid4().hex[:8]}"
+    def _submit(self, task, died, args):
+        key = f"notebook-{task.name}-{len(died) + 1}-{uuid.uuid4().hex[:8]}"
         future = self.client.submit(run_on_worker, task, *args, key=key, pure=False)
-        self.running[future] = (task, submission)
+        self.running[future] = (task, died)
 
-    def _finish(self, future, task, submission, staging, args):
+    def _finish(self, future, task, died, staging, args):
         """Write a finished run's files into staging; resubmit one whose worker died."""
         if future.status == "finished":
             status, files = future.result()
             for name, data in files.items():
                 atomic_write(staging / name, data)
-            if submission > 1:
-                status["attempts"] += (submission - 1) * self.tries
-                status["note"] = "its worker died; retried on another"
+            if died:
+                status["attempts"] += len(died) * self.tries
+                status["note"] = f"its worker died ({', '.join(died)}); retried on another"
         else:
             error = future.exception()
-            if isinstance(error, KilledWorker) and submission < self.submissions:
-                self._submit(task, submission + 1, args)
-                return None
-            tries = submission * self.tries
             if isinstance(error, KilledWorker):
-                message = (f"its worker died while running it, {tries} time(s) (Dask "
-                           f"KilledWorker; last on {error.last_worker.address})")
+                died += (error.last_worker.address,)
+                if len(died) < self.submissions:
+                    self._submit(task, died, args)
+                    return None
+                message = (f"its worker died while running it, {len(died) * self.tries} "
+                           f"time(s) (Dask KilledWorker; on {', then '.join(died)})")
             else:
                 message = f"{type(error).__name__}: {error}".splitlines()[0][:300]
-            status = failed_status(task, message, tries)
+            status = failed_status(task, message, max(1, len(died) * self.tries))
         future.release()
         if not (staging / status["html"]).is_file():
             self._failure_page(task, staging, status)
