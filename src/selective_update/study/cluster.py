@@ -24,6 +24,7 @@ import os
 import signal
 import tempfile
 import threading
+import time
 import uuid
 from functools import lru_cache
 from pathlib import Path
@@ -148,7 +149,7 @@ class ClusterRunner:
 
     def __init__(self, address, jobs):
         self.client, self.cluster = connect(address, jobs)
-        self.running = {}  # future -> (task, the workers that died running it before)
+        self.running = {}  # future -> (task, workers that died running it before, first start)
         try:
             self.client.register_plugin(KernelPerWorker())
             self.fingerprint = fingerprint()
@@ -180,23 +181,22 @@ class ClusterRunner:
         while pending or self.running:
             capacity = max(1, len(self.client.nthreads()))  # workers may come and go
             while pending and len(self.running) < capacity:
-                self._submit(pending.pop(0), (), args)
+                self._submit(pending.pop(0), (), time.perf_counter(), args)
             try:
                 done, _ = wait(list(self.running), timeout=POLL, return_when="FIRST_COMPLETED")
             except TimeoutError:
                 continue
             for future in done:
-                task, died = self.running.pop(future)
-                status = self._finish(future, task, died, staging, args)
+                status = self._finish(future, *self.running.pop(future), staging, args)
                 if status is not None:
                     yield status
 
-    def _submit(self, task, died, args):
+    def _submit(self, task, died, start, args):
         key = f"notebook-{task.name}-{len(died) + 1}-{uuid.uuid4().hex[:8]}"
         future = self.client.submit(run_on_worker, task, *args, key=key, pure=False)
-        self.running[future] = (task, died)
+        self.running[future] = (task, died, start)
 
-    def _finish(self, future, task, died, staging, args):
+    def _finish(self, future, task, died, start, staging, args):
         """Write a finished run's files into staging; resubmit one whose worker died."""
         if future.status == "finished":
             status, files = future.result()
@@ -210,13 +210,16 @@ class ClusterRunner:
             if isinstance(error, KilledWorker):
                 died += (error.last_worker.address,)
                 if len(died) < self.submissions:
-                    self._submit(task, died, args)
+                    self._submit(task, died, start, args)
                     return None
                 message = (f"its worker died while running it, {len(died) * self.tries} "
                            f"time(s) (Dask KilledWorker; on {', then '.join(died)})")
             else:
                 message = f"{type(error).__name__}: {error}".splitlines()[0][:300]
-            status = failed_status(task, message, max(1, len(died) * self.tries))
+            status = failed_status(task, message, max(1, len(died) * self.tries),
+                                   round(time.perf_counter() - start, 1))
+            if died:
+                status["note"] = f"its worker died on {len(died) * self.tries} tries"
         future.release()
         if not (staging / status["html"]).is_file():
             self._failure_page(task, staging, status)
