@@ -71,7 +71,10 @@ def main(argv=None):
     print("| executor | wall s | notebooks' own s | 1-min load |\n|---|---|---|---|")
     for name, row in med.iterrows():
         print(f"| {name} | {row.wall_s:.1f} | {row.notebook_s:.1f} | {row.load_1min:.2f} |")
-    print(f"\ncluster / pool wall: {cluster.wall_s / pool.wall_s:.2f}; overhead per task: "
+    paired = frame.pivot(index="round", columns="executor", values="wall_s")
+    ratios = paired["cluster local"] / paired["pool"]
+    print("\ncluster / pool wall, round by round: " + ", ".join(f"{r:.2f}" for r in ratios))
+    print(f"cluster / pool wall (medians): {cluster.wall_s / pool.wall_s:.2f}; overhead per task: "
           f"{(cluster.wall_s - pool.wall_s) / tasks:+.2f} s of wall, "
           f"{(cluster.notebook_s - pool.notebook_s) / tasks:+.2f} s inside the runs")
 

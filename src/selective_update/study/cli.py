@@ -205,8 +205,8 @@ def _runner(args):
 
 
 def _top_files(staging):
-    """The staged files beside runs/ (what the summary reads), as bytes."""
-    return {p.name: p.read_bytes() for p in sorted(staging.iterdir()) if p.is_file()}
+    """The staged CSV files beside runs/ (what the summary reads), as bytes."""
+    return {p.name: p.read_bytes() for p in sorted(staging.glob("*.csv")) if p.is_file()}
 
 
 def _remove_stale_staging(out):

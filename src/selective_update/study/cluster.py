@@ -107,8 +107,9 @@ def run_on_worker(task, inputs, cell_timeout, reuse, published, expected_fingerp
         if mine != expected_fingerprint:
             return failed_status(task, f"this worker's checkout differs from the client's "
                                        f"(fingerprint {mine}, client {expected_fingerprint}): "
-                                       "install the client's commit and pins on it", 0), {}
-        if task.fault == notebook_runner.WORKER_DIES:  # kill this worker mid-run
+                                       "install the client's commit and pins on it", 1), {}
+        dies = task.fault == notebook_runner.WORKER_DIES  # test hook: this worker dies mid-run
+        if dies:
             threading.Timer(DIE_AFTER, os.kill, (os.getpid(), signal.SIGKILL)).start()
         with tempfile.TemporaryDirectory(prefix="su-dask-run-") as tmp:
             staging = Path(tmp).resolve()  # resolved: the published path replaces it whole
@@ -116,6 +117,8 @@ def run_on_worker(task, inputs, cell_timeout, reuse, published, expected_fingerp
                 (staging / name).parent.mkdir(parents=True, exist_ok=True)
                 (staging / name).write_bytes(data)
             status = notebook_runner.execute(task, str(staging), cell_timeout, reuse, published)
+            if dies:  # a run quicker than DIE_AFTER: the worker still dies before it returns
+                os.kill(os.getpid(), signal.SIGKILL)
             files = {p.relative_to(staging).as_posix(): p.read_bytes()
                      for p in sorted(staging.rglob("*")) if p.is_file()}
     return status, {name: data for name, data in files.items() if inputs.get(name) != data}
