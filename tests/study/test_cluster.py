@@ -217,8 +217,13 @@ def _alive(pid):
         return False
 
 
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # even where this test's runner ignores it
+
+
 @pytest.mark.slow
-def test_an_interrupted_cluster_study_leaves_the_previous_reports_and_no_process(tmp_path):
+@pytest.mark.parametrize("how", ["SIGTERM to the study", "Ctrl-C (SIGINT to the process group)"])
+def test_an_interrupted_cluster_study_leaves_the_previous_reports_and_no_process(tmp_path, how):
     out = tmp_path / "reports"
     (out / "runs").mkdir(parents=True)
     previous = {"index.html": "<html>previous</html>", "results.csv": "a,b\n1,2\n",
@@ -229,7 +234,7 @@ def test_an_interrupted_cluster_study_leaves_the_previous_reports_and_no_process
                              "--cluster", "local", "--datasets", "toy", "--strategies",
                              "split_head", "null_space", "--scenarios", "--out", str(out)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, preexec_fn=_default_sigint)
     try:
         deadline, kernels = time.monotonic() + 120, set()
         while not kernels and time.monotonic() < deadline:
@@ -239,7 +244,10 @@ def test_an_interrupted_cluster_study_leaves_the_previous_reports_and_no_process
         time.sleep(1)
         processes = {p for p, _ in _descendants(proc.pid)}
         started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
+        if how.startswith("SIGTERM"):
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends to every process
         output, _ = proc.communicate(timeout=60)
         assert time.monotonic() - started < 30
     finally:
@@ -247,6 +255,7 @@ def test_an_interrupted_cluster_study_leaves_the_previous_reports_and_no_process
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode != 0
     assert "interrupted" in output, output[-2000:]
+    assert "Traceback" not in output, output[-2000:]  # the workers leave Ctrl-C to the client
     for name, text in previous.items():
         assert (out / name).read_text() == text
     assert not list(out.glob(".staging-*"))

@@ -53,12 +53,21 @@ class ClusterError(ValueError):
 
 
 class KernelPerWorker(WorkerPlugin):
-    """Each Dask worker keeps one kernel for its notebooks, as the pool's workers do."""
+    """Each Dask worker keeps one kernel for its notebooks, as the pool's workers do.
+
+    leave_interrupt_to_client: the workers of --cluster local share the study's terminal; Ctrl-C
+    is the client's to handle (it shuts them down), not a traceback from each worker.
+    """
 
     name = "selective-update-kernel"
 
+    def __init__(self, leave_interrupt_to_client=False):
+        self.leave_interrupt_to_client = leave_interrupt_to_client
+
     def setup(self, worker):
         notebook_runner.set_worker_env()
+        if self.leave_interrupt_to_client and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def teardown(self, worker):
         notebook_runner.shutdown_kernel()
@@ -154,7 +163,7 @@ class ClusterRunner:
         self.client, self.cluster = connect(address, jobs)
         self.running = {}  # future -> (task, workers that died running it before, first start)
         try:
-            self.client.register_plugin(KernelPerWorker())
+            self.client.register_plugin(KernelPerWorker(self.cluster is not None))
             self.fingerprint = fingerprint()
         except BaseException:
             self.close()
