@@ -77,7 +77,8 @@ def add_arguments(parser):
                              + ", ".join(SCENARIO_NOTEBOOKS))
     parser.add_argument("--jobs", type=validation.positive_int_option, default=JOBS,
                         help=f"notebooks run in parallel (default: {JOBS}); with --cluster local, "
-                             "the number of Dask workers")
+                             "the number of Dask workers (a remote cluster runs one notebook "
+                             "per worker it has)")
     parser.add_argument("--cluster", type=_cluster, default=None, metavar="ADDRESS",
                         help="run the notebooks as tasks on a Dask distributed scheduler at "
                              "ADDRESS (tcp://host:8786), or on a LocalCluster of --jobs workers "

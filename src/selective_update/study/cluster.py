@@ -218,7 +218,12 @@ class ClusterRunner:
                 status["attempts"] += len(died) * self.tries
                 status["note"] = f"its worker died ({', '.join(died)}); retried on another"
         else:
-            error = future.exception()
+            try:
+                error = future.exception()
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as e:  # noqa: BLE001 - cancelled (a lost scheduler): a failed run
+                error = e
             if isinstance(error, KilledWorker):
                 died += (error.last_worker.address,)
                 if len(died) < self.submissions:
