@@ -22,7 +22,7 @@ def test_every_dependency_is_pinned_exactly():
     names = {d.split("==")[0].lower(): d.split("==")[1] for d in deps}
     assert names["torch"] == "2.13.0" and names["tensorflow"] == "2.21.0"
     for needed in ("numpy", "pandas", "seaborn", "papermill", "nbconvert", "ipykernel",
-                   "jupyterlab", "pytest"):
+                   "jupyterlab", "pytest", "dask", "distributed"):
         assert needed in names, needed
 
 

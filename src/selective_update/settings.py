@@ -55,6 +55,10 @@ KERNEL = "python3"
 CELL_TIMEOUT = 600.0  # seconds per cell, default
 START_TIMEOUT = 60  # seconds for a kernel to start
 JOBS = 2  # notebooks run in parallel by default
+# --cluster ADDRESS: seconds to reach the Dask scheduler before the study is refused, and how many
+# times a run whose worker died (Dask's KilledWorker) is submitted again before it is failed.
+CLUSTER_CONNECT_TIMEOUT = 5
+WORKER_RETRIES = 1
 # Notebooks the batch runs once each besides the strategy grid (name -> notebook file); each
 # takes the parameters `quick` (bool) and `reports_dir` (where it writes its CSV files) and is
 # published as reports/<name>.html.

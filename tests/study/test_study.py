@@ -223,7 +223,7 @@ def test_a_reused_kernel_starts_each_notebook_clean_and_gives_the_same_rows(tmp_
             assert s["status"] == "ok", s["error"]
             runs.append(notebook_runner._KERNEL["km"])
     finally:
-        notebook_runner._shutdown_kernel()
+        notebook_runner.shutdown_kernel()
     assert runs[0] is runs[1] and runs[0] is not None  # the same kernel ran both
     second = nbformat.read(tmp_path / "run2" / "toy-null_space.ipynb", as_version=4)
     counts = [c.execution_count for c in second.cells if c.cell_type == "code"]

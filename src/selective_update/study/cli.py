@@ -2,6 +2,7 @@
 
     python -m selective_update study [--strategies ...] [--datasets ...] [--scenarios ...]
                                      [--jobs N] [--quick] [--out reports] [--cell-timeout S]
+                                     [--cluster local|tcp://HOST:PORT]
 
 notebooks/strategy.ipynb runs once per dataset x strategy (the grid is looped inside), plus
 notebooks/00_seed_answer.ipynb and each scenario notebook (settings.SCENARIO_NOTEBOOKS), in
@@ -10,6 +11,10 @@ notebook is rendered to offline HTML in its worker; the runs' tidy rows are conc
 results.csv; notebooks/summary.ipynb runs last into index.html. Everything is built in a staging
 folder inside --out (.staging-<pid>) and moved in at the end (runs/ swapped whole, each other
 file with os.replace), so an interrupted or refused study leaves the previous reports complete.
+
+--cluster ADDRESS runs the same tasks on a Dask distributed cluster instead (cluster.py; `local`
+starts a LocalCluster of --jobs workers here); the workers send their files back to this process,
+which stages and publishes them as above.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import argparse
 import concurrent.futures as cf
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import sys
@@ -28,9 +34,11 @@ from ..files import atomic_write, csv_text, tidy
 from ..settings import (CELL_TIMEOUT, DEFAULT_GRID, JOBS, QUICK_GRID, REPORTS_DIR,
                         SCENARIO_NOTEBOOKS)
 from . import grid, notebook_runner, results
-from .notebook_runner import Task
+from .notebook_runner import WORKER_DIES, Task
 
-RUN_FAULTS = grid.FAULTS + ("kernel_start",)  # --inject-fault fakes a kernel start too
+# --inject-fault fakes a kernel that fails to start too, and (--cluster) a Dask worker that dies.
+RUN_FAULTS = grid.FAULTS + ("kernel_start", WORKER_DIES)
+CLUSTER_PROTOCOLS = ("tcp", "tls", "ws", "wss", "ucx")
 
 
 def _sigterm(signum, frame):
@@ -43,6 +51,16 @@ def _fault(text):
         raise argparse.ArgumentTypeError(
             f"got {text!r}; allowed: RUN:FAULT with FAULT one of {', '.join(RUN_FAULTS)}")
     return run, fault
+
+
+def _cluster(text):
+    """`local` or a Dask scheduler's address (tcp://host:port; host:port means tcp)."""
+    if text == "local" or re.fullmatch(rf"(?:(?:{'|'.join(CLUSTER_PROTOCOLS)})://)?"
+                                       r"(?:\[[0-9A-Fa-f:.]+\]|[\w.-]+):\d{1,5}", text):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"got {text!r}; allowed: local, or a Dask scheduler address PROTOCOL://HOST:PORT with "
+        f"PROTOCOL one of {', '.join(CLUSTER_PROTOCOLS)} (e.g. tcp://10.0.0.5:8786)")
 
 
 def add_arguments(parser):
@@ -58,7 +76,13 @@ def add_arguments(parser):
                         help="scenario notebooks to run (default: all; none: --scenarios alone): "
                              + ", ".join(SCENARIO_NOTEBOOKS))
     parser.add_argument("--jobs", type=validation.positive_int_option, default=JOBS,
-                        help=f"notebooks run in parallel (default: {JOBS})")
+                        help=f"notebooks run in parallel (default: {JOBS}); with --cluster local, "
+                             "the number of Dask workers (a remote cluster runs one notebook "
+                             "per worker it has)")
+    parser.add_argument("--cluster", type=_cluster, default=None, metavar="ADDRESS",
+                        help="run the notebooks as tasks on a Dask distributed scheduler at "
+                             "ADDRESS (tcp://host:8786), or on a LocalCluster of --jobs workers "
+                             "here with `local` (default: the embedded pool of worker processes)")
     parser.add_argument("--quick", action="store_true",
                         help="a small grid (1 seed, sgd and adam, 3 steps) for tests")
     parser.add_argument("--out", type=validation.out_dir_option, default=REPORTS_DIR,
@@ -86,6 +110,8 @@ def plan(args) -> list:
         if run not in names:
             raise ValueError(f"--inject-fault: got {run!r}; allowed: one of this study's runs "
                              f"({', '.join(sorted(names))})")
+        if fault == WORKER_DIES and not getattr(args, "cluster", None):
+            raise ValueError(f"--inject-fault: got {run}:{fault}; allowed: {fault} with --cluster")
         faults[run] = fault
     tasks = [Task("00_seed_answer", "00_seed_answer.ipynb", "00_seed_answer.ipynb", {})]
     for dataset in dict.fromkeys(args.datasets):
@@ -96,7 +122,7 @@ def plan(args) -> list:
                           inject_fault=fault if fault in grid.FAULTS else None)
             grid.check_params(**params)  # one line, exit 2, before any kernel
             tasks.append(Task(name, "strategy.ipynb", f"runs/{name}.ipynb", params, dataset,
-                              strategy, fault if fault == "kernel_start" else None,
+                              strategy, fault if fault in ("kernel_start", WORKER_DIES) else None,
                               folder_param="results_dir"))
     for name in dict.fromkeys(args.scenarios):
         tasks.append(Task(name, SCENARIO_NOTEBOOKS[name], f"{name}.ipynb",
@@ -128,24 +154,60 @@ def _publish(staging, out):
 
 def _line(s):
     """One line per finished run: status, name, seconds, where its report is (and its error)."""
-    retried = " (kernel start retried)" if s["attempts"] > 1 else ""
+    retried = (f" ({s['note']})" if s.get("note") else
+               " (kernel start retried)" if s["attempts"] > 1 else "")
     line = (f"{'ok    ' if s['status'] == 'ok' else 'FAILED'} {s['name']:<34} "
             f"{s['seconds']:6.1f} s  {s['html']}{retried}")
     return line + (f"\n       {s['error']}" if s["error"] else "")
 
 
-def _stop(pool):
-    """Cancel queued runs and end the workers (each shuts its kernel down first)."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for p in processes:
-        if p.is_alive():
-            p.terminate()
-    deadline = time.monotonic() + 15
-    for p in processes:
-        p.join(max(0.0, deadline - time.monotonic()))
-        if p.is_alive():
-            p.kill()
+class PoolRunner:
+    """The embedded pool: spawned worker processes on this machine, each keeping its kernel."""
+
+    def __init__(self, jobs):
+        self.jobs = jobs
+        self.pool = cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                           initializer=notebook_runner.worker_init)
+
+    def describe(self) -> str:
+        return f"{self.jobs} at a time"
+
+    def run(self, tasks, staging, cell_timeout, reuse, published, inputs=None):
+        """Yield each run's status as it finishes (the workers write into staging themselves)."""
+        futures = [self.pool.submit(notebook_runner.execute, t, str(staging), cell_timeout, reuse,
+                                    str(published)) for t in tasks]
+        for future in cf.as_completed(futures):
+            yield future.result()
+
+    def stop(self):
+        """Cancel queued runs and end the workers (each shuts its kernel down first)."""
+        processes = list((getattr(self.pool, "_processes", None) or {}).values())
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for p in processes:
+            if p.is_alive():
+                p.terminate()
+        deadline = time.monotonic() + 15
+        for p in processes:
+            p.join(max(0.0, deadline - time.monotonic()))
+            if p.is_alive():
+                p.kill()
+
+    def close(self):
+        self.pool.shutdown(wait=True)
+
+
+def _runner(args):
+    """The embedded pool, or a Dask cluster (ClusterError when its scheduler does not answer)."""
+    if args.cluster is None:
+        return PoolRunner(args.jobs)
+    from . import cluster  # Dask is imported only for --cluster
+
+    return cluster.ClusterRunner(args.cluster, args.jobs)
+
+
+def _top_files(staging):
+    """The staged CSV files beside runs/ (what the summary reads), as bytes."""
+    return {p.name: p.read_bytes() for p in sorted(staging.glob("*.csv")) if p.is_file()}
 
 
 def _remove_stale_staging(out):
@@ -171,46 +233,49 @@ def main(args) -> int:
         return 2
     out = Path(args.out)
     staging = out / f".staging-{os.getpid()}"  # inside out: same file system, git-ignored
-    _remove_stale_staging(out)
     previous = signal.signal(signal.SIGTERM, _sigterm)
     started = time.perf_counter()
-    statuses = []
+    statuses, runner = [], None
     try:
+        try:
+            runner = _runner(args)
+        except ValueError as e:  # cluster.ClusterError: the scheduler did not answer
+            print(f"python -m selective_update study: error: {e}", file=sys.stderr)
+            return 2
+        _remove_stale_staging(out)
         shutil.rmtree(staging, ignore_errors=True)
         (staging / "runs").mkdir(parents=True)
         grids = sum(t.notebook == "strategy.ipynb" for t in tasks)
         print(f"study: {grids} strategy notebooks + {len(tasks) - grids - 1} scenario(s) + seed "
-              f"answer + summary, {args.jobs} at a time -> {out}", flush=True)
-        context = multiprocessing.get_context("spawn")
-        pool = cf.ProcessPoolExecutor(args.jobs, mp_context=context,
-                                      initializer=notebook_runner.worker_init)
+              f"answer + summary, {runner.describe()} -> {out}", flush=True)
         with tqdm(total=len(tasks) + 1, unit="nb", desc="study", file=sys.stderr) as bar:
             try:
-                reuse = not args.fresh_kernels
-                futures = [pool.submit(notebook_runner.execute, t, str(staging), args.cell_timeout,
-                                       reuse, str(out)) for t in tasks]
-                for future in cf.as_completed(futures):
-                    s = future.result()
+                run = dict(staging=staging, cell_timeout=args.cell_timeout,
+                           reuse=not args.fresh_kernels, published=out)
+                for s in runner.run(tasks, **run):
                     statuses.append(s)
                     bar.update(1)
                     bar.write(_line(s))
                 results.concat_results(staging)
-                status = tidy(pd.DataFrame(statuses, columns=results.STATUS_COLUMNS),
-                                      ["name"])
+                status = tidy(pd.DataFrame(statuses, columns=results.STATUS_COLUMNS), ["name"])
                 atomic_write(staging / "status.csv", csv_text(status))
                 # The summary last, on a worker (whose kernel is warm when kernels are reused).
-                summary = pool.submit(notebook_runner.execute, Task("index", "summary.ipynb",
-                                                            "index.ipynb", {},
-                                                            folder_param="reports_dir"),
-                                      str(staging), args.cell_timeout, reuse, str(out)).result()
+                summary_task = Task("index", "summary.ipynb", "index.ipynb", {},
+                                    folder_param="reports_dir")
+                summary = next(iter(runner.run([summary_task], **run,
+                                               inputs=_top_files(staging))))
                 bar.update(1)
                 bar.write(_line(summary))
             except BaseException:
-                _stop(pool)
+                runner.stop()
+                runner = None
                 raise
-            pool.shutdown(wait=True)
+            runner.close()
+            runner = None
         _publish(staging, out)
     except KeyboardInterrupt:
+        if runner is not None:  # interrupted while the cluster was starting
+            runner.stop()
         print(f"\nstudy: interrupted; {out} keeps its previous reports", file=sys.stderr)
         return 130
     finally:

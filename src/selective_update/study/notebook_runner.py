@@ -25,7 +25,10 @@ from ..settings import KERNEL, NOTEBOOKS_DIR, START_TIMEOUT
 from .render import render_html
 
 MISSING_KERNEL = "selective-update-test-hook-missing-kernel"
+WORKER_DIES = "worker_dies"  # Task.fault test hook (--cluster): the Dask worker dies mid-run
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# Set in every worker (pool or Dask) and so inherited by the kernels it starts.
+WORKER_ENV = {**THREAD_ENV, "TF_CPP_MIN_LOG_LEVEL": "3", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,8 @@ class Task:
     parameters: dict
     dataset: str = ""
     strategy: str = ""
-    fault: str | None = None  # test hook: "kernel_start" fakes a kernel that fails to start
+    fault: str | None = None  # test hook: "kernel_start" fakes a kernel that fails to start;
+    # WORKER_DIES kills the Dask worker running it (cluster.run_on_worker)
     folder_param: str | None = None  # the parameter told the executed notebook's folder
 
 
@@ -59,7 +63,7 @@ def _cell_name(nb, index) -> str:
     return f"In [{cell.get('execution_count')}] (cell {index}: {first.strip()[:60]!r})"
 
 
-def _mark_failure(path, message, ename):
+def mark_failure(path, message, ename):
     """Add papermill-style error banners to an executed notebook the engine left without one."""
     import nbformat
     from papermill.execute import ERROR_ANCHOR_MSG, ERROR_MARKER_TAG, ERROR_MESSAGE_TEMPLATE
@@ -114,7 +118,7 @@ ENGINE = "selective_update_reuse"
 papermill_engines.register(ENGINE, ReuseEngine)  # once, at import, as papermill's engines.py
 
 
-def _shutdown_kernel():
+def shutdown_kernel():
     """Shut this process's kernel down (if any)."""
     from jupyter_core.utils import run_sync
 
@@ -162,7 +166,7 @@ def _reused_kernel(kernel_name):
             pass
         finally:
             kc.stop_channels()
-    _shutdown_kernel()
+    shutdown_kernel()
     km = AsyncKernelManager(kernel_name=kernel_name)
     run_sync(km.start_kernel)()  # NoSuchKernel, port races...: the caller retries once
     _KERNEL["km"] = km
@@ -170,28 +174,32 @@ def _reused_kernel(kernel_name):
     try:
         kc.wait_for_ready(timeout=START_TIMEOUT)
     except BaseException:
-        _shutdown_kernel()
+        shutdown_kernel()
         raise
     finally:
         kc.stop_channels()
     if multiprocessing.parent_process() is not None:
-        multiprocessing.util.Finalize(None, _shutdown_kernel, exitpriority=10)
+        multiprocessing.util.Finalize(None, shutdown_kernel, exitpriority=10)
     return km
 
 
 def _worker_exit(signum, frame):
     """End a worker at once on SIGTERM/SIGINT, shutting its kernel down first."""
-    _shutdown_kernel()
+    shutdown_kernel()
     os._exit(128 + signum)
 
 
+def set_worker_env():
+    """One thread per kernel, quiet frameworks: set in this process, inherited by its kernels."""
+    for key, value in WORKER_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def worker_init():
-    """Set up a worker process: an interrupt ends it with its kernel; one thread per kernel."""
+    """Set up a pool worker process: an interrupt ends it with its kernel; one thread per kernel."""
     signal.signal(signal.SIGTERM, _worker_exit)
     signal.signal(signal.SIGINT, _worker_exit)
-    for key, value in {**THREAD_ENV, "TF_CPP_MIN_LOG_LEVEL": "3",
-                       "PYDEVD_DISABLE_FILE_VALIDATION": "1"}.items():
-        os.environ.setdefault(key, value)  # inherited by the kernels this worker starts
+    set_worker_env()
 
 
 def execute(task, staging, cell_timeout, reuse=False, published=None) -> dict:
@@ -204,7 +212,7 @@ def execute(task, staging, cell_timeout, reuse=False, published=None) -> dict:
     try:
         return _execute_logged(task, Path(staging), cell_timeout, reuse, published)
     except KeyboardInterrupt:
-        _shutdown_kernel()
+        shutdown_kernel()
         if multiprocessing.parent_process() is None:
             raise
         os._exit(130)
@@ -249,7 +257,7 @@ def _execute(task, staging, output, params, cell_timeout, start, reuse, publishe
             # The kernel is started here, not by papermill, so that this process can always
             # shut it down (an interrupt, a failure, or the end of a --fresh-kernels run).
             if not reuse or kernel != KERNEL:
-                _shutdown_kernel()  # (the test hook starts a kernel that cannot start)
+                shutdown_kernel()  # (the test hook starts a kernel that cannot start)
             km = _reused_kernel(kernel)
             pm.execute_notebook(str(NOTEBOOKS_DIR / task.notebook), str(output), parameters=params,
                                 kernel_name=kernel, progress_bar=False,
@@ -270,7 +278,7 @@ def _execute(task, staging, output, params, cell_timeout, start, reuse, publishe
             index = _running_cell(nb) if nb is not None else None
             cell = _cell_name(nb, index) if index is not None else "(unknown)"
             status, error = "failed", f"cell {cell} {what}"
-            _mark_failure(output, error, type(e).__name__)
+            mark_failure(output, error, type(e).__name__)
             break
         except KeyboardInterrupt:
             raise
@@ -282,10 +290,10 @@ def _execute(task, staging, output, params, cell_timeout, start, reuse, publishe
                 error = f"kernel failed to start: {error}"
                 if attempts == 1:
                     continue  # parallel kernel starts can race on ports: retry once
-            _mark_failure(output, error, type(e).__name__)
+            mark_failure(output, error, type(e).__name__)
             break
     if status != "ok" or not reuse:
-        _shutdown_kernel()  # a kernel that saw a failure is not reused
+        shutdown_kernel()  # a kernel that saw a failure is not reused
     html = output.with_suffix(".html")
     if output.is_file():
         if published is not None:
@@ -301,9 +309,13 @@ def _execute(task, staging, output, params, cell_timeout, start, reuse, publishe
 
 
 def _publish_paths(notebook, staging, published):
-    """Replace the staging folder's path by the published one throughout an executed notebook."""
+    """Replace the staging folder's path by the published one throughout an executed notebook.
+
+    The path as given first (a Dask worker's staging folder is absolute and resolved, and the
+    client's published folder is written as the client gave it), then any resolved form left.
+    """
     text = Path(notebook).read_text(encoding="utf-8")
-    for old, new in ((str(Path(staging).resolve()), str(Path(published).resolve())),
-                     (str(staging), str(published))):
+    for old, new in ((str(staging), str(published)),
+                     (str(Path(staging).resolve()), str(Path(published).resolve()))):
         text = text.replace(old, new)
     atomic_write(notebook, text)
