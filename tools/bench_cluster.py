@@ -5,9 +5,10 @@
 Each round runs `python -m selective_update study --quick --jobs J` twice, once per executor, in
 fresh processes (the order alternates round by round, so a load that drifts hits both alike), and
 checks that both results.csv are byte-identical. Writes OUT/cluster_bench.csv (one row per study)
-and prints a markdown table of medians with the overhead per task: (cluster - pool) wall time
-divided by the number of notebooks, and the same for the notebooks' own seconds (what each run
-took on its worker, kernel reset and HTML included), which leaves out the cluster's start and stop.
+and prints the table docs/cluster.md shows (bench.report.cluster_bench_markdown; `make docs`
+writes it there): the overhead per task is (cluster - pool) wall time divided by the number of
+notebooks, and the same for the notebooks' own seconds (what each run took on its worker, kernel
+reset and HTML included), which leaves out the cluster's start and stop.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ import time
 from pathlib import Path
 
 import pandas as pd
+
+from selective_update.bench.report import cluster_bench_markdown
 
 EXECUTORS = {"pool": [], "cluster local": ["--cluster", "local"]}
 RUN_LINE = re.compile(r"^(?:ok    |FAILED) (\S+)\s+([\d.]+) s ", re.MULTILINE)
@@ -64,20 +67,4 @@ def main(argv=None):
     frame = pd.DataFrame(rows)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     frame.to_csv(Path(args.out) / "cluster_bench.csv", index=False, lineterminator="\n")
-    med = frame.groupby("executor")[["wall_s", "notebook_s", "load_1min"]].median()
-    tasks = int(frame.notebooks.iloc[0])
-    pool, cluster = med.loc["pool"], med.loc["cluster local"]
-    print(f"\n{args.rounds} rounds, --jobs {args.jobs}, {tasks} notebooks, medians:\n")
-    print("| executor | wall s | notebooks' own s | 1-min load |\n|---|---|---|---|")
-    for name, row in med.iterrows():
-        print(f"| {name} | {row.wall_s:.1f} | {row.notebook_s:.1f} | {row.load_1min:.2f} |")
-    paired = frame.pivot(index="round", columns="executor", values="wall_s")
-    ratios = paired["cluster local"] / paired["pool"]
-    print("\ncluster / pool wall, round by round: " + ", ".join(f"{r:.2f}" for r in ratios))
-    print(f"cluster / pool wall (medians): {cluster.wall_s / pool.wall_s:.2f}; overhead per task: "
-          f"{(cluster.wall_s - pool.wall_s) / tasks:+.2f} s of wall, "
-          f"{(cluster.notebook_s - pool.notebook_s) / tasks:+.2f} s inside the runs")
-
-
-if __name__ == "__main__":
-    main()
+    print("\n" + cluster_bench_markdown(frame))

@@ -128,6 +128,14 @@ def _bench_helpers(reports):
     return report.helpers_markdown(frame, meta)
 
 
+def _cluster_bench(reports):
+    import pandas as pd
+
+    from .bench import report
+
+    return report.cluster_bench_markdown(pd.read_csv(reports / "cluster_bench.csv"))
+
+
 def _bench_beyond_batch(reports):
     from .bench import report
 
@@ -145,6 +153,7 @@ BLOCKS = {
     "bench_table": Block("bench.csv", _bench_table),
     "bench_beyond_batch": Block("bench.csv", _bench_beyond_batch),
     "bench_helpers": Block("bench.csv", _bench_helpers),
+    "cluster_bench": Block("cluster_bench.csv", _cluster_bench),
 }
 DOCUMENTS = ("README.md", "docs/*.md")
 

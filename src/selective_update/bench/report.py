@@ -164,3 +164,26 @@ def helpers_markdown(frame, meta) -> str:
     head = ["case", "protected inputs", "ms per step", "ratio to plain", "peak RSS MB", "goal",
             "", "note"]
     return _machine_line(frame, meta) + "\n\n" + markdown_table(head, rows)
+
+
+def cluster_bench_markdown(frame) -> str:
+    """tools/bench_cluster.py's rows as Markdown: the pool against --cluster local, round by round.
+
+    The overhead per task is (cluster - pool) divided by the notebooks of one study: of the wall
+    time, and of the notebooks' own seconds (each run measured on its worker).
+    """
+    med = frame.groupby("executor")[["wall_s", "notebook_s", "load_1min"]].median()
+    pool, cluster = med.loc["pool"], med.loc["cluster local"]
+    tasks = int(frame.notebooks.iloc[0])
+    paired = frame.pivot(index="round", columns="executor", values="wall_s")
+    ratios = ", ".join(f"{r:.2f}" for r in paired["cluster local"] / paired["pool"])
+    same = bool(frame.results_identical.all()) if "results_identical" in frame else None
+    head = ["rounds", "notebooks", "--jobs", "pool wall s (median)", "cluster wall s (median)",
+            "cluster / pool, round by round", "overhead per task (wall)",
+            "overhead per task (inside the runs)", "1-min load", "results.csv identical"]
+    row = [paired.shape[0], tasks, int(frame.jobs.iloc[0]), f"{pool.wall_s:.1f}",
+           f"{cluster.wall_s:.1f}", ratios, f"{(cluster.wall_s - pool.wall_s) / tasks:+.2f} s",
+           f"{(cluster.notebook_s - pool.notebook_s) / tasks:+.2f} s",
+           f"{frame.load_1min.min():.1f}-{frame.load_1min.max():.1f}",
+           {True: "every round", False: "**no**", None: ""}[same]]
+    return markdown_table(head, [row])
