@@ -50,6 +50,16 @@ PRETRAIN_LR = 0.5
 DEFAULT_HIDDEN = {"toy": 4, "digits": 16}
 DEFAULT_N_SAMPLE = {"toy": 8, "digits": 32}
 
+# The data files `make data` writes (data/<name>.csv): their header, rows and SHA-256 of their
+# bytes (written deterministically, floats as %.17g). Each load checks them; the study checks the
+# files it will read before any kernel starts, and names a damaged file with its fix.
+DATA_FILES = {
+    "toy": dict(columns=["split", "x0", "x1", "x2", "y0", "y1"], rows=264,
+                sha256="87d462409b61fc6bbeba01f3277249c16705620ebfb20b3c059a2d44f62683ca"),
+    "digits": dict(columns=["split", *(f"x{i}" for i in range(64)), "label"], rows=1797,
+                   sha256="b50fb88c935a4f50fe094a1722b599b48f6345c607e5f8aa0db54d5d56c9a7ed"),
+}
+
 # --- the batch ----------------------------------------------------------------------------------
 KERNEL = "python3"
 CELL_TIMEOUT = 600.0  # seconds per cell, default
@@ -59,6 +69,7 @@ JOBS = 2  # notebooks run in parallel by default
 # takes the parameters `quick` (bool) and `reports_dir` (where it writes its CSV files) and is
 # published as reports/<name>.html.
 SCENARIO_NOTEBOOKS = {"new_class": "new_class.ipynb", "your_model": "your_model.ipynb"}
+SCENARIO_DATASETS = ("digits",)  # the data files every scenario notebook reads
 
 # --- beyond the batch (issue 9): defaults of run()'s strategy options and solver constants ------
 # layer_subspace keeps, per layer, the top singular directions of the protected layer inputs that

@@ -141,6 +141,24 @@ def test_cli_inject_fault_for_a_run_not_in_the_study_exits_2(tmp_path, monkeypat
     assert not out.exists()
 
 
+def test_cli_damaged_data_exits_2_naming_the_file_before_any_kernel(tmp_path, monkeypatch,
+                                                                    capsys):
+    from selective_update import datasets
+
+    _refuse_kernels(monkeypatch)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "digits.csv").write_bytes(
+        (ROOT / "data" / "digits.csv").read_bytes()[:5000])  # the truncated file
+    monkeypatch.setattr(datasets, "DATA_DIR", tmp_path / "data")
+    out = tmp_path / "reports"
+    code = cli.main(["study", "--quick", "--datasets", "digits", "--scenarios", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0] == (f"python -m selective_update study: error: {tmp_path}/data/digits.csv is "
+                      "damaged (it has 20 rows, expected 1797); regenerate it with `make data`")
+    assert not out.exists()
+
+
 def test_cli_exit_code_2_from_a_real_process(tmp_path):
     out = tmp_path / "reports"
     done = subprocess.run([sys.executable, "-m", "selective_update", "study", "--strategies",

@@ -26,7 +26,7 @@ from pathlib import Path
 from .. import core, datasets, validation
 from ..files import atomic_write, csv_text, tidy
 from ..settings import (CELL_TIMEOUT, DEFAULT_GRID, JOBS, QUICK_GRID, REPORTS_DIR,
-                        SCENARIO_NOTEBOOKS)
+                        SCENARIO_DATASETS, SCENARIO_NOTEBOOKS)
 from . import grid, notebook_runner, results
 from .notebook_runner import Task
 
@@ -77,7 +77,11 @@ def add_arguments(parser):
 
 
 def plan(args) -> list:
-    """Build the batch's tasks; validate every run's parameters before any kernel starts."""
+    """Build the batch's tasks; validate every run's parameters and the data files it will read
+    (datasets.check_file: one line naming a damaged file and `make data`) before any kernel."""
+    read = list(args.datasets) + (list(SCENARIO_DATASETS) if args.scenarios else [])
+    for name in dict.fromkeys(read):
+        datasets.check_file(name)
     values = QUICK_GRID if args.quick else DEFAULT_GRID
     strategies = list(dict.fromkeys(args.strategies))
     names = {f"{d}-{s}" for d in args.datasets for s in strategies}
