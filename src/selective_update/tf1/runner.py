@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from .. import core, settings
-from ..algorithms import growth, nullspace, protected, strategy_step, subspace
+from ..algorithms import growth, nullspace, strategy_step, subspace
 from ..core import options
 from . import ops
 from .framework import tf, v1
@@ -61,7 +61,8 @@ class Graph:
             self.after = strategy_step.AfterStep(
                 keep=keep, tol=settings.RESTORE_TOL[dtype],
                 max_steps=settings.GAUSS_NEWTON_MAX_STEPS, sweeps=settings.PROJECTION_SWEEPS,
-                x=self.x, hs=self.hs, out=self.out, x_ref=self.x_ref, form=form)
+                x=self.x, hs=self.hs, out=self.out, form=form,
+                x_ref=self.x if self.x_ref is None and form else self.x_ref)  # mini-batches
             self._start_inputs(described, sizes, dt, layers_W, layers_b)
             self.losses = {}
             for s in described:
@@ -228,9 +229,10 @@ _GRAPHS = {}
 def graph_for(strategies, config) -> Graph:
     """Return a cached Graph for these strategies and shapes (building a graph costs ~0.3 s)."""
     sizes = core.layer_sizes(config.params)
-    ref = config.reference
-    extra = {} if ref is None else {"n_ref": len(ref),
-                                    "form": protected.form_for(sizes, len(config.keep), len(ref))}
+    ref, form = config.reference, strategy_step.protected_form(config)
+    extra = {} if form is None else {"form": form}
+    if ref is not None:
+        extra["n_ref"] = len(ref)
     if any(core.STRATEGIES[s].trains == "grown" for s in strategies):
         extra["grow"] = config.grow
     n = config.step_rows

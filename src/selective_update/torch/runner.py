@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .. import core, settings
-from ..algorithms import growth, nullspace, protected, strategy_step, subspace
+from ..algorithms import growth, nullspace, strategy_step, subspace
 from ..core import options
 from . import ops
 
@@ -117,8 +117,7 @@ class Trainer:
                        dtype=config.dtype, device=dev)
         self.opt = torch_optimizer(config.optimizer, self.net.variables, config.lr,
                                    config.weight_decay)
-        form = None if ref is None else protected.form_for(
-            core.layer_sizes(config.params), len(config.keep), len(ref))
+        form = strategy_step.protected_form(config)
         self.after = strategy_step.AfterStep(
             keep=config.keep, tol=settings.RESTORE_TOL[config.dtype],
             max_steps=settings.GAUSS_NEWTON_MAX_STEPS, sweeps=settings.PROJECTION_SWEEPS,
@@ -177,7 +176,7 @@ class Trainer:
         self.x, self.y = self.x_all[index], self.y_all[index]
         self.after.x = self.x
         if self.x_ref is None:
-            self.x_prot = self.x
+            self.x_prot = self.after.x_ref = self.x  # projections factor the mini-batch
             if self.distill_target is not None:
                 self.step_target = self.distill_target[:, index]
 
