@@ -68,11 +68,9 @@ JOBS = 2  # notebooks run in parallel by default
 # Notebooks the batch runs once each besides the strategy grid (name -> notebook file); each
 # takes the parameters `quick` (bool) and `reports_dir` (where it writes its CSV files) and is
 # published as reports/<name>.html.
-SCENARIO_NOTEBOOKS = {"new_class": "new_class.ipynb", "your_model": "your_model.ipynb"}
+SCENARIO_NOTEBOOKS = {"new_class": "new_class.ipynb", "class_sequence": "class_sequence.ipynb",
+                      "your_model": "your_model.ipynb"}
 SCENARIO_DATASETS = ("digits",)  # the data files every scenario notebook reads
-# Scenarios the batch runs as one papermill run per hidden width (parameter hidden=[width]), which
-# its workers share; their CSV files are concatenated afterwards (study.results.combine_parts).
-SCENARIO_PARTS = {"new_class": "hidden"}
 # The study's kernels get PROGRESS_ENV=0: the long cells' progress bars stay off its pages.
 PROGRESS_ENV = "SELECTIVE_UPDATE_PROGRESS"
 
@@ -122,8 +120,8 @@ NEW_CLASS_GRID = dict(
     options={"energy": [0.9, 0.97, 0.99, 1.0], "distill_weight": [1.0, 10.0, 100.0],
              "grow": [4, 16]})
 NEW_CLASS_QUICK_GRID = dict(
-    hidden=[16, 64], seeds=[0, 1], sweep_seeds=[0], optimizers=["adam"], lrs={"adam": [0.03]},
-    epochs=[1, 2], references=["batch", 64],
+    hidden=[16], seeds=[0, 1], sweep_seeds=[0], optimizers=["adam"], lrs={"adam": [0.03]},
+    epochs=[1, 2], references=["batch"],
     options={"energy": [0.97], "distill_weight": [10.0], "grow": [4]})
 # What a projection costs: its work per step grows as min(m, P)^2 * max(m, P) (m = kept outputs x
 # protected inputs, P parameters), times NEW_CLASS_CORRECTED_FACTOR with Gauss-Newton corrections
@@ -133,7 +131,31 @@ NEW_CLASS_QUICK_GRID = dict(
 NEW_CLASS_MAX_WORK = 3e9
 NEW_CLASS_CORRECTED_FACTOR = 2
 NEW_CLASS_REDUCED_GRID = dict(optimizers=["adam"], lrs={"adam": [0.01, 0.03]})
+# --- the class sequence (scenarios.class_sequence, notebooks/class_sequence.ipynb) --------------
+# Pretrain on 0-4, then learn these classes one task at a time, each from the fit digits of every
+# class seen so far in mini-batches of CLASS_SEQUENCE_BATCH. references: "batch", or N fit digits
+# of every kept class (the set grows by N with each task); the cost rule is new_class's, at the
+# last task (9 kept outputs). epochs: per task, a grid dimension (a task starts where the last
+# one ended, so they are not checkpoints of one run).
+CLASS_SEQUENCE = (5, 6, 7, 8, 9)
+CLASS_SEQUENCE_BATCH = 32
+CLASS_SEQUENCE_GRID = dict(
+    hidden=[64], seeds=[0, 1, 2, 3, 4], sweep_seeds=[0], optimizers=["adam"],
+    lrs={"adam": [0.01, 0.03]}, epochs=[1, 2], references=["batch", 8],
+    options={"energy": [0.97, 1.0], "distill_weight": [1.0, 10.0], "grow": [4, 16]})
+CLASS_SEQUENCE_QUICK_GRID = dict(
+    hidden=[64], seeds=[0, 1], sweep_seeds=[0], optimizers=["adam"], lrs={"adam": [0.03]},
+    epochs=[1], references=["batch"], options={"energy": [0.97], "distill_weight": [10.0],
+                                               "grow": [4]})
 # The bounds, labelled in every table: joint training (every output, every parameter) is the
 # ceiling; fine-tuning (the masked loss on every parameter) the floor.
 BOUND_SETTINGS = {"all_params": "joint", "masked_loss": "fine-tuning"}
 # --- end of the new-class scenario ------------------------------------------------------------
+
+# --- the batch's share of the scenarios ---------------------------------------------------------
+# Scenarios the batch runs as one papermill run per hidden width of their grid (parameter
+# hidden=[width]; full grid, quick grid), which its workers share; each part writes into
+# runs/<name>-h<width>/ and the parts' CSV files are concatenated afterwards, width by width
+# (study.results.combine_parts): the files one run of every width writes.
+SCENARIO_PARTS = {"new_class": (NEW_CLASS_GRID, NEW_CLASS_QUICK_GRID),
+                  "class_sequence": (CLASS_SEQUENCE_GRID, CLASS_SEQUENCE_QUICK_GRID)}

@@ -348,6 +348,11 @@ def run_study(cfg) -> Study:
     from ..study.grid import deterministic
 
     deterministic()
+    with threadpool_limits(1):  # numpy's BLAS too (SVD bases, scores): one thread, as in the batch
+        return _run_study(cfg)
+
+
+def _run_study(cfg) -> Study:
     grid, seconds = cfg["grid"], {}
     start = time.perf_counter()
     for hidden in grid["hidden"]:

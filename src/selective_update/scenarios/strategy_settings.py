@@ -64,8 +64,8 @@ def run_kwargs(strategy, setting, reference_for) -> dict:
     values = parse(setting)
     kwargs = {}
     for name, value in values.items():
-        if name != "reference":
-            kwargs[name] = int(value) if name == "grow" else float(value)
+        if name != "reference":  # "4" is an integer option, "10.0" a real one (as the grid wrote)
+            kwargs[name] = int(value) if value.lstrip("-").isdigit() else float(value)
     size = values.get("reference")
     if size is None and strategy in REFERENCE_USERS and not core.STRATEGIES[strategy].projected:
         size = "all"  # layer_subspace and distill protect every kept fit digit

@@ -26,7 +26,7 @@ from pathlib import Path
 from .. import core, datasets, validation
 from ..files import atomic_write, csv_text, tidy
 from ..settings import (CELL_TIMEOUT, DEFAULT_GRID, JOBS, QUICK_GRID, REPORTS_DIR,
-                        SCENARIO_DATASETS, SCENARIO_NOTEBOOKS)
+                        SCENARIO_DATASETS, SCENARIO_NOTEBOOKS, SCENARIO_PARTS)
 from . import grid, notebook_runner, results
 from .notebook_runner import Task
 
@@ -103,13 +103,26 @@ def plan(args) -> list:
                               strategy, fault if fault == "kernel_start" else None,
                               folder_param="results_dir"))
     for name in dict.fromkeys(args.scenarios):
-        tasks.append(Task(name, SCENARIO_NOTEBOOKS[name], f"{name}.ipynb",
-                          {"quick": bool(args.quick)}, folder_param="reports_dir"))
-    # Heaviest first (scenarios, digits, the null-space strategies), so the pool ends together.
+        tasks += scenario_tasks(name, args.quick)
+    # Heaviest first (scenarios, the widest parts first, digits, the null-space strategies), so
+    # the pool ends together.
     weight = {"null_space_corrected": 3, "null_space": 2}
-    return sorted(tasks, key=lambda t: (-5 * (t.name in SCENARIO_NOTEBOOKS)
+    scenario = set(SCENARIO_NOTEBOOKS.values())
+    return sorted(tasks, key=lambda t: (-5 * (t.notebook in scenario)
                                         - (t.dataset == "digits") - weight.get(t.strategy, 0),
-                                        t.name))
+                                        -t.parameters.get("hidden", [0])[0], t.name))
+
+
+def scenario_tasks(name, quick) -> list:
+    """One Task per scenario, or one per hidden width of its grid (settings.SCENARIO_PARTS),
+    each writing into its own folder runs/<name>-h<width>/ (combined by results.combine_parts)."""
+    if name not in SCENARIO_PARTS:
+        return [Task(name, SCENARIO_NOTEBOOKS[name], f"{name}.ipynb", {"quick": bool(quick)},
+                     folder_param="reports_dir")]
+    full, small = SCENARIO_PARTS[name]
+    return [Task(f"{name}-h{width}", SCENARIO_NOTEBOOKS[name], f"runs/{name}-h{width}/{name}.ipynb",
+                 {"quick": bool(quick), "hidden": [width]}, folder_param="reports_dir")
+            for width in (small if quick else full)["hidden"]]
 
 
 PUBLISHED_LAST = "index.html"
@@ -199,6 +212,9 @@ def main(args) -> int:
                     bar.update(1)
                     bar.write(_line(s))
                 results.concat_results(staging)
+                for name in dict.fromkeys(args.scenarios):  # the parts' files, combined
+                    if name in SCENARIO_PARTS:
+                        results.combine_parts(staging, name)
                 status = tidy(pd.DataFrame(statuses, columns=results.STATUS_COLUMNS),
                                       ["name"])
                 atomic_write(staging / "status.csv", csv_text(status))

@@ -21,7 +21,7 @@ from papermill.engines import NBClientEngine, papermill_engines
 from papermill.log import logger
 
 from ..files import atomic_write
-from ..settings import KERNEL, NOTEBOOKS_DIR, START_TIMEOUT
+from ..settings import KERNEL, NOTEBOOKS_DIR, PROGRESS_ENV, START_TIMEOUT
 from .render import render_html
 
 MISSING_KERNEL = "selective-update-test-hook-missing-kernel"
@@ -189,7 +189,7 @@ def worker_init():
     """Set up a worker process: an interrupt ends it with its kernel; one thread per kernel."""
     signal.signal(signal.SIGTERM, _worker_exit)
     signal.signal(signal.SIGINT, _worker_exit)
-    for key, value in {**THREAD_ENV, "TF_CPP_MIN_LOG_LEVEL": "3",
+    for key, value in {**THREAD_ENV, "TF_CPP_MIN_LOG_LEVEL": "3", PROGRESS_ENV: "0",
                        "PYDEVD_DISABLE_FILE_VALIDATION": "1"}.items():
         os.environ.setdefault(key, value)  # inherited by the kernels this worker starts
 
