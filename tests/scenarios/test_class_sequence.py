@@ -12,7 +12,7 @@ from selective_update.scenarios import class_sequence_report as csr
 from selective_update.settings import CLASS_SEQUENCE, ROOT
 
 
-def _task(task, new, **recalls):
+def _task(task, new, recalls):
     row = dict(task=task, class_new=new, **{f"recall_{c}": np.nan for c in range(10)})
     row.update({f"recall_{c}": v for c, v in recalls.items()})
     return row
@@ -24,8 +24,8 @@ def test_acc_and_bwt_are_gems_over_the_ten_classes():
     after = {0: dict(zip(range(5), [0.9] * 5))}
     for t, c in enumerate(CLASS_SEQUENCE, start=1):
         after[t] = {**{k: v - 0.1 for k, v in after[t - 1].items()}, c: 0.8}
-    rows = [_task(0, None, **after[0])] + [_task(t, c, **after[t])
-                                          for t, c in enumerate(CLASS_SEQUENCE, start=1)]
+    rows = [_task(0, None, after[0])] + [_task(t, c, after[t])
+                                         for t, c in enumerate(CLASS_SEQUENCE, start=1)]
     acc, bwt = cs.acc_bwt(rows)
     final = after[5]
     assert acc == pytest.approx(np.mean([final[c] for c in range(10)]))

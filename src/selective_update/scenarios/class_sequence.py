@@ -14,7 +14,8 @@ recall of class j after task i (argmax over the outputs seen so far), task 0 the
 ACC = mean_j R[5, j] (every class at the end); BWT = mean over j < 9 of R[5, j] - R[t(j), j], t(j)
 the task that learned class j (0 for 0-4). class_sequence.csv keeps one row per task with
 recall_0..recall_9, so both are recomputable from it; drift_max is the largest held-out change of
-any kept logit since the task that learned it.
+any kept logit since the task that learned it (summed over the later tasks' runs, each measured
+within its own run: 0 for a logit no step moved).
 
 The sweep (torch, validation, sweep seeds) runs each strategy's settings x (optimizer, lr,
 epochs per task); the rule, per hidden width and strategy: the highest validation ACC among the
@@ -109,7 +110,9 @@ def run_sequence(sq: Sequence, strategy, setting, framework, optimizer, lr, epoc
     final params)."""
     x_split, y_split = sq.splits[split]
     params, out = sq.params, core.forward(sq.params, x_split)[1]
-    learned = {c: out[:, c] for c in PRETRAINED}  # each kept logit as its task left it
+    # each kept logit's change since its task: the sum of its changes within every later task's
+    # run (one graph each), so a logit no step moved is exactly 0, not recomputation noise
+    moved = {c: np.zeros(len(x_split)) for c in PRETRAINED}
     accuracy, recall = scores(out, y_split, PRETRAINED)
     rows = [dict(task=0, class_new=None, accuracy_seen=accuracy, recall_new=np.nan,
                  drift_max=np.nan, **{f"recall_{c}": recall.get(c, np.nan)
@@ -123,10 +126,11 @@ def run_sequence(sq: Sequence, strategy, setting, framework, optimizer, lr, epoc
             optimizer=optimizer, lr=lr, steps=int(epochs) * (len(data.x) // CLASS_SEQUENCE_BATCH),
             batch_size=CLASS_SEQUENCE_BATCH, batch_seed=sq.seed, **kwargs)
         params, out = r.params, r.eval_outputs[-1]
+        for k in kept:
+            moved[k] = moved[k] + (out[:, k] - r.eval_outputs[0][:, k])
         finite = bool(np.all(np.isfinite(out)))
-        drift = max(float(np.abs(out[:, k] - learned[k]).max()) for k in kept) if finite \
-            else np.inf
-        learned[c] = out[:, c]
+        drift = max(float(np.abs(moved[k]).max()) for k in kept) if finite else np.inf
+        moved[c] = np.zeros(len(x_split))
         accuracy, recall = scores(out, y_split, range(c + 1))
         rows.append(dict(task=task, class_new=c, accuracy_seen=accuracy, recall_new=recall[c],
                          drift_max=drift, **{f"recall_{k}": recall.get(k, np.nan)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..settings import CLASS_SEQUENCE_MAX_FORGETTING as MAX_FORGETTING
 from . import stats
 from .class_sequence import N_CLASSES, RECALLS
 from .new_class_report import CEILING, FLOOR, label, strategy_colors
@@ -38,23 +39,29 @@ def answer_markdown(summary, framework="torch") -> str:
             bound = g[g.strategy == strategy]
             if len(bound):
                 lines.append(f"- **{name}** (`{strategy}`): {_scores(bound.iloc[0])}.")
-        ranked = g[np.isfinite(g.acc_mean)].sort_values(["acc_mean", "bwt_mean"],
-                                                        ascending=False, kind="mergesort")
+        ranked = g[np.isfinite(g.acc_mean) & ~g.strategy.isin([CEILING, FLOOR])].sort_values(
+            ["acc_mean", "bwt_mean"], ascending=False, kind="mergesort")
         if len(ranked):
             top = ranked.iloc[0]
+            line = f"- **Highest ACC** (bounds aside): {label(top)}, {_scores(top)}"
+            ceiling = g[g.strategy == CEILING]
+            if len(ceiling):
+                line += "; against the ceiling: " + stats.compared(
+                    top, ceiling.iloc[0], "acc", label(top), "joint training")
+            lines.append(line + ".")
             close = [label(r) for _, r in ranked.iloc[1:].iterrows()
                      if not stats.separated(top, r, "acc")]
-            lines.append(f"- **Highest ACC**: {label(top)}, {_scores(top)}. Within noise of it "
-                         f"(ACC intervals overlap): {', '.join(close) or 'none'}.")
-            below = [label(r) for _, r in ranked.iterrows() if r.strategy != CEILING
-                     and stats.separated(top, r, "acc")]
-            if below:
-                lines.append(f"- **Below it** (ACC intervals separate): {', '.join(below)}.")
-            steady = ranked[ranked.bwt_ci_low >= -0.02]
+            below = [label(r) for _, r in ranked.iloc[1:].iterrows()
+                     if stats.separated(top, r, "acc")]
+            lines.append(f"- **Within noise of it** (ACC intervals overlap): "
+                         f"{', '.join(close) or 'none'}; **below it** (intervals separate): "
+                         f"{', '.join(below) or 'none'}.")
+            steady = ranked[ranked.bwt_ci_low >= -MAX_FORGETTING]
             if len(steady):
                 best = steady.iloc[0]
-                lines.append(f"- **Highest ACC forgetting at most 0.02** (BWT interval above "
-                             f"-0.02): {label(best)}, {_scores(best)}.")
+                lines.append(f"- **Highest ACC forgetting at most {MAX_FORGETTING}** (BWT "
+                             f"interval above -{MAX_FORGETTING}): {label(best)}, "
+                             f"{_scores(best)}.")
         lines.append("")
     return "\n".join(lines).strip()
 
@@ -77,9 +84,11 @@ def plot_class_accuracy(rows, framework="torch"):
     matrices = recall_matrix(rows, framework)
     n = len(matrices)
     cols = min(4, n)
-    fig, axes = plt.subplots(-(-n // cols), cols, figsize=(3.3 * cols, 2.7 * -(-n // cols)),
-                             squeeze=False)
-    for ax, ((strategy, setting), R) in zip(axes.flat, sorted(matrices.items())):
+    fig, axes = plt.subplots(-(-n // cols), cols, figsize=(3.3 * cols, 2.8 * -(-n // cols)),
+                             squeeze=False, layout="constrained")
+    order = sorted(matrices, key=lambda k: (k[0] not in (CEILING, FLOOR), k))  # bounds first
+    for ax, (strategy, setting) in zip(axes.flat, order):
+        R = matrices[strategy, setting]
         image = ax.imshow(np.ma.masked_invalid(R), vmin=0, vmax=1, cmap="viridis",
                           aspect="auto")
         ax.set_title(strategy + ("" if setting == "none" else f"\n{setting}"), fontsize=8)
@@ -96,18 +105,24 @@ def plot_class_accuracy(rows, framework="torch"):
     return fig
 
 
+def _clipped(row, metric, low, high):
+    """Return a row's interval as errorbar distances, drawn clipped to [low, high]."""
+    mean, lo, hi = (row[f"{metric}_{s}"] for s in stats.SUFFIXES)
+    if not np.isfinite(lo):
+        return None
+    return [[mean - max(lo, low)], [min(hi, high) - mean]]
+
+
 def plot_acc_bwt(summary, framework="torch"):
-    """Draw ACC against BWT, one point per strategy (mean, 95% t-intervals on both axes)."""
+    """Draw ACC against BWT, one point per strategy (mean, 95% t-intervals on both axes, drawn
+    clipped to the metrics' ranges)."""
     import matplotlib.pyplot as plt
 
     g = summary[summary.framework == framework]
     colors = strategy_colors(g.strategy.unique())
     fig, ax = plt.subplots(figsize=(8.5, 5))
     for _, r in g.iterrows():
-        xerr = [[r.bwt_mean - r.bwt_ci_low], [r.bwt_ci_high - r.bwt_mean]] \
-            if np.isfinite(r.bwt_ci_low) else None
-        yerr = [[r.acc_mean - r.acc_ci_low], [r.acc_ci_high - r.acc_mean]] \
-            if np.isfinite(r.acc_ci_low) else None
+        xerr, yerr = _clipped(r, "bwt", -1.0, 1.0), _clipped(r, "acc", 0.0, 1.0)
         marker = "^" if r.strategy == CEILING else "v" if r.strategy == FLOOR else "o"
         ax.errorbar(r.bwt_mean, r.acc_mean, xerr=xerr, yerr=yerr, color=colors[r.strategy],
                     marker=marker, ms=7, capsize=3, ls="none",
@@ -116,6 +131,7 @@ def plot_acc_bwt(summary, framework="torch"):
     ax.set(xlabel="BWT (backward transfer; negative: forgetting)",
            ylabel="ACC (mean final recall over the 10 classes)",
            title=f"The class sequence ({framework}): mean over seeds with 95% t-intervals")
+    ax.set_ylim(-0.05, 1.05)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     fig.tight_layout()

@@ -23,8 +23,8 @@ admissible, the one with the highest accuracy_kept (then recall). The chosen poi
 both frameworks on every seed and are measured on the held-out digits only.
 
 new_class_summary.csv: per hidden x strategy x setting x framework x optimizer, the mean and a
-95% Student t interval over seeds of recall_new, accuracy_kept and drift_max (scenarios.stats);
-its pareto flag is computed on the means.
+95% Student t interval over seeds of recall_new, accuracy_kept and drift_max (scenarios.stats),
+the pretrained net's accuracy_kept_before (mean); its pareto flag is computed on the means.
 
 Cost: scenarios.strategy_settings.work; projections get NEW_CLASS_REDUCED_GRID in the sweep, and
 none whose work per step exceeds NEW_CLASS_MAX_WORK is run: the notebook lists those with their
@@ -60,13 +60,15 @@ from . import stats, strategy_settings
 KEEP = tuple(range(NEW_CLASS))
 TRAIN = (NEW_CLASS,)
 COLUMNS = ["strategy", "setting", "framework", "optimizer", "seed", "hidden", "lr", "epochs",
-           "recall_new", "accuracy_kept", "drift_max", "drift_mean", "seconds_per_step"]
+           "recall_new", "accuracy_kept", "drift_max", "drift_mean", "accuracy_kept_before",
+           "seconds_per_step"]
 ORDER = ["hidden", "strategy", "setting", "framework", "optimizer", "seed"]
 METRICS = ["recall_new", "accuracy_kept", "drift_max", "drift_mean"]
 SUMMARY_KEYS = ["hidden", "strategy", "setting", "framework", "optimizer", "lr", "epochs"]
 SUMMARY_METRICS = ["recall_new", "accuracy_kept", "drift_max"]
 SUMMARY_COLUMNS = SUMMARY_KEYS + ["n_seeds"] + [f"{m}_{s}" for m in SUMMARY_METRICS
-                                                for s in stats.SUFFIXES] + ["pareto"]
+                                                for s in stats.SUFFIXES] + [
+    "accuracy_kept_before", "pareto"]
 SWEEP_COLUMNS = ["hidden", "strategy", "setting", "tier", "optimizer", "seed", "lr", "epochs",
                  "recall_new", "accuracy_kept", "accuracy_kept_before", "drift_max",
                  "drift_mean", "finite", "admissible", "selected"]
@@ -321,10 +323,11 @@ def run_final(points, grid, frameworks=core.FRAMEWORKS):
             r = run(sc, p["strategy"], p["setting"], framework, p["optimizer"], float(p["lr"]),
                     int(p["epochs"]), "held_out")
             m = metrics(r.eval_outputs[-1], r.eval_outputs[0], y_test)
+            before = metrics(r.eval_outputs[0], r.eval_outputs[0], y_test)["accuracy_kept"]
             rows.append(dict(strategy=p["strategy"], setting=p["setting"], framework=framework,
                              optimizer=p["optimizer"], seed=seed, hidden=int(p["hidden"]),
                              lr=float(p["lr"]), epochs=int(p["epochs"]),
-                             **{k: m[k] for k in METRICS},
+                             **{k: m[k] for k in METRICS}, accuracy_kept_before=before,
                              seconds_per_step=float(np.median(r.step_seconds))))
     return tidy(pd.DataFrame(rows, columns=COLUMNS), ORDER)
 
@@ -332,6 +335,8 @@ def run_final(points, grid, frameworks=core.FRAMEWORKS):
 def summarize(rows):
     """Return new_class_summary.csv: intervals over seeds per final point, the front on means."""
     summary = stats.summarize(rows, SUMMARY_KEYS, SUMMARY_METRICS)
+    before = rows.groupby(SUMMARY_KEYS, sort=True)["accuracy_kept_before"].mean()
+    summary["accuracy_kept_before"] = before.to_numpy()  # the pretrained net's, mean over seeds
     summary["pareto"] = stats.pareto(summary, ["hidden", "framework"], "recall_new_mean",
                                      "drift_max_mean")
     return tidy(summary[SUMMARY_COLUMNS], SUMMARY_KEYS)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..settings import BOUND_SETTINGS
+from ..settings import NEW_CLASS_MAX_ACC_DROP as MAX_ACC_DROP
 from . import stats
 
 FRONT_COLUMNS = ["hidden", "framework", "strategy", "setting", "optimizer", "lr", "epochs",
                  "n_seeds", "recall_new_mean", "recall_new_ci_low", "recall_new_ci_high",
-                 "accuracy_kept_mean", "drift_max_mean", "drift_max_ci_low", "drift_max_ci_high"]
+                 "accuracy_kept_mean", "accuracy_kept_before", "drift_max_mean",
+                 "drift_max_ci_low", "drift_max_ci_high"]
 DRIFT_FLOOR = 1e-4  # the symlog axis is linear below this, so an exact 0 is drawn at 0
 DRIFT_BOUNDS = (0.01, 0.1)  # the answer names the best recall within each held-out drift
 DRIFT_CLIP = 10.0  # drifts beyond (diverged runs) are drawn at the panel's right edge
@@ -63,19 +65,35 @@ def width_answer(g) -> list:
             second = _best(exact[exact.index != top.name])
             line += "; " + stats.compared(top, second, "recall_new", label(top), label(second))
         lines.append(line + ".")
-    if len(finite):
-        top = _best(finite)
-        close = finite[(finite.index != top.name)
-                       & [not stats.separated(top, r, "recall_new") for _, r in finite.iterrows()]]
-        names = ", ".join(label(r) for _, r in close.iterrows()) or "none"
-        lines.append(f"- **Highest recall**: {label(top)}, {_metrics(top)}. Within noise of it "
-                     f"(recall intervals overlap): {names}.")
-        for bound in DRIFT_BOUNDS:
-            within = finite[(finite.drift_max_mean > 0) & (finite.drift_max_mean <= bound)]
-            if len(within):
-                best = _best(within)
-                lines.append(f"- **Best recall with a mean kept drift in (0, {bound:g}]**: "
-                             f"{label(best)}, {_metrics(best)}.")
+    before = float(g.accuracy_kept_before.mean())
+    keeping = finite.accuracy_kept_mean >= before - MAX_ACC_DROP - 1e-12
+    candidates = finite[keeping & ~finite.strategy.isin([CEILING, FLOOR])]
+    if len(candidates):
+        top = _best(candidates)
+        close = [label(r) for _, r in candidates.iterrows()
+                 if r.name != top.name and not stats.separated(top, r, "recall_new")]
+        line = (f"- **Highest recall keeping accuracy on 0-8** (mean within {MAX_ACC_DROP} of "
+                f"the pretrained net's {before:.3f}; bounds aside): {label(top)}, "
+                f"{_metrics(top)}. Within noise of it (recall intervals overlap): "
+                f"{', '.join(close) or 'none'}")
+        ceiling = g[g.strategy == CEILING]
+        if len(ceiling):
+            line += "; against the ceiling: " + stats.compared(
+                top, ceiling.iloc[0], "recall_new", label(top), "joint training")
+        lines.append(line + ".")
+    for bound in DRIFT_BOUNDS:
+        within = candidates[(candidates.drift_max_mean > 0)
+                            & (candidates.drift_max_mean <= bound)] if len(candidates) else []
+        if len(within):
+            best = _best(within)
+            lines.append(f"- **Best recall with a mean kept drift in (0, {bound:g}]**: "
+                         f"{label(best)}, {_metrics(best)}.")
+    losing = g[~keeping.reindex(g.index, fill_value=False)]
+    if len(losing):
+        lines.append(f"- **Losing accuracy on 0-8** (mean more than {MAX_ACC_DROP} below "
+                     f"{before:.3f}): " + ", ".join(
+                         f"{label(r)} ({r.accuracy_kept_mean:.3f}, recall "
+                         f"{r.recall_new_mean:.2f})" for _, r in losing.iterrows()) + ".")
     return lines
 
 

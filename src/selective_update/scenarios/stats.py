@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-LEVEL = 0.95
+from ..settings import INTERVAL_LEVEL as LEVEL
+
 SUFFIXES = ("mean", "ci_low", "ci_high")
 
 
