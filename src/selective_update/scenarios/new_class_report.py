@@ -41,7 +41,7 @@ def label(row) -> str:
 def _metrics(row) -> str:
     return (f"recall {stats.shown(row, 'recall_new')}, accuracy on 0-8 "
             f"{stats.shown(row, 'accuracy_kept', 3)}, kept drift "
-            f"{stats.shown(row, 'drift_max', 3)}")
+            f"{stats.shown(row, 'drift_max', 2)}")
 
 
 def _best(rows, by="recall_new_mean"):
@@ -81,11 +81,13 @@ def width_answer(g) -> list:
             line += "; against the ceiling: " + stats.compared(
                 top, ceiling.iloc[0], "recall_new", label(top), "joint training")
         lines.append(line + ".")
+    named = set()
     for bound in DRIFT_BOUNDS:
         within = candidates[(candidates.drift_max_mean > 0)
                             & (candidates.drift_max_mean <= bound)] if len(candidates) else []
-        if len(within):
+        if len(within) and _best(within).name not in named:  # a row already named: no repeat
             best = _best(within)
+            named.add(best.name)
             lines.append(f"- **Best recall with a mean kept drift in (0, {bound:g}]**: "
                          f"{label(best)}, {_metrics(best)}.")
     losing = g[~keeping.reindex(g.index, fill_value=False)]

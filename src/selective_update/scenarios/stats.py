@@ -72,11 +72,13 @@ def separated(a, b, metric) -> bool:
 
 
 def shown(row, metric, digits=2) -> str:
-    """Format a summary row's metric as 'mean [low, high]'."""
+    """Format a summary row's metric as 'mean [low, high]' (digits decimals; drifts, which span
+    orders of magnitude, with digits + 1 significant digits)."""
+    spec = f".{digits + 1}g" if metric.startswith("drift") else f".{digits}f"
     mean, lo, hi = (row[f"{metric}_{s}"] for s in SUFFIXES)
     if not np.isfinite(lo):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+        return f"{mean:{spec}}"
+    return f"{mean:{spec}} [{lo:{spec}}, {hi:{spec}}]"
 
 
 def compared(a, b, metric, name_a, name_b, digits=2) -> str:
