@@ -1,6 +1,8 @@
 """The two-command set-up: pins, environment.yml, CI entry, and data/ regenerable byte for byte."""
 import re
 import tomllib
+
+import pytest
 from pathlib import Path
 
 import selective_update as su
@@ -66,3 +68,43 @@ def test_digits_split_and_pretraining():
     assert setup.keep == tuple(range(9)) and setup.train == (9,)
     out = su.core.forward(setup.params, setup.data.x_eval)[1]
     assert datasets.accuracy(out, setup.data.y_eval, range(10)) > 0.8  # fitted on every class
+
+
+# --- damaged data is named, not traced -----------------------------------------------------------
+
+def _damaged(tmp_path, how):
+    """Copy data/ into tmp_path with digits.csv damaged one way; return the folder."""
+    for name in ("toy.csv", "digits.csv"):
+        (tmp_path / name).write_bytes((ROOT / "data" / name).read_bytes())
+    path, raw = tmp_path / "digits.csv", (ROOT / "data" / "digits.csv").read_bytes()
+    if how == "missing":
+        path.unlink()
+    elif how == "truncated":  # the issue's case: its first 5,000 bytes
+        path.write_bytes(raw[:5000])
+    elif how == "header":
+        path.write_bytes(raw.replace(b"split,x0,", b"split,x_0,", 1))
+    elif how == "value":  # same shape, one digit changed
+        at = raw.index(b"\n") + 10
+        path.write_bytes(raw[:at] + (b"9" if raw[at:at + 1] != b"9" else b"8") + raw[at + 1:])
+    return tmp_path
+
+
+@pytest.mark.parametrize("how, reason", [
+    ("missing", "is missing"), ("truncated", "it has 20 rows, expected 1797"),
+    ("header", "its column 2 is 'x_0', expected 'x0'"),
+    ("value", "its SHA-256 differs from settings.DATA_FILES")])
+def test_a_damaged_data_file_is_one_line_naming_it_and_the_fix(tmp_path, how, reason):
+    folder = _damaged(tmp_path, how)
+    for check in (lambda: datasets.check_file("digits", folder),
+                  lambda: datasets.load_dataset("digits", folder)):
+        with pytest.raises(datasets.DataFileError) as info:
+            check()
+        message = str(info.value)
+        assert str(folder / "digits.csv") in message and reason in message
+        assert message.endswith("regenerate it with `make data`") and "\n" not in message
+    assert datasets.check_file("toy", folder) == folder / "toy.csv"  # the other file is fine
+
+
+def test_the_committed_data_files_pass_their_checks():
+    for name in datasets.DATASETS:
+        assert datasets.check_file(name) == ROOT / "data" / f"{name}.csv"

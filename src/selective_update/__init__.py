@@ -53,7 +53,7 @@ def backend(name):
 def run(strategy, framework, *, params, data, keep=(0,), train=(1,), optimizer="sgd", lr=0.1,
         steps=1, weight_decay=0.0, warm_start_steps=0, dtype="float64", device="cpu",
         warm_start_lr=None, reference=None, energy=None, grow=None,
-        distill_weight=None) -> RunResult:
+        distill_weight=None, batch_size=None, batch_seed=0) -> RunResult:
     """Train the `train` outputs with one strategy in one framework and record every step.
 
     warm_start_steps all_params steps come first, on the same optimizer (its state carries
@@ -66,6 +66,14 @@ def run(strategy, framework, *, params, data, keep=(0,), train=(1,), optimizer="
     strategy records RunResult.reference_outputs on it. Strategy options (None: the default;
     a value with another strategy is a ValueError): energy (layer_subspace, 0.99), grow (grow,
     8 units per hidden layer), distill_weight (distill, 1.0).
+
+    batch_size: None trains every step on all of data.x (a fixed batch); an integer makes each
+    step (warm start included) take the next mini-batch of data.x, each epoch a fresh order drawn
+    in numpy from batch_seed (core.minibatches), the same in both frameworks. The rows left over
+    by n % batch_size sit an epoch out. Without a reference, the strategies that protect the
+    batch protect each step's own mini-batch (promise: minibatch_exact / minibatch_first_order);
+    RunResult.batches records the rows each step trained on, outputs are recorded on all of
+    data.x.
 
     Every argument is checked (a one-line ValueError) before a framework is imported.
     """

@@ -10,6 +10,7 @@ import numpy as np
 from . import core, validation
 from .settings import (
     DATA_DIR,
+    DATA_FILES,
     DEFAULT_HIDDEN,
     DEFAULT_N_SAMPLE,
     DIGITS_TRAIN,
@@ -78,12 +79,46 @@ def write_data(out=DATA_DIR):
     return paths
 
 
+class DataFileError(ValueError):
+    """A data file is missing or damaged (one line naming it and `make data`)."""
+
+
+def check_file(name, data_dir=None) -> Path:
+    """Check data/<name>.csv against settings.DATA_FILES: header, row count, then SHA-256.
+
+    Raises DataFileError, one line naming the file and the fix, before anything reads it.
+    """
+    import hashlib
+
+    validation.check_choice("dataset", name, DATASETS)
+    data_dir = DATA_DIR if data_dir is None else data_dir
+    path, expected = Path(data_dir) / f"{name}.csv", DATA_FILES[name]
+    if not path.is_file():
+        raise DataFileError(f"{path} is missing; regenerate it with `make data`")
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    header = lines[0].decode("utf-8", "replace").split(",")
+    rows = len(lines) - 1 - (lines[-1] == b"")  # a last line without a newline still counts
+    problem = None
+    columns = expected["columns"]
+    if len(header) != len(columns):
+        problem = f"its header has {len(header)} columns, expected {len(columns)}"
+    elif header != columns:
+        at = next(i for i, (a, b) in enumerate(zip(header, columns)) if a != b)
+        problem = f"its column {at + 1} is {header[at]!r}, expected {columns[at]!r}"
+    elif rows != expected["rows"]:
+        problem = f"it has {rows} rows, expected {expected['rows']}"
+    elif hashlib.sha256(raw).hexdigest() != expected["sha256"]:
+        problem = "its SHA-256 differs from settings.DATA_FILES"
+    if problem:
+        raise DataFileError(f"{path} is damaged ({problem}); regenerate it with `make data`")
+    return path
+
+
 def _read(name, data_dir):
     import pandas as pd
 
-    path = Path(data_dir) / f"{name}.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; regenerate it with `make data`")
+    path = check_file(name, data_dir)
     frame = pd.read_csv(path)
     return frame[frame.split == "train"].drop(columns="split"), \
         frame[frame.split == "eval"].drop(columns="split")

@@ -51,7 +51,19 @@ def test_promise_table():
     for name in ("all_params", "last_layer", "output_gradient", "masked_loss"):
         assert su.promise(name, "sgd") == "none"
     assert set(su.PROMISES) == {"exact", "batch_exact", "first_order", "none", "reference_exact",
-                                "reference_first_order"}
+                                "reference_first_order", "minibatch_exact",
+                                "minibatch_first_order"}
+    # mini-batches: a batch promise moves to each step's own rows; exact and reference ones stay
+    assert su.promise("null_space", "adam", batch_size=4) == "minibatch_first_order"
+    assert su.promise("null_space_corrected", "sgd", batch_size=4) == "minibatch_exact"
+    assert su.promise("layer_subspace", "sgd", batch_size=4, energy=1.0) == "minibatch_exact"
+    assert su.promise("null_space", "adam", batch_size=4, reference=True) == \
+        "reference_first_order"
+    assert su.promise("split_head", "adamw", batch_size=4, weight_decay=0.01) == "exact"
+    assert su.promise("masked_last_layer", "adam", batch_size=4, warm_start_steps=2) == "none"
+    assert su.promise("distill", "sgd", batch_size=4) == "none"
+    with pytest.raises(ValueError, match=r"^batch_size: got 0; allowed: an integer >= 1$"):
+        su.promise("null_space", "sgd", batch_size=0)
     x_ref = np.zeros((4, 3))
     assert su.promise("null_space", "adam", reference=x_ref) == "reference_first_order"
     assert su.promise("null_space_corrected", "sgd", reference=True) == "reference_exact"

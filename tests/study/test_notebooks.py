@@ -14,7 +14,8 @@ from selective_update.study import grid, render, results
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
-NAMES = ["00_seed_answer.ipynb", "strategy.ipynb", "summary.ipynb"]
+NAMES = ["00_seed_answer.ipynb", "strategy.ipynb", "summary.ipynb",
+         *settings.SCENARIO_NOTEBOOKS.values()]
 REQUIRED = ["dataset", "strategy", "framework", "optimizer", "weight_decay", "warm_start_steps",
             "lr", "seed", "step", "loss", "train_loss", "drift_train", "drift_eval", "promise"]
 TINY = dict(optimizers=["sgd", "adam"], weight_decays=[0.0], warm_start_steps=[0, 1], steps=2,

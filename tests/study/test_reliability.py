@@ -112,15 +112,32 @@ def test_reports_render_offline_in_headless_chromium(quick_reports):
 
 @pytest.mark.slow
 def test_quick_study_renders_every_scenario_page(quick_reports):
-    from selective_update import settings
-    from selective_update.study import results
+    import argparse
 
+    import pandas as pd
+
+    from selective_update import settings
+    from selective_update.study import cli, results
+
+    args = argparse.Namespace(quick=True, scenarios=list(settings.SCENARIO_NOTEBOOKS))
     for name in settings.SCENARIO_NOTEBOOKS:
-        page = quick_reports / f"{name}.html"
-        assert page.is_file(), name
-        assert "An Exception was encountered" not in page.read_text(), name
-    if "new_class" in settings.SCENARIO_NOTEBOOKS:
-        frame = results.read_optional(quick_reports, "new_class.csv")
-        assert frame is not None and len(frame) > 0 and frame.pareto.any()
+        for task in cli.scenario_tasks(name, quick=True):  # one page per part (hidden width)
+            page = (quick_reports / task.output).with_suffix(".html")
+            assert page.is_file(), task.name
+            text = page.read_text()
+            assert "An Exception was encountered" not in text, task.name
+            # no progress bar on the pages (the batch's kernels have PROGRESS_ENV=0)
+            assert "it/s]" not in text and "widget-view+json" not in text, task.name
+    assert args.scenarios
+    # the four CSVs of the two scenarios, combined from their parts, with >= 2 seeds
+    rows = results.read_optional(quick_reports, "new_class.csv")
+    summary = results.read_optional(quick_reports, "new_class_summary.csv")
+    assert rows.seed.nunique() >= 2 and (summary.n_seeds >= 2).all() and summary.pareto.any()
+    assert {"joint", "fine-tuning"} <= set(summary.setting)
+    sequence = results.read_optional(quick_reports, "class_sequence.csv")
+    acc_bwt = results.read_optional(quick_reports, "class_sequence_summary.csv")
+    assert sequence.seed.nunique() >= 2 and (acc_bwt.n_seeds >= 2).all()
+    assert {"joint", "fine-tuning"} <= set(acc_bwt.setting)
+    assert isinstance(acc_bwt, pd.DataFrame) and acc_bwt.acc_mean.notna().all()
     status = results.load_reports(quick_reports)[2]
     assert (status.status == "ok").all(), status[status.status != "ok"]

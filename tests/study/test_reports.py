@@ -172,3 +172,30 @@ def test_promise_markdown_marks_a_promise_that_did_not_hold():
     lines = {line.split("|")[1].strip(): line for line in text.splitlines()[2:]}
     assert lines["`split_head`"].endswith("| yes |")
     assert lines["`null_space`"].endswith("| **no** |") and "| 1.5 |" in lines["`null_space`"]
+
+
+def test_overview_legend_covers_no_point():
+    """The legend sat on the last rows' points (distill's); every point stays visible."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from selective_update import core
+    from selective_update.study import figures
+
+    rows = pd.DataFrame([dict(strategy=s, framework="torch", optimizer="sgd", weight_decay=0.0,
+                              warm_start_steps=0, seed=0, step=1, dataset="toy",
+                              drift_train=10.0 ** -(i % 12), drift_eval=10.0 ** -(i % 5))
+                         for i, s in enumerate(core.STRATEGIES)])
+    fig = figures.plot_overview(rows)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent()
+    points = np.vstack([c.get_offset_transform().transform(c.get_offsets())
+                        for c in ax.collections if len(c.get_offsets())])
+    assert len(points) == 2 * len(core.STRATEGIES)
+    inside = [(x, y) for x, y in points if legend.contains(x, y)]
+    assert inside == []
+    figure = fig.bbox
+    assert figure.x0 <= legend.x0 and legend.x1 <= figure.x1  # the legend itself is on the page

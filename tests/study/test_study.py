@@ -141,6 +141,24 @@ def test_cli_inject_fault_for_a_run_not_in_the_study_exits_2(tmp_path, monkeypat
     assert not out.exists()
 
 
+def test_cli_damaged_data_exits_2_naming_the_file_before_any_kernel(tmp_path, monkeypatch,
+                                                                    capsys):
+    from selective_update import datasets
+
+    _refuse_kernels(monkeypatch)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "digits.csv").write_bytes(
+        (ROOT / "data" / "digits.csv").read_bytes()[:5000])  # the issue's truncated file
+    monkeypatch.setattr(datasets, "DATA_DIR", tmp_path / "data")
+    out = tmp_path / "reports"
+    code = cli.main(["study", "--quick", "--datasets", "digits", "--scenarios", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0] == (f"python -m selective_update study: error: {tmp_path}/data/digits.csv is "
+                      "damaged (it has 20 rows, expected 1797); regenerate it with `make data`")
+    assert not out.exists()
+
+
 def test_cli_exit_code_2_from_a_real_process(tmp_path):
     out = tmp_path / "reports"
     done = subprocess.run([sys.executable, "-m", "selective_update", "study", "--strategies",
@@ -311,3 +329,49 @@ def _alive(pid):
         return False
     with open(f"/proc/{pid}/stat") as f:  # a zombie (not yet reaped) is dead
         return f.read().split(") ", 1)[1][0] != "Z"
+
+
+# --- the scenarios' parts: one papermill run per hidden width, combined afterwards --------------
+
+def _plan(quick, scenarios):
+    import argparse
+
+    from selective_update import core, datasets
+
+    args = argparse.Namespace(strategies=["split_head"], datasets=list(datasets.DATASETS),
+                              scenarios=scenarios, quick=quick, inject_fault=[])
+    assert set(core.STRATEGIES) >= set(args.strategies)
+    return study.plan(args)
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_plan_splits_the_scenarios_into_one_run_per_hidden_width(quick):
+    tasks = _plan(quick, list(settings.SCENARIO_NOTEBOOKS))
+    for name, (full, small) in settings.SCENARIO_PARTS.items():
+        widths = (small if quick else full)["hidden"]
+        parts = [t for t in tasks if t.notebook == settings.SCENARIO_NOTEBOOKS[name]]
+        assert [t.parameters for t in parts] == [{"quick": quick, "hidden": [w]}
+                                                 for w in sorted(widths, reverse=True)]
+        assert [t.output for t in parts] == [f"runs/{name}-h{w}/{name}.ipynb"
+                                             for w in sorted(widths, reverse=True)]
+        assert all(t.folder_param == "reports_dir" for t in parts)
+    scenario = set(settings.SCENARIO_NOTEBOOKS.values())
+    kinds = [t.notebook in scenario for t in tasks]
+    assert kinds == sorted(kinds, reverse=True)  # the scenarios (the heaviest) go first
+    assert len(tasks) == len(set(t.output for t in tasks))  # no two runs share a page
+
+
+def test_combine_parts_keeps_the_parts_that_ran(tmp_path):
+    from selective_update.study import results
+
+    for width, rows in ((16, "16,a\n16,b\n"), (64, "64,c\n"), (128, None)):
+        part = tmp_path / "runs" / f"new_class-h{width}"
+        part.mkdir(parents=True)
+        if rows:  # the 128 part failed before writing anything
+            (part / "new_class.csv").write_text("hidden,strategy\n" + rows)
+    paths = results.combine_parts(tmp_path, "new_class")
+    assert paths == [tmp_path / "new_class.csv"]
+    assert paths[0].read_text() == "hidden,strategy\n16,a\n16,b\n64,c\n"
+    (tmp_path / "runs" / "new_class-h128" / "new_class.csv").write_text("hidden,other\n128,d\n")
+    with pytest.raises(ValueError, match="different columns"):
+        results.combine_parts(tmp_path, "new_class")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from .nets import (Data, init_params, layer_sizes, make_toy_data, n_layers, n_params,
                    output_gradient, output_mask, forward)
 from .runs import (ARGUMENTS, RestoreWarning, RunConfig, RunResult, TrivialNullSpaceWarning,
-                   check_data, check_run, check_weights, drift, make_result, mse,
+                   check_data, check_run, check_weights, drift, make_result, minibatches, mse,
                    warn_if_not_restored, warn_if_trivial_null_space)
 from .seed_demo import COMPENSATED_PHASE, SEED_PHASES, SeedDemo, make_seed_demo, question_gradient
 from .strategies import (DEVICES, DTYPES, FRAMEWORKS, OPTIMIZERS, PROMISES, STRATEGIES, Strategy,
@@ -22,6 +22,6 @@ __all__ = ["ARGUMENTS", "COMPENSATED_PHASE", "DEVICES", "DTYPES", "Data", "FRAME
            "OPTIMIZERS", "PROMISES", "RestoreWarning", "RunConfig", "RunResult", "SEED_PHASES",
            "STRATEGIES", "SeedDemo", "Strategy", "TrivialNullSpaceWarning", "check_data",
            "check_run", "check_weights", "drift", "forward", "init_params", "layer_sizes",
-           "make_result", "make_seed_demo", "make_toy_data", "mse", "n_layers", "n_params",
-           "output_gradient", "output_mask", "promise", "question_gradient",
+           "make_result", "make_seed_demo", "make_toy_data", "minibatches", "mse", "n_layers",
+           "n_params", "output_gradient", "output_mask", "promise", "question_gradient",
            "warn_if_not_restored", "warn_if_trivial_null_space"]

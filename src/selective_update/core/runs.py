@@ -7,7 +7,8 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from ..settings import RESTORE_TOL
-from ..validation import check_choice, check_disjoint, check_int, check_outputs, check_real, fail
+from ..validation import (check_choice, check_disjoint, check_int, check_outputs, check_real,
+                          fail, is_int)
 from .nets import Data, n_layers, n_params
 from .options import OPTION_USERS, check_options, check_reference
 from .strategies import DEVICES, DTYPES, FRAMEWORKS, OPTIMIZERS, STRATEGIES, promise
@@ -58,11 +59,29 @@ class RunConfig:
     energy: float | None = None
     grow: int | None = None
     distill_weight: float | None = None
+    batch_size: int | None = None  # None: every step on all of data.x (the fixed batch)
+    batch_seed: int = 0
 
     @property
     def protected_inputs(self) -> np.ndarray:
-        """The inputs the strategy protects: the reference inputs, or else the batch."""
+        """The inputs the strategy protects: the reference inputs, or else the batch.
+
+        With mini-batches and no reference, a step protects its own mini-batch; these (all of
+        data.x) are where layer_subspace's and distill's start values are taken.
+        """
         return self.data.x if self.reference is None else self.reference
+
+    @property
+    def step_rows(self) -> int:
+        """How many inputs each step trains on: batch_size, or all of data.x."""
+        return len(self.data.x) if self.batch_size is None else self.batch_size
+
+    def batches(self, n_steps):
+        """Return the rows of data.x each of n_steps steps trains on (n_steps, batch_size), or
+        None without mini-batches; minibatches() draws them, the same for both frameworks."""
+        if self.batch_size is None:
+            return None
+        return minibatches(len(self.data.x), self.batch_size, n_steps, self.batch_seed)
 
     def summary(self) -> dict:
         """The plain values of the config (no arrays): RunResult.config."""
@@ -70,6 +89,20 @@ class RunConfig:
                  if f.name not in ("params", "data", "reference")}
         plain["n_reference"] = None if self.reference is None else len(self.reference)
         return plain
+
+
+def minibatches(n, batch_size, n_steps, seed) -> np.ndarray:
+    """Return (n_steps, batch_size) row indices into n inputs, drawn in numpy from one seed.
+
+    Each epoch is a fresh permutation of range(n) from np.random.default_rng(seed), cut into
+    n // batch_size mini-batches; the rows left over (n % batch_size) sit that epoch out, so every
+    step has the same shape (TF1's graph is built for it). Epochs follow one another.
+    """
+    per_epoch = n // batch_size
+    rng = np.random.default_rng(seed)
+    epochs = [rng.permutation(n)[:per_epoch * batch_size].reshape(per_epoch, batch_size)
+              for _ in range(-(-n_steps // per_epoch))]
+    return np.concatenate(epochs)[:n_steps] if epochs else np.zeros((0, batch_size), np.int64)
 
 
 # run()'s keyword arguments, in RunConfig's order: the one list both frameworks' run() accept.
@@ -94,6 +127,7 @@ class RunResult:
     config: dict = field(default_factory=dict)
     reference_outputs: np.ndarray | None = None  # (steps+1, n_ref, n_out); None without reference
     restore_residual: np.ndarray | None = None  # (steps,) final Gauss-Newton residual per step
+    batches: np.ndarray | None = None  # (steps, batch_size) rows of data.x; None: all of them
 
     @property
     def drift_train(self) -> np.ndarray:
@@ -110,17 +144,32 @@ class RunResult:
                                                                  self.keep)
 
     @property
+    def drift_minibatch(self) -> np.ndarray:
+        """Per step (0 first), the max |change| of the kept outputs across that step on the rows
+        it trained on (its mini-batch; every row of data.x without mini-batches)."""
+        kept = self.outputs[:, :, list(self.keep)]
+        change = np.abs(kept[1:] - kept[:-1])
+        if self.batches is not None:
+            change = np.take_along_axis(change, self.batches[:, :, None], axis=1)
+        per_step = change.max(axis=(1, 2)) if change.size else np.zeros(len(change))
+        return np.concatenate([[0.0], per_step])
+
+    @property
     def promise(self) -> str:
         c = self.config
         return promise(self.strategy, self.optimizer, weight_decay=c["weight_decay"],
                        warm_start_steps=c["warm_start_steps"],
                        reference=c.get("n_reference") is not None,
+                       batch_size=c.get("batch_size"),
                        **{k: c.get(k) for k in OPTION_USERS})
 
 
 def make_result(config, outputs, eval_outputs, params, step_seconds, reference_outputs=None,
-                restore_residual=None) -> RunResult:
-    """Assemble a RunResult of a RunConfig from per-step outputs (numpy, any float dtype)."""
+                restore_residual=None, batches=None) -> RunResult:
+    """Assemble a RunResult of a RunConfig from per-step outputs (numpy, any float dtype).
+
+    batches: the strategy steps' mini-batches (rows of data.x), None without mini-batches.
+    """
     outputs = np.asarray(outputs)
     eval_outputs = np.asarray(eval_outputs)
     y = config.data.y.astype(outputs.dtype)
@@ -135,6 +184,7 @@ def make_result(config, outputs, eval_outputs, params, step_seconds, reference_o
         step_seconds=np.asarray(step_seconds, dtype=np.float64), config=config.summary(),
         reference_outputs=None if reference_outputs is None else np.asarray(reference_outputs),
         restore_residual=restore_residual,
+        batches=None if batches is None else np.asarray(batches, dtype=np.int64),
     )
 
 
@@ -229,6 +279,11 @@ def check_run(strategy, framework, *, warn=True, **arguments) -> RunConfig:
     check_disjoint(keep, train)
     options = check_options(strategy, **{k: a[k] for k in OPTION_USERS})
     reference = check_reference(a["reference"], data)
+    batch_size = a["batch_size"]
+    if batch_size is not None and not (is_int(batch_size) and 1 <= batch_size <= len(data.x)):
+        fail("batch_size", batch_size, f"None (every step on all {len(data.x)} inputs of data.x) "
+             f"or an integer in 1..{len(data.x)}")
+    batch_seed = check_int("batch_seed", a["batch_seed"], 0)
     lr = float(a["lr"])
     config = RunConfig(
         strategy=strategy, framework=framework, params=params, data=data, keep=keep,
@@ -236,10 +291,12 @@ def check_run(strategy, framework, *, warn=True, **arguments) -> RunConfig:
         weight_decay=float(a["weight_decay"]), warm_start_steps=int(a["warm_start_steps"]),
         dtype=a["dtype"], device=a["device"],
         warm_start_lr=lr if a["warm_start_lr"] is None else float(a["warm_start_lr"]),
-        reference=reference, **options)
+        reference=reference, **options,
+        batch_size=None if batch_size is None else int(batch_size), batch_seed=batch_seed)
     if warn and (STRATEGIES[strategy].projected
                  or STRATEGIES[strategy].loss == "compensated_gradient"):
-        warn_if_trivial_null_space(params, len(config.protected_inputs), len(keep))
+        protected_rows = config.step_rows if reference is None else len(reference)
+        warn_if_trivial_null_space(params, protected_rows, len(keep))
     return config
 
 

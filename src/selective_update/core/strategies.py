@@ -12,8 +12,10 @@ FRAMEWORKS = ("tf1", "torch")
 DTYPES = ("float32", "float64")
 # exact: every input; batch_exact / reference_exact: within BATCH_EXACT_TOL on the batch / the
 # reference inputs; first_order / reference_first_order: the leak there is second order; none.
+# minibatch_exact / minibatch_first_order (run(batch_size=...) without a reference): each step
+# holds the rows it trained on, across that step only; earlier mini-batches may move.
 PROMISES = ("exact", "batch_exact", "first_order", "none", "reference_exact",
-            "reference_first_order")
+            "reference_first_order", "minibatch_exact", "minibatch_first_order")
 DEVICES = ("cpu", "cuda")
 
 
@@ -130,23 +132,30 @@ STRATEGIES = MappingProxyType({s.name: s for s in (
 
 
 def promise(strategy, optimizer, *, weight_decay=0.0, warm_start_steps=0, reference=None,
-            energy=None, grow=None, distill_weight=None) -> str:
+            energy=None, grow=None, distill_weight=None, batch_size=None) -> str:
     """Say what a strategy guarantees for the kept outputs under this optimizer set-up.
 
     reference: None, or the reference inputs (any array, or True): the protected inputs of
     null_space, null_space_corrected, compensated_gradient, layer_subspace and distill become the
     reference inputs.
+    batch_size: None (every step on the whole batch) or run()'s mini-batch size. Without a
+    reference, a batch promise then holds on each step's own mini-batch across that step
+    (minibatch_exact, minibatch_first_order): the rows of earlier steps are free to move. The
+    exact promises and the reference promises do not depend on it.
 
     | strategy                         | promise (where it holds)                            |
     |----------------------------------|-----------------------------------------------------|
     | split_head, grow                 | exact: every input, any optimizer, decay, warm start |
     | masked_last_layer                | exact with sgd, or fresh state and no decay; else none |
     | null_space                       | first_order on the batch; reference_first_order     |
+    |                                  | (minibatch_first_order with batch_size)             |
     | compensated_gradient             | first_order with sgd, or momentum from fresh state, |
     |                                  | and no decay (the step is a sum of compensated      |
-    |                                  | gradients); reference_first_order; else none        |
+    |                                  | gradients); reference_first_order; with batch_size  |
+    |                                  | and no reference, sgd only: minibatch_first_order;  |
+    |                                  | else none                                           |
     | null_space_corrected             | batch_exact; reference_exact with a reference       |
-    | layer_subspace, energy=1.0       | batch_exact; reference_exact with a reference       |
+    | layer_subspace, energy=1.0       | (minibatch_exact with batch_size)                   |
     | layer_subspace, energy<1; distill; all_params, last_layer, output_gradient, masked_loss |
     |                                  | none                                                |
     """
@@ -154,25 +163,27 @@ def promise(strategy, optimizer, *, weight_decay=0.0, warm_start_steps=0, refere
     check_choice("optimizer", optimizer, OPTIMIZERS)
     check_real("weight_decay", weight_decay, 0.0)
     check_int("warm_start_steps", warm_start_steps, 0)
+    if batch_size is not None:
+        check_int("batch_size", batch_size, 1)
     options = check_options(strategy, energy=energy, grow=grow, distill_weight=distill_weight)
     on_reference = (reference is not None and reference is not False
                     and strategy in REFERENCE_USERS)
+    where = "reference_" if on_reference else "minibatch_" if batch_size is not None else ""
     if strategy in ("split_head", "grow"):
         return "exact"
     if strategy == "null_space":
-        return "reference_first_order" if on_reference else "first_order"
+        return f"{where}first_order"
     if strategy == "compensated_gradient":
         # Only sgd's step, or fresh momentum's (a sum of earlier compensated gradients), is made of
         # compensated gradients: each has no first-order effect where it was taken, so the leak
         # is second order. Decay adds lr * wd * theta and Adam rescales each coordinate: none.
-        sums_gradients = optimizer == "sgd" or (optimizer == "momentum"
-                                                and warm_start_steps == 0)
-        if weight_decay == 0 and sums_gradients:
-            return "reference_first_order" if on_reference else "first_order"
-        return "none"
+        # On mini-batches, earlier steps' gradients were compensated on other rows: sgd only.
+        momentum_ok = where != "minibatch_" and warm_start_steps == 0
+        sums_gradients = optimizer == "sgd" or (optimizer == "momentum" and momentum_ok)
+        return f"{where}first_order" if weight_decay == 0 and sums_gradients else "none"
     if strategy == "null_space_corrected" or (strategy == "layer_subspace"
                                               and options["energy"] == 1.0):
-        return "reference_exact" if on_reference else "batch_exact"
+        return f"{where}exact" if where else "batch_exact"
     if strategy == "masked_last_layer":
         # A zero gradient freezes a weight only when no decay and no leftover state move it.
         stateless = optimizer == "sgd" or warm_start_steps == 0

@@ -19,20 +19,24 @@ class Verdict(NamedTuple):
 
 def promise_holds(promise, drift_train, drift_eval, *, dtype="float64",
                   drift_train_half_lr=None, drift_reference=None, drift_reference_half_lr=None,
-                  restore_residual=None) -> Verdict:
+                  restore_residual=None, drift_minibatch=None,
+                  drift_minibatch_half_lr=None) -> Verdict:
     """Judge one run's promise from its measured drift of the kept outputs.
 
     drift_train / drift_eval / drift_reference: per step (step 0 first), max |change| of the kept
     outputs since the start, on the batch, held-out and reference inputs (RunResult.drift_*).
+    drift_minibatch: per step, the max |change| across that step on the rows it trained on
+    (RunResult.drift_minibatch); the minibatch_ promises are judged on it.
     restore_residual: RunResult.restore_residual; a correction that stopped above RESTORE_TOL
     breaks a batch_exact or reference_exact promise, whatever the drift.
 
     - exact: every drift, batch and held-out (and reference), is exactly 0;
-    - batch_exact / reference_exact: the batch / reference drift is <= 1e-10 (float64) or 1e-4
-      (float32) at every step;
-    - first_order / reference_first_order: the one-step batch / reference drift at lr is >= 2.8x
-      that of a run at lr/2 (`drift_train_half_lr` / `drift_reference_half_lr`: that run's drift
-      after its first step), or already below the batch_exact tolerance;
+    - batch_exact / reference_exact / minibatch_exact: the batch / reference / each step's
+      mini-batch drift is <= 1e-10 (float64) or 1e-4 (float32) at every step;
+    - first_order / reference_first_order / minibatch_first_order: the one-step batch / reference
+      / mini-batch drift at lr is >= 2.8x that of a run at lr/2 (`drift_train_half_lr` /
+      `drift_reference_half_lr` / `drift_minibatch_half_lr`: that run's drift after its first
+      step, on the same first mini-batch), or already below the batch_exact tolerance;
     - none: nothing is promised, so it holds; the drift is reported.
     """
     validation.check_choice("promise", promise, PROMISES)
@@ -41,33 +45,38 @@ def promise_holds(promise, drift_train, drift_eval, *, dtype="float64",
     drift_eval = np.asarray(drift_eval, dtype=np.float64)
     batch, held_out = float(drift_train.max()), float(drift_eval.max())
     seen = f"batch {batch:.3g}, held-out {held_out:.3g}"
-    on_reference = promise.startswith("reference_")
-    if drift_reference is not None:
-        drift_reference = np.asarray(drift_reference, dtype=np.float64)
-        seen += f", reference {float(drift_reference.max()):.3g}"
-    elif on_reference:
-        raise ValueError(f"drift_reference: got None; allowed: the run's drift on its reference "
-                         f"inputs (a {promise} promise needs it)")
+    where = next((w for w in ("reference", "minibatch") if promise.startswith(f"{w}_")), "batch")
+    measured = {"reference": drift_reference, "minibatch": drift_minibatch}
+    for name, values in measured.items():
+        if values is not None:
+            measured[name] = np.asarray(values, dtype=np.float64)
+            seen += f", {name} {float(measured[name].max()):.3g}"
+        elif where == name:
+            raise ValueError(f"drift_{name}: got None; allowed: the run's drift on its {name} "
+                             f"inputs (a {promise} promise needs it)")
+    drift_reference = measured["reference"]
     tol = BATCH_EXACT_TOL[dtype]
-    if promise in ("batch_exact", "reference_exact") and restore_residual is not None:
+    exacts = ("batch_exact", "reference_exact", "minibatch_exact")
+    if promise in exacts and restore_residual is not None:
         residual = np.asarray(restore_residual, dtype=np.float64)
         if residual.size and not residual.max() <= RESTORE_TOL[dtype]:
             step = int(np.argmax(~(residual <= RESTORE_TOL[dtype]))) + 1
             return Verdict(False, f"Gauss-Newton stopped at residual {residual.max():.3g} > "
                            f"{RESTORE_TOL[dtype]:g} (step {step}); {seen}")
-    protected = drift_reference if on_reference else drift_train
+    protected = measured.get(where, drift_train)
     if promise == "exact":
         return Verdict(batch == 0.0 and held_out == 0.0
                        and (drift_reference is None or float(drift_reference.max()) == 0.0), seen)
-    if promise in ("batch_exact", "reference_exact"):
+    if promise in exacts:
         return Verdict(float(protected.max()) <= tol, seen)
-    if promise in ("first_order", "reference_first_order"):
-        name = "drift_reference_half_lr" if on_reference else "drift_train_half_lr"
-        half = drift_reference_half_lr if on_reference else drift_train_half_lr
+    if promise.endswith("first_order"):
+        name = f"drift_{'train' if where == 'batch' else where}_half_lr"
+        half = {"batch": drift_train_half_lr, "reference": drift_reference_half_lr,
+                "minibatch": drift_minibatch_half_lr}[where]
         if half is None:
             raise ValueError(f"{name}: got None; allowed: the one-step drift of the same run at "
                              f"lr/2 (a {promise} promise needs it)")
-        one, where = float(protected[1]), "reference" if on_reference else "batch"
+        one = float(protected[1])
         if one <= tol:
             return Verdict(True, f"one-step {where} drift {one:.3g} <= {tol:g}; {seen}")
         ratio = drift_ratio(one, float(half))

@@ -32,7 +32,7 @@ from pathlib import Path
 from .. import core, datasets, validation
 from ..files import atomic_write, csv_text, tidy
 from ..settings import (CELL_TIMEOUT, DEFAULT_GRID, JOBS, QUICK_GRID, REPORTS_DIR,
-                        SCENARIO_NOTEBOOKS)
+                        SCENARIO_DATASETS, SCENARIO_NOTEBOOKS, SCENARIO_PARTS)
 from . import grid, notebook_runner, results
 from .notebook_runner import WORKER_DIES, Task
 
@@ -101,7 +101,11 @@ def add_arguments(parser):
 
 
 def plan(args) -> list:
-    """Build the batch's tasks; validate every run's parameters before any kernel starts."""
+    """Build the batch's tasks; validate every run's parameters and the data files it will read
+    (datasets.check_file: one line naming a damaged file and `make data`) before any kernel."""
+    read = list(args.datasets) + (list(SCENARIO_DATASETS) if args.scenarios else [])
+    for name in dict.fromkeys(read):
+        datasets.check_file(name)
     values = QUICK_GRID if args.quick else DEFAULT_GRID
     strategies = list(dict.fromkeys(args.strategies))
     names = {f"{d}-{s}" for d in args.datasets for s in strategies}
@@ -125,13 +129,26 @@ def plan(args) -> list:
                               strategy, fault if fault in ("kernel_start", WORKER_DIES) else None,
                               folder_param="results_dir"))
     for name in dict.fromkeys(args.scenarios):
-        tasks.append(Task(name, SCENARIO_NOTEBOOKS[name], f"{name}.ipynb",
-                          {"quick": bool(args.quick)}, folder_param="reports_dir"))
-    # Heaviest first (scenarios, digits, the null-space strategies), so the pool ends together.
+        tasks += scenario_tasks(name, args.quick)
+    # Heaviest first (scenarios, the widest parts first, digits, the null-space strategies), so
+    # the pool ends together.
     weight = {"null_space_corrected": 3, "null_space": 2}
-    return sorted(tasks, key=lambda t: (-5 * (t.name in SCENARIO_NOTEBOOKS)
+    scenario = set(SCENARIO_NOTEBOOKS.values())
+    return sorted(tasks, key=lambda t: (-5 * (t.notebook in scenario)
                                         - (t.dataset == "digits") - weight.get(t.strategy, 0),
-                                        t.name))
+                                        -t.parameters.get("hidden", [0])[0], t.name))
+
+
+def scenario_tasks(name, quick) -> list:
+    """One Task per scenario, or one per hidden width of its grid (settings.SCENARIO_PARTS),
+    each writing into its own folder runs/<name>-h<width>/ (combined by results.combine_parts)."""
+    if name not in SCENARIO_PARTS:
+        return [Task(name, SCENARIO_NOTEBOOKS[name], f"{name}.ipynb", {"quick": bool(quick)},
+                     folder_param="reports_dir")]
+    full, small = SCENARIO_PARTS[name]
+    return [Task(f"{name}-h{width}", SCENARIO_NOTEBOOKS[name], f"runs/{name}-h{width}/{name}.ipynb",
+                 {"quick": bool(quick), "hidden": [width]}, folder_param="reports_dir")
+            for width in (small if quick else full)["hidden"]]
 
 
 PUBLISHED_LAST = "index.html"
@@ -257,6 +274,9 @@ def main(args) -> int:
                     bar.update(1)
                     bar.write(_line(s))
                 results.concat_results(staging)
+                for name in dict.fromkeys(args.scenarios):  # the parts' files, combined
+                    if name in SCENARIO_PARTS:
+                        results.combine_parts(staging, name)
                 status = tidy(pd.DataFrame(statuses, columns=results.STATUS_COLUMNS), ["name"])
                 atomic_write(staging / "status.csv", csv_text(status))
                 # The summary last, on a worker (whose kernel is warm when kernels are reused).

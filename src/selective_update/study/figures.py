@@ -212,7 +212,8 @@ def plot_overview(rows):
     ax.set(xscale="log", xlabel="largest drift of a kept output (log; exact 0 on the left edge)",
            ylabel="")
     ax.axvline(LOG_FLOOR, color="grey", lw=0.8, ls=":")
-    ax.legend(fontsize=8, loc="lower right")
+    # outside the axes, right of them: inside, it covered the last rows' points
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_title("Where each strategy keeps the kept outputs (max over every run and step)")
     fig.tight_layout()
     return fig

@@ -21,14 +21,15 @@ from papermill.engines import NBClientEngine, papermill_engines
 from papermill.log import logger
 
 from ..files import atomic_write
-from ..settings import KERNEL, NOTEBOOKS_DIR, START_TIMEOUT
+from ..settings import KERNEL, NOTEBOOKS_DIR, PROGRESS_ENV, START_TIMEOUT
 from .render import render_html
 
 MISSING_KERNEL = "selective-update-test-hook-missing-kernel"
 WORKER_DIES = "worker_dies"  # Task.fault test hook (--cluster): the Dask worker dies mid-run
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # Set in every worker (pool or Dask) and so inherited by the kernels it starts.
-WORKER_ENV = {**THREAD_ENV, "TF_CPP_MIN_LOG_LEVEL": "3", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+WORKER_ENV = {**THREAD_ENV, "TF_CPP_MIN_LOG_LEVEL": "3", PROGRESS_ENV: "0",
+              "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
 
 
 @dataclass(frozen=True)

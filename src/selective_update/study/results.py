@@ -103,3 +103,25 @@ def concat_results(staging):
         atomic_write(Path(staging) / name, csv_text(frame))
         out[name] = frame
     return out
+
+
+def combine_parts(staging, name):
+    """Concatenate the CSV files of a scenario's parts (runs/<name>-h<width>/*.csv) into
+    staging/<file>, widths in increasing order, as text (every cell as written); return the paths.
+
+    Each part's file is sorted by hidden width first, so the result is byte for byte the file one
+    run of every width writes. A part that failed is missing: the others' rows are kept.
+    """
+    parts = sorted(Path(staging).glob(f"runs/{name}-h*/"),
+                   key=lambda p: int(p.name.rsplit("-h", 1)[1]))
+    names = sorted({f.name for part in parts for f in part.glob("*.csv")})
+    paths = []
+    for file in names:
+        texts = [(part / file).read_text() for part in parts if (part / file).is_file()]
+        header = texts[0].split("\n", 1)[0]
+        if any(t.split("\n", 1)[0] != header for t in texts):
+            raise ValueError(f"{file}: the parts of {name} have different columns")
+        body = "".join(t.split("\n", 1)[1] for t in texts)
+        paths.append(Path(staging) / file)
+        atomic_write(paths[-1], f"{header}\n{body}")
+    return paths

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from .. import core, settings
-from ..algorithms import compensated, growth, nullspace, protected, strategy_step, subspace
+from ..algorithms import compensated, growth, nullspace, strategy_step, subspace
 from ..core import options
 from . import ops
 from .framework import tf, v1
@@ -65,7 +65,8 @@ class Graph:
             self.after = strategy_step.AfterStep(
                 keep=keep, tol=settings.RESTORE_TOL[dtype],
                 max_steps=settings.GAUSS_NEWTON_MAX_STEPS, sweeps=settings.PROJECTION_SWEEPS,
-                x=self.x, hs=self.hs, out=self.out, x_ref=self.x_ref, form=form)
+                x=self.x, hs=self.hs, out=self.out, form=form,
+                x_ref=self.x if self.x_ref is None and form else self.x_ref)  # mini-batches
             self._start_inputs(described, sizes, dt, layers_W, layers_b)
             self.losses = {}
             for s in described:
@@ -137,13 +138,16 @@ class Graph:
                 ops, layers_W, layers_b, x_prot, self.keep, self.distill_target,
                 self.distill_weight)
 
-    def start_feed(self, strategy, config):
-        """Return what a strategy feeds from its start (now): layer bases or distill targets."""
+    def start_feed(self, strategy, config, inputs=None):
+        """Return what a strategy feeds from its start (now): layer bases or distill targets.
+
+        inputs: where to take them (default: config.protected_inputs).
+        """
         s, feed = core.STRATEGIES[strategy], {}
         if not s.starts:
             return feed
-        hs, out = self.sess.run([self.hs_any, self.out_any],
-                                {self.x_any: config.protected_inputs})
+        inputs = config.protected_inputs if inputs is None else inputs
+        hs, out = self.sess.run([self.hs_any, self.out_any], {self.x_any: inputs})
         values = strategy_step.start_values(s, config, hs, out)
         if "bases" in values:
             load = {}
@@ -237,12 +241,13 @@ _GRAPHS = {}
 def graph_for(strategies, config) -> Graph:
     """Return a cached Graph for these strategies and shapes (building a graph costs ~0.3 s)."""
     sizes = core.layer_sizes(config.params)
-    ref = config.reference
-    extra = {} if ref is None else {"n_ref": len(ref),
-                                    "form": protected.form_for(sizes, len(config.keep), len(ref))}
+    ref, form = config.reference, strategy_step.protected_form(config)
+    extra = {} if form is None else {"form": form}
+    if ref is not None:
+        extra["n_ref"] = len(ref)
     if any(core.STRATEGIES[s].trains == "grown" for s in strategies):
         extra["grow"] = config.grow
-    n = len(config.data.x)
+    n = config.step_rows
     key = (tuple(strategies), config.optimizer, sizes, n, config.keep, config.train,
            config.dtype, THREADS, tuple(sorted(extra.items())))
     if key not in _GRAPHS:
@@ -279,6 +284,7 @@ def make_steps(strategies, **arguments):
     for group in kinds.values():
         configs = {s: core.check_run(s, NAME, warn=False, **options.options_for(s, arguments))
                    for s in group}
+        strategy_step.check_full_batch(configs[group[0]], "make_steps")
         g = graph_for(tuple(group), configs[group[0]])
         g.reset(configs[group[0]].params)
         for s in group:
@@ -306,8 +312,23 @@ def train(config) -> core.RunResult:
     g = graph_for(dict.fromkeys(("all_params", strategy)), config)
     g.reset(config.params)
     feed = _feed(g, config)
-    for _ in range(config.warm_start_steps):
-        g.sess.run(g.ops["all_params"], {**feed, g.lr: config.warm_start_lr})
+    warm = config.warm_start_steps
+    batches = config.batches(warm + config.steps)
+
+    def step_feed(i):
+        """The feed of step i: its mini-batch (and the distill targets of its rows)."""
+        if batches is None:
+            return feed
+        rows = batches[i]
+        fed = {**feed, g.x: data.x[rows], g.y: data.y[rows]}
+        if config.reference is None and g.distill_penalty is not None and i >= warm:
+            fed[g.distill_target] = feed[g.distill_target][:, rows]
+        if strategy_step.rebases(core.STRATEGIES[strategy], config) and i >= warm:
+            g.start_feed(strategy, config, inputs=data.x[rows])  # this mini-batch's bases
+        return fed
+
+    for i in range(warm):
+        g.sess.run(g.ops["all_params"], {**step_feed(i), g.lr: config.warm_start_lr})
     feed.update(g.start_feed(strategy, config))
     inputs = [data.x, data.x_eval] + ([] if g.x_ref is None else [config.reference])
 
@@ -316,13 +337,13 @@ def train(config) -> core.RunResult:
 
     fetch = {"step": g.ops[strategy], "residual": g.residuals.get(strategy, ())}
     recorded, seconds, residuals = [outputs()], [], []
-    for _ in range(config.steps):
+    for i in range(warm, warm + config.steps):
         start = time.perf_counter()
-        residuals.append(g.sess.run(fetch, feed)["residual"])
+        residuals.append(g.sess.run(fetch, step_feed(i))["residual"])
         seconds.append(time.perf_counter() - start)
         recorded.append(outputs())
     ref = np.stack([r[2] for r in recorded]) if g.x_ref is not None else None
     residual = residuals if core.STRATEGIES[strategy].corrected else None
     return core.make_result(config, np.stack([r[0] for r in recorded]),
                             np.stack([r[1] for r in recorded]), g.numpy_params(), seconds,
-                            ref, residual)
+                            ref, residual, None if batches is None else batches[warm:])

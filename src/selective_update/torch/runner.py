@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .. import core, settings
-from ..algorithms import compensated, growth, nullspace, protected, strategy_step, subspace
+from ..algorithms import compensated, growth, nullspace, strategy_step, subspace
 from ..core import options
 from . import ops
 
@@ -99,29 +99,30 @@ class Trainer:
         dt, dev = getattr(torch, config.dtype), config.device
         data = config.data
         self.config = config
-        self.x = torch.as_tensor(data.x, dtype=dt, device=dev)
-        self.y = torch.as_tensor(data.y, dtype=dt, device=dev)
+        self.x_all = torch.as_tensor(data.x, dtype=dt, device=dev)  # outputs are recorded here
+        self.y_all = torch.as_tensor(data.y, dtype=dt, device=dev)
+        self.x, self.y = self.x_all, self.y_all  # the step's batch (use_rows: its mini-batch)
         self.x_eval = torch.as_tensor(data.x_eval, dtype=dt, device=dev)
         ref = config.reference
         self.x_ref = None if ref is None else torch.as_tensor(ref, dtype=dt, device=dev)
-        self.x_prot = self.x if self.x_ref is None else self.x_ref  # the protected inputs
+        self.x_start = self.x if self.x_ref is None else self.x_ref  # start values taken here
+        self.x_prot = self.x_start  # the step's protected inputs (use_rows: its mini-batch)
         self.residuals = []  # final Gauss-Newton residual per corrected step
         n_out = data.y.shape[1]
         self.mask = torch.as_tensor(core.output_mask(n_out, config.train), dtype=dt, device=dev)
-        self.G = torch.as_tensor(core.output_gradient(len(data.x), n_out, config.train),
+        self.G = torch.as_tensor(core.output_gradient(config.step_rows, n_out, config.train),
                                  dtype=dt, device=dev)
         grow = config.grow if core.STRATEGIES[config.strategy].trains == "grown" else None
         self.net = Net(config.params, split=split, grow=grow, train=config.train,
                        dtype=config.dtype, device=dev)
         self.opt = torch_optimizer(config.optimizer, self.net.variables, config.lr,
                                    config.weight_decay)
-        form = None if ref is None else protected.form_for(
-            core.layer_sizes(config.params), len(config.keep), len(ref))
+        form = strategy_step.protected_form(config)
         self.after = strategy_step.AfterStep(
             keep=config.keep, tol=settings.RESTORE_TOL[config.dtype],
             max_steps=settings.GAUSS_NEWTON_MAX_STEPS, sweeps=settings.PROJECTION_SWEEPS,
             x=self.x, x_ref=self.x_ref, form=form)
-        self.distill_target = None
+        self.distill_target = self.step_target = None  # distill: all start values, the step's
         self._before = None  # the parameters before a projected step, reused every step
         self._graded = None  # the strategy whose variables require grad (grow)
 
@@ -141,7 +142,7 @@ class Trainer:
             penalty = None
             if s.loss == "distill":
                 penalty = subspace.distill_penalty(ops, *self.net.layers(), self.x_prot,
-                                                   self.config.keep, self.distill_target,
+                                                   self.config.keep, self.step_target,
                                                    self.config.distill_weight)
             loss = strategy_step.loss(ops, s, out, self.y, self.mask, penalty)
             grads = torch.autograd.grad(loss, variables)
@@ -166,7 +167,13 @@ class Trainer:
         if not s.starts:
             return
         with torch.no_grad():
-            hs, out = self.net.forward(self.x_prot)
+            hs, out = self.net.forward(self.x_start)
+        self._take_start(s, hs, out)
+        if self.distill_target is not None:
+            self.step_target = self.distill_target
+
+    def _take_start(self, s, hs, out):
+        """Hold a strategy's start values (strategy_step.start_values) as tensors."""
         values = strategy_step.start_values(s, self.config, [h.cpu().numpy() for h in hs],
                                     out.cpu().numpy())
         if "bases" in values:
@@ -177,9 +184,23 @@ class Trainer:
         if "distill_target" in values:
             self.distill_target = ops.const(values["distill_target"], self.x)
 
-    def step(self, strategy):
-        """Take one optimizer step of `strategy`."""
+    def use_rows(self, rows):
+        """Make the next step train on rows of data.x (a mini-batch) and protect them, where no
+        reference is given (strategy_step.protects_minibatch)."""
+        index = torch.as_tensor(rows, device=self.x_all.device)
+        self.x, self.y = self.x_all[index], self.y_all[index]
+        self.after.x = self.x
+        if self.x_ref is None:
+            self.x_prot = self.after.x_ref = self.x  # projections factor the mini-batch
+            if self.distill_target is not None:
+                self.step_target = self.distill_target[:, index]
+
+    def step(self, strategy, rows=None):
+        """Take one optimizer step of `strategy` (on rows of data.x: a mini-batch; None: the
+        batch of the previous step, all of data.x at first)."""
         s = core.STRATEGIES[strategy]
+        if rows is not None:
+            self.use_rows(rows)
         variables = strategy_step.var_list(s, self.net, self.config.train)
         if self.net.grow and self._graded != strategy:  # frozen pieces out of the backward
             for p in self.net.variables:               # pass; set once per strategy switch
@@ -188,6 +209,8 @@ class Trainer:
                 p.requires_grad_(True)
             self._graded = strategy
         grads, hs, out = self._gradients(s, variables)
+        if rows is not None and strategy_step.rebases(s, self.config):
+            self._take_start(s, hs, out)  # layer_subspace: the bases of this mini-batch
         for p in self.net.variables:
             p.grad = None  # None, not zero: optimizers skip it (no decay, no state update)
         for p, g in zip(variables, grads):
@@ -217,9 +240,9 @@ class Trainer:
             return self.net.forward(x)[1].cpu().numpy()
 
     def hidden(self):
-        """Return the first hidden layer's activations on the batch as numpy."""
+        """Return the first hidden layer's activations on data.x as numpy."""
         with torch.no_grad():
-            return self.net.forward(self.x)[0][1].cpu().numpy()
+            return self.net.forward(self.x_all)[0][1].cpu().numpy()
 
     def sync(self):
         """Wait for queued device work, so step timings are honest."""
@@ -248,6 +271,7 @@ def make_steps(strategies, **arguments):
     taken, sync = {}, None
     for s in strategies:
         config = core.check_run(s, NAME, warn=False, **options.options_for(s, arguments))
+        strategy_step.check_full_batch(config, "make_steps")
         trainer = Trainer(config, split=core.STRATEGIES[s].trains == "train_heads")
         trainer.start(s)
         taken[s] = functools.partial(trainer.step, s)
@@ -268,17 +292,20 @@ def train(config) -> core.RunResult:
     configure()
     strategy = config.strategy
     trainer = Trainer(config, split=core.STRATEGIES[strategy].trains == "train_heads")
+    warm = config.warm_start_steps
+    batches = config.batches(warm + config.steps)
+    rows = [None] * (warm + config.steps) if batches is None else list(batches)
     trainer.set_lr(config.warm_start_lr)
-    for _ in range(config.warm_start_steps):
-        trainer.step("all_params")
+    for i in range(warm):
+        trainer.step("all_params", rows[i])
     trainer.set_lr(config.lr)
     trainer.start(strategy)
-    inputs = [trainer.x, trainer.x_eval] + ([] if trainer.x_ref is None else [trainer.x_ref])
+    inputs = [trainer.x_all, trainer.x_eval] + ([] if trainer.x_ref is None else [trainer.x_ref])
     recorded, seconds = [[trainer.outputs(x)] for x in inputs], []
-    for _ in range(config.steps):
+    for i in range(warm, warm + config.steps):
         trainer.sync()
         start = time.perf_counter()
-        trainer.step(strategy)
+        trainer.step(strategy, rows[i])
         trainer.sync()
         seconds.append(time.perf_counter() - start)
         for outs, x in zip(recorded, inputs):
@@ -286,7 +313,8 @@ def train(config) -> core.RunResult:
     ref = np.stack(recorded[2]) if len(recorded) > 2 else None
     residual = trainer.residuals if core.STRATEGIES[strategy].corrected else None
     return core.make_result(config, np.stack(recorded[0]), np.stack(recorded[1]),
-                            trainer.net.numpy_params(), seconds, ref, residual)
+                            trainer.net.numpy_params(), seconds, ref, residual,
+                            None if batches is None else batches[warm:])
 
 
 def seed_demo(params, data, *, lr=0.1, steps=1, keep=(0,), train=(1,)) -> core.SeedDemo:
