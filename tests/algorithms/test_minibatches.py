@@ -151,3 +151,17 @@ def test_bad_batch_seed_is_refused_in_one_line():
 def test_make_steps_refuses_mini_batches(framework):
     with pytest.raises(ValueError, match=r"^batch_size: got 4; allowed: None in make_steps"):
         su.backend(framework).make_steps(["split_head"], params=PARAMS, data=DATA, batch_size=4)
+
+
+@pytest.mark.parametrize("framework", su.FRAMEWORKS)
+def test_compensated_gradient_protects_each_mini_batch_with_sgd_only(framework):
+    """G' is compensated on the step's own rows: first order there with sgd; momentum carries
+    gradients compensated on other rows, so it promises nothing on mini-batches."""
+    r, verdict = _verdict("compensated_gradient", framework, "sgd", 0.0, 0, reference=False,
+                          batch_size=2)
+    assert r.promise == "minibatch_first_order" and verdict.holds, verdict.measured
+    assert r.drift_minibatch.max() < r.drift_train.max()
+    assert su.promise("compensated_gradient", "momentum", batch_size=2) == "none"
+    assert su.promise("compensated_gradient", "momentum") == "first_order"
+    assert su.promise("compensated_gradient", "momentum", batch_size=2,
+                      reference=True) == "reference_first_order"

@@ -73,6 +73,12 @@ class Strategy:
         return self.after == "subspace"
 
     @property
+    def solves(self) -> bool:
+        """Each step solves a Gram system over the protected inputs (its cost grows with them):
+        the null-space projections and compensated_gradient."""
+        return self.projected or self.loss == "compensated_gradient"
+
+    @property
     def starts(self) -> bool:
         """The strategy takes something from its start (layer bases, kept outputs to distill)."""
         return self.subspace or self.loss == "distill"

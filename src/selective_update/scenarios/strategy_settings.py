@@ -2,8 +2,10 @@
 
 Both scenarios take every strategy of the registry (core.STRATEGIES), so a strategy that lands
 later takes part without changes here. A strategy's settings come from what it is:
-- a projection (Strategy.projected) protects the batch ("reference=batch": each step's
-  mini-batch) or a reference set of kept fit digits ("reference=64", "reference=all");
+- a strategy whose step solves a Gram system over its protected inputs (Strategy.solves: the
+  null-space projections, compensated_gradient) protects the batch ("reference=batch": each
+  step's mini-batch) or a reference set of kept fit digits ("reference=64", "reference=all"),
+  within the cost rule;
 - another user of reference inputs (core.options.REFERENCE_USERS: layer_subspace, distill)
   protects every kept fit digit, which costs it little;
 - a strategy with run() options (core.options.OPTION_USERS) is swept over the values the grid
@@ -38,7 +40,7 @@ def settings_for(strategy, grid) -> list:
 
     grid: "references" (projections) and "options" ({option: [values]}).
     """
-    if core.STRATEGIES[strategy].projected:
+    if core.STRATEGIES[strategy].solves:
         return [f"reference={r}" for r in grid["references"]]
     swept = [(name, grid.get("options", {}).get(name)) for name in options_of(strategy)]
     swept = [(name, values) for name, values in swept if values]
@@ -67,7 +69,7 @@ def run_kwargs(strategy, setting, reference_for) -> dict:
         if name != "reference":  # "4" is an integer option, "10.0" a real one (as the grid wrote)
             kwargs[name] = int(value) if value.lstrip("-").isdigit() else float(value)
     size = values.get("reference")
-    if size is None and strategy in REFERENCE_USERS and not core.STRATEGIES[strategy].projected:
+    if size is None and strategy in REFERENCE_USERS and not core.STRATEGIES[strategy].solves:
         size = "all"  # layer_subspace and distill protect every kept fit digit
     if size is not None:
         reference = reference_for(size)
@@ -85,10 +87,10 @@ def protected_count(setting, batch_size, reference_for) -> int:
 
 
 def work(strategy, n_keep, n_protected, n_params, corrected_factor) -> float:
-    """Estimate a projection's work per step: min(m, P)^2 max(m, P), m = n_keep x n_protected
+    """Estimate a Gram solve's work per step: min(m, P)^2 max(m, P), m = n_keep x n_protected
     (times corrected_factor with Gauss-Newton corrections); 0 for the strategies without a solve."""
     s = core.STRATEGIES[strategy]
-    if not s.projected or not n_protected:
+    if not s.solves or not n_protected:
         return 0.0
     m, P = n_keep * n_protected, n_params
     return float(min(m, P) ** 2 * max(m, P) * (corrected_factor if s.corrected else 1))
@@ -99,7 +101,7 @@ def tier(strategy, amount, max_work, quick=False) -> str:
     (work per step above max_work)."""
     if amount > max_work:
         return "skipped"
-    return "reduced" if core.STRATEGIES[strategy].projected and not quick else "full"
+    return "reduced" if core.STRATEGIES[strategy].solves and not quick else "full"
 
 
 def run_quietly(strategy, framework, **kwargs):
