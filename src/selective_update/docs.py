@@ -85,7 +85,36 @@ def _new_class(reports):
 
     from .scenarios import new_class_report
 
-    return new_class_report.answer_markdown(pd.read_csv(reports / "new_class.csv"))
+    return new_class_report.headline_markdown(pd.read_csv(reports / "new_class_summary.csv"))
+
+
+def _new_class_answer(reports):
+    import pandas as pd
+
+    from .scenarios import new_class_report
+
+    rows = reports / "new_class.csv"
+    return new_class_report.answer_markdown(
+        pd.read_csv(reports / "new_class_summary.csv"),
+        rows=pd.read_csv(rows) if rows.is_file() else None)
+
+
+def _class_sequence(reports):
+    import pandas as pd
+
+    from .scenarios import class_sequence_report
+
+    return class_sequence_report.headline_markdown(
+        pd.read_csv(reports / "class_sequence_summary.csv"))
+
+
+def _class_sequence_answer(reports):
+    import pandas as pd
+
+    from .scenarios import class_sequence_report
+
+    return class_sequence_report.answer_markdown(
+        pd.read_csv(reports / "class_sequence_summary.csv"))
 
 
 def _csv_table(name):
@@ -147,7 +176,10 @@ BLOCKS = {
     "answer": Block("results.csv", _answer),
     "promise_table": Block("results.csv", _promise_table),
     "approach_b": Block("results.csv", _approach_b),
-    "new_class": Block("new_class.csv", _new_class),
+    "new_class": Block("new_class_summary.csv", _new_class),
+    "new_class_answer": Block("new_class_summary.csv", _new_class_answer),
+    "class_sequence": Block("class_sequence_summary.csv", _class_sequence),
+    "class_sequence_answer": Block("class_sequence_summary.csv", _class_sequence_answer),
     "study_time": Block("status.csv", _study_time),
     "your_model": Block("your_model.csv", _csv_table("your_model.csv")),
     "bench_table": Block("bench.csv", _bench_table),

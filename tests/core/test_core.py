@@ -106,3 +106,13 @@ def test_core_imports_no_framework():
     assert out.stdout.strip() == "[]"
 
 
+
+
+def test_the_facade_docstring_examples_run():
+    import doctest
+
+    tests = doctest.DocTestFinder().find(su.run, "run", globs={})
+    runner = doctest.DocTestRunner()
+    for test in tests:
+        runner.run(test)
+    assert runner.tries >= 2 and runner.failures == 0

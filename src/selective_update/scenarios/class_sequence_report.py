@@ -144,3 +144,22 @@ def selected_table(sweep):
     return chosen.groupby(["hidden", "strategy", "setting", "optimizer", "lr", "epochs"],
                           sort=True).agg(acc=("acc", "mean"), bwt=("bwt", "mean"),
                                          drift_max=("drift_max", "mean")).reset_index()
+
+
+def headline_markdown(summary, framework="torch", top=5) -> str:
+    """The README's table: the bounds and the `top` strategies by ACC, with ACC and BWT and their
+    95% intervals (every strategy: answer_markdown)."""
+    from ..files import markdown_table
+
+    body = []
+    for hidden, g in summary[summary.framework == framework].groupby("hidden", sort=True):
+        ranked = g.sort_values(["acc_mean", "bwt_mean"], ascending=False, kind="mergesort")
+        shown = ranked[ranked.strategy.isin([CEILING, FLOOR])
+                       | ranked.index.isin(ranked[~ranked.strategy.isin([CEILING, FLOOR])]
+                                           .index[:top])]
+        for _, r in shown.iterrows():
+            body.append([hidden, label(r), stats.shown(r, "acc"), stats.shown(r, "bwt")])
+    n = int(summary.n_seeds.min()) if len(summary) else 0
+    return (f"{framework}, {n} seeds, mean [95% Student t interval], GEM's ACC and BWT over the "
+            f"10 classes; the bounds and the {top} highest ACC:\n\n"
+            + markdown_table(["hidden", "strategy", "ACC", "BWT"], body))

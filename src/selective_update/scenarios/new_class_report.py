@@ -236,3 +236,30 @@ def side_by_side(frame):
                               values=["recall_new", "accuracy_kept", "drift_max"],
                               aggfunc="first")
     return table.reindex(columns=["recall_new", "accuracy_kept", "drift_max"], level=0)
+
+
+def headline_markdown(summary, framework="torch") -> str:
+    """The README's table: per width, the bounds, the best bitwise-fixed row and the highest
+    recall keeping accuracy on 0-8, with 95% intervals (the rest: answer_markdown)."""
+    from ..files import markdown_table
+
+    body = []
+    for hidden, g in summary[summary.framework == framework].groupby("hidden", sort=True):
+        finite = g[np.isfinite(g.drift_max_mean)]
+        before = float(g.accuracy_kept_before.mean())
+        keeping = finite[(finite.accuracy_kept_mean >= before - MAX_ACC_DROP - 1e-12)
+                         & ~finite.strategy.isin([CEILING, FLOOR])]
+        exact = finite[(finite.drift_max_mean == 0) & ~(finite.drift_max_ci_high > 0)]
+        picks = [("ceiling: joint training", g[g.strategy == CEILING]),
+                 ("floor: fine-tuning", g[g.strategy == FLOOR]),
+                 ("kept logits bitwise fixed, best", exact),
+                 ("highest recall keeping 0-8", keeping)]
+        for role, rows in picks:
+            if len(rows):
+                r = _best(rows)
+                body.append([hidden, role, label(r), stats.shown(r, "recall_new"),
+                             stats.shown(r, "accuracy_kept", 3), stats.shown(r, "drift_max", 2)])
+    head = ["hidden", "row", "strategy", "recall of 9", "accuracy on 0-8", "held-out kept drift"]
+    n = int(summary.n_seeds.min()) if len(summary) else 0
+    return (f"{framework}, {n} seeds, mean [95% Student t interval] on the 597 held-out "
+            "digits:\n\n" + markdown_table(head, body))

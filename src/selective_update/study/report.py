@@ -138,9 +138,14 @@ def answer_brief(rows) -> str:
             groups["batch"].append(f"`{name}` (batch drift <= {part.drift_train.max():.2g}, "
                                    f"held-out up to {held_out:.2g})")
         elif promises & {"first_order", "reference_first_order"}:
-            groups["first"].append(f"`{name}` (halving lr cuts one step's drift >= "
-                                   f"{part.drift_ratio.min():.3g}x; held-out up to "
-                                   f"{held_out:.2g})")
+            promised = part[part.promise != "none"]
+            text = (f"`{name}` (halving lr cuts one step's drift >= "
+                    f"{promised.drift_ratio.min():.3g}x; held-out up to "
+                    f"{promised.drift_eval.max():.2g}")
+            if "none" in promises:  # only some optimizer set-ups keep the promise
+                text += (f"; where `su.promise` says none, held-out drift up to "
+                         f"{part[part.promise == 'none'].drift_eval.max():.2g}")
+            groups["first"].append(text + ")")
         else:
             groups["none"].append(f"`{name}` {held_out:.2g}")
     say = {"everywhere": "bitwise fixed on every input, in every run",
