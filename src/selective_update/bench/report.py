@@ -80,9 +80,14 @@ def helpers_table(frame):
     """The helpers part: each helper's step against the plain step, with issue 15's targets."""
     from IPython.display import Markdown
 
+    import pandas as pd
+
     part = frame[frame.part == "helpers"]
     if not len(part):
         return Markdown("Not measured in this bench (`--parts helpers`).")
+    # n_ref holds "batch" and "all" in other parts' rows: numbers here
+    part = part.assign(n_ref=pd.to_numeric(part.n_ref, errors="coerce"),
+                       peak_rss_mb=pd.to_numeric(part.peak_rss_mb, errors="coerce"))
     shown = part.assign(ms=part.median_s * 1e3)[
         ["strategy", "n_ref", "ms", "ratio_to_plain", "peak_rss_mb", "goal", "meets_goal",
          "note"]].rename(columns={"strategy": "case", "n_ref": "protected inputs"})

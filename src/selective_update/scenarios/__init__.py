@@ -6,4 +6,5 @@
     class_sequence_report   its answer, ACC/BWT figure and per-class recall across tasks
     strategy_settings       every registry strategy with its settings, and what a setting costs
     stats                   Student t intervals over seeds, the front on means, noise or not
+    stages                  run a scenario as the batch does, timed stage by stage
 """

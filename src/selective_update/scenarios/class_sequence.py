@@ -25,7 +25,6 @@ chosen point of every strategy runs on every seed in both frameworks, measured o
 from __future__ import annotations
 
 import functools
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from ..progress import progress
 from ..settings import (CLASS_SEQUENCE, CLASS_SEQUENCE_BATCH, CLASS_SEQUENCE_GRID,
                         CLASS_SEQUENCE_QUICK_GRID, DATA_DIR, NEW_CLASS_CORRECTED_FACTOR,
                         NEW_CLASS_MAX_WORK)
-from . import new_class, stats, strategy_settings
+from . import new_class, stages, stats, strategy_settings
 
 PRETRAINED = tuple(range(CLASS_SEQUENCE[0]))  # classes the pretraining learns (task 0)
 N_CLASSES = 10
@@ -265,27 +264,20 @@ def summarize(rows):
 
 def run_study(cfg) -> Study:
     """Run the sweep, select, and run the chosen sequences: the notebook's whole computation."""
-    from ..study.grid import deterministic
-
-    deterministic()
-    with threadpool_limits(1):  # numpy's BLAS too (SVD bases, scores): one thread, as in the batch
-        return _run_study(cfg)
+    return stages.run_as_the_batch(_run_study, cfg)
 
 
 def _run_study(cfg) -> Study:
     grid, seconds = cfg["grid"], {}
-    start = time.perf_counter()
-    for hidden in grid["hidden"]:
-        for seed in sorted(set(grid["seeds"]) | set(grid["sweep_seeds"])):
-            sequence(hidden, seed)
-    seconds["pretraining"] = time.perf_counter() - start
-    start = time.perf_counter()
-    sweep, skipped = run_sweep(grid)
-    seconds["sweep (torch, validation)"] = time.perf_counter() - start
+    with stages.timed(seconds, "pretraining"):
+        for hidden in grid["hidden"]:
+            for seed in sorted(set(grid["seeds"]) | set(grid["sweep_seeds"])):
+                sequence(hidden, seed)
+    with stages.timed(seconds, "sweep (torch, validation)"):
+        sweep, skipped = run_sweep(grid)
     sweep = select(sweep)
-    start = time.perf_counter()
-    rows = run_final(sweep, grid)
-    seconds["final runs (tf1 + torch, held out)"] = time.perf_counter() - start
+    with stages.timed(seconds, "final runs (tf1 + torch, held out)"):
+        rows = run_final(sweep, grid)
     return Study(grid, sweep, rows, summarize(rows), seconds, skipped)
 
 

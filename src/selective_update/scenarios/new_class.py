@@ -55,7 +55,7 @@ from ..settings import (
     NEW_CLASS_QUICK_GRID,
     NEW_CLASS_REDUCED_GRID,
 )
-from . import stats, strategy_settings
+from . import stages, stats, strategy_settings
 
 KEEP = tuple(range(NEW_CLASS))
 TRAIN = (NEW_CLASS,)
@@ -350,27 +350,20 @@ def pareto(frame):
 
 def run_study(cfg) -> Study:
     """Run the sweep, select, and run the final points: the notebook's whole computation."""
-    from ..study.grid import deterministic
-
-    deterministic()
-    with threadpool_limits(1):  # numpy's BLAS too (SVD bases, scores): one thread, as in the batch
-        return _run_study(cfg)
+    return stages.run_as_the_batch(_run_study, cfg)
 
 
 def _run_study(cfg) -> Study:
     grid, seconds = cfg["grid"], {}
-    start = time.perf_counter()
-    for hidden in grid["hidden"]:
-        for seed in sorted(set(grid["seeds"]) | set(grid["sweep_seeds"])):
-            scenario(hidden, seed)
-    seconds["pretraining"] = time.perf_counter() - start
-    start = time.perf_counter()
-    sweep, costs, skipped = run_sweep(grid)
-    seconds["sweep (torch, validation)"] = time.perf_counter() - start
+    with stages.timed(seconds, "pretraining"):
+        for hidden in grid["hidden"]:
+            for seed in sorted(set(grid["seeds"]) | set(grid["sweep_seeds"])):
+                scenario(hidden, seed)
+    with stages.timed(seconds, "sweep (torch, validation)"):
+        sweep, costs, skipped = run_sweep(grid)
     sweep = select(sweep)
-    start = time.perf_counter()
-    rows = run_final(chosen_points(sweep), grid)
-    seconds["final runs (tf1 + torch, held out)"] = time.perf_counter() - start
+    with stages.timed(seconds, "final runs (tf1 + torch, held out)"):
+        rows = run_final(chosen_points(sweep), grid)
     return Study(grid, sweep, rows, summarize(rows), seconds, costs, skipped)
 
 
