@@ -117,7 +117,7 @@ def goal_markdown(frame, meta) -> str:
     columns = [(case, fw) for case in cases for fw in FRAMEWORK_ORDER
                if ((table.sizes == case[0]) & (table.batch == case[1])
                    & (table.framework == fw)).any()]
-    head = ["strategy", "goal"] + [f"{s}/{b} {fw}" for (s, b), fw in columns]
+    head = ["strategy", "goal"] + [f"{s}/{int(b)} {fw}" for (s, b), fw in columns]
     rows = []
     for strategy in dict.fromkeys(table.strategy):
         mine = table[table.strategy == strategy]
@@ -143,7 +143,8 @@ def beyond_batch_markdown(frame, meta) -> str:
     part = frame[frame.part == "beyond_batch"]
     if not len(part):
         return "No beyond_batch part in this bench (`--parts beyond_batch`)."
-    rows = [[r.framework, f"`{r.strategy}`", r.sizes, r.n_ref, f"{r.median_s * 1e3:.3g}",
+    rows = [[r.framework, f"`{r.strategy}`", r.sizes, "" if r.n_ref != r.n_ref else r.n_ref,
+             f"{r.median_s * 1e3:.3g}",
              "" if r.ratio_to_plain != r.ratio_to_plain else f"{r.ratio_to_plain:.2f}",
              r.goal if isinstance(r.goal, str) else "",
              {"True": "met", "False": "**missed**"}.get(str(r.meets_goal), "")]
