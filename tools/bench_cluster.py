@@ -68,3 +68,7 @@ def main(argv=None):
     Path(args.out).mkdir(parents=True, exist_ok=True)
     frame.to_csv(Path(args.out) / "cluster_bench.csv", index=False, lineterminator="\n")
     print("\n" + cluster_bench_markdown(frame))
+
+
+if __name__ == "__main__":
+    main()
