@@ -41,18 +41,26 @@ def kept_deltas(ops, Ws, hs, seed):
     return deltas
 
 
-def gram(ops, hs, deltas, against=None, hs_against=None):
+def input_products(ops, h, h_against):
+    """Return h h_against^T + 1: a layer's share of the Gram that depends on its inputs only."""
+    return ops.matmul(h, ops.transpose(h_against)) + 1.0
+
+
+def gram(ops, hs, deltas, against=None, hs_against=None, first_inputs=None):
     """Return J J^T (m, m) of the kept outputs over the batch, m = K * n.
 
     against: other deltas (K', n', d_l) per layer, back-propagated over the inputs whose layer
     inputs are hs_against (default: hs); then J J_against^T (m, K' * n') is returned
     (compensated.py: the kept outputs against themselves and against the gradient's G).
+    first_inputs: input_products of the first layer, when the caller keeps them (fixed inputs).
     """
     total = None
-    for h, D, h_against, A in zip(hs, deltas, hs if hs_against is None else hs_against,
-                                  deltas if against is None else against):
+    for l, (h, D, h_against, A) in enumerate(zip(hs, deltas,
+                                                 hs if hs_against is None else hs_against,
+                                                 deltas if against is None else against)):
         K, n, K_against, n_against = D.shape[0], D.shape[1], A.shape[0], A.shape[1]
-        inputs = ops.matmul(h, ops.transpose(h_against)) + 1.0
+        inputs = (first_inputs if l == 0 and first_inputs is not None
+                  else input_products(ops, h, h_against))
         term = ops.einsum("kbj,lcj->kblc", D, A) * ops.reshape(inputs, (1, n, 1, n_against))
         total = term if total is None else total + term
     return ops.reshape(total, (K * n, K_against * n_against))

@@ -61,6 +61,12 @@ class Graph:
             if n_ref is not None and any(s.loss == "compensated_gradient" for s in described):
                 self.hs_ref, self.out_ref = nullspace.forward(ops, layers_W, layers_b,
                                                               self.x_ref)
+            # compensated_gradient's x x^T + 1: fed its value while the batch stays (_feed)
+            self.first_inputs, self.fed_inputs = None, []
+            if any(s.loss == "compensated_gradient" for s in described):
+                self.first_inputs = compensated.first_inputs(
+                    ops, self.x, None if self.hs_ref is None else self.x_ref)
+                self.fed_inputs = tf.nest.flatten(self.first_inputs)
             self.mask = tf.constant(core.output_mask(sizes[-1], train), dt)
             self.after = strategy_step.AfterStep(
                 keep=keep, tol=settings.RESTORE_TOL[dtype],
@@ -167,7 +173,7 @@ class Graph:
         elif s.loss == "compensated_gradient":  # G of the masked loss, then G' in its place
             G = v1.gradients(self.losses[s.loss], self.out)[0]
             G_prime = compensated.compensated_gradient(ops, self.Ws, self.hs, G, self.keep,
-                                                       self.hs_ref)
+                                                       self.hs_ref, self.first_inputs)
             if self.x_ref is None:
                 grads = v1.gradients(self.out, var_list, grad_ys=G_prime)
             else:  # the reference inputs join the backward pass with -alpha on kept outputs
@@ -262,6 +268,9 @@ def _feed(g, config):
             g.weight_decay: config.weight_decay}
     if g.x_ref is not None and not core.STRATEGIES[config.strategy].subspace:
         feed[g.x_ref] = config.reference  # layer_subspace used it at its start only
+    if g.fed_inputs and config.batch_size is None:  # computed once for the fixed batch
+        inputs = {t: feed[t] for t in (g.x, g.x_ref) if t is not None and t in feed}
+        feed.update(zip(g.fed_inputs, g.sess.run(g.fed_inputs, inputs)))
     return feed
 
 

@@ -124,6 +124,7 @@ class Trainer:
             x=self.x, x_ref=self.x_ref, form=form)
         self.distill_target = self.step_target = None  # distill: all start values, the step's
         self._before = None  # the parameters before a projected step, reused every step
+        self._first_inputs = None  # compensated_gradient: x x^T + 1 while the inputs stay
         self._graded = None  # the strategy whose variables require grad (grow)
 
     def set_lr(self, lr):
@@ -155,8 +156,10 @@ class Trainer:
         G, = torch.autograd.grad(loss, out, retain_graph=True)
         hs_ref, out_ref = (None, None) if self.x_ref is None else self.net.forward(self.x_ref)
         with torch.no_grad():
+            if self._first_inputs is None:
+                self._first_inputs = compensated.first_inputs(ops, self.x, self.x_ref)
             G_prime = compensated.compensated_gradient(ops, self.net.Ws, hs, G, self.config.keep,
-                                                       hs_ref)
+                                                       hs_ref, self._first_inputs)
         if out_ref is None:
             return torch.autograd.grad(out, variables, grad_outputs=G_prime)
         return torch.autograd.grad((out, out_ref), variables, grad_outputs=(G, G_prime))
@@ -190,6 +193,7 @@ class Trainer:
         index = torch.as_tensor(rows, device=self.x_all.device)
         self.x, self.y = self.x_all[index], self.y_all[index]
         self.after.x = self.x
+        self._first_inputs = None
         if self.x_ref is None:
             self.x_prot = self.after.x_ref = self.x  # projections factor the mini-batch
             if self.distill_target is not None:
