@@ -228,8 +228,8 @@ class Linearization:
                 inputs += x @ x.T
             if layer.bias is not None:
                 inputs += 1.0
-            D = delta.reshape(self.m, -1)
-            term = D @ D.T
+            term = torch.zeros(self.m, self.m, dtype=torch.float64, device=device)
+            add_symmetric_gram(term, delta.reshape(self.m, -1))  # Δ Δᵀ, half the products
             term.view(K, n, K, n).mul_(inputs.view(1, n, 1, n))
             G = term if G is None else G.add_(term)
         if G is None:

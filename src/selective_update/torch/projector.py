@@ -6,8 +6,8 @@ import torch
 
 from ..algorithms.solve import psd_factor, psd_solve
 from ..core.runs import RestoreWarning, TrivialNullSpaceWarning
-from ..settings import (CHORD_RATE, FAST_GRAM_RTOL, GAUSS_NEWTON_MAX_STEPS, PROJECTION_SWEEPS,
-                        RESTORE_TOL, TRIVIAL_SHARE)
+from ..settings import (CHORD_RATE, FAST_GRAM_RTOL, FAST_SWEEPS, GAUSS_NEWTON_MAX_STEPS,
+                        PROJECTION_SWEEPS, RESTORE_TOL, TRIVIAL_SHARE)
 from ..validation import fail
 from . import ops
 from .kept_jacobian import KeptJacobian
@@ -23,8 +23,10 @@ HINTS = (("randomness", "put the module in eval mode or draw no random numbers i
 
 
 def _solve(factor, r):
-    """Return (J Jᵀ)⁻¹ r through the study's solver (a Cholesky factor, pinv where it failed)."""
-    return psd_solve(ops, factor, r.reshape(-1, 1)).reshape(-1)
+    """Return (J Jᵀ)⁻¹ r through the study's solver (a Cholesky factor, pinv where it failed),
+    in the factor's dtype (float32 for a float32 model's first try), returned in float64."""
+    solved = psd_solve(ops, factor, r.reshape(-1, 1).to(factor[0].dtype))
+    return solved.reshape(-1).to(torch.float64)
 
 
 def _refusal(error, trail):
@@ -46,10 +48,11 @@ class NullSpaceProjector(StepHooks):
     statistics), whatever mode you train in; the Jacobian's blocks (kept_jacobian.py) come from
     one vmap/jacrev pass per step and J Jᵀ is factored once per step in float64 (the study's
     solver, algorithms/solve.py; a float32 model's explicit rows first enter it through a
-    float32 product, kept only when its projection holds to FAST_GRAM_RTOL, and projector.last
-    says which). corrected=True then takes Gauss-Newton steps, reusing that
-    factor, until the kept outputs at inputs are back within RESTORE_TOL (relative to their
-    scale) of their values at attach(), at most GAUSS_NEWTON_MAX_STEPS.
+    float32 product and a float32 factor, swept in float64 and kept only when the projection
+    holds to FAST_GRAM_RTOL, and projector.last says which). corrected=True then takes
+    Gauss-Newton steps, reusing that factor, until the kept outputs at inputs are back within
+    RESTORE_TOL (relative to their scale) of their values at attach(), at most
+    GAUSS_NEWTON_MAX_STEPS.
 
     attach() runs one dry projection and refuses (ValueError naming the module) a model it
     cannot differentiate; it warns when the constraints leave no direction to train
@@ -107,12 +110,19 @@ class NullSpaceProjector(StepHooks):
         return out.index_select(1, self._jac.index).T.reshape(-1).to(torch.float64)
 
     @staticmethod
-    def _project_vector(lin, factor, v, first=None):
-        """Return v - Jᵀ (J Jᵀ)⁻¹ J v, applied PROJECTION_SWEEPS times (float64); first: J v."""
-        for sweep in range(PROJECTION_SWEEPS):
-            alpha = _solve(factor, first if sweep == 0 and first is not None else lin.jv(v))
-            v = [t - c for t, c in zip(v, lin.jtv(alpha))]
-        return v
+    def _project_vector(lin, factor, v, first=None, sweeps=PROJECTION_SWEEPS, goal=None):
+        """Return (v - Jᵀ (J Jᵀ)⁻¹ J v applied `sweeps` times, in float64, and its leak J v);
+        first: J v. goal: stop as soon as the leak's largest entry is at most goal (without a
+        goal the last leak is not computed: None)."""
+        leak = lin.jv(v) if first is None else first
+        for sweep in range(sweeps):
+            v = [t - c for t, c in zip(v, lin.jtv(_solve(factor, leak)))]
+            if goal is None and sweep + 1 == sweeps:
+                return v, None  # no one reads the last leak
+            leak = lin.jv(v)
+            if goal is not None and float(leak.abs().max()) <= goal:
+                break
+        return v, leak
 
     def _project_step(self, old):
         step = [(p.detach() - o).to(torch.float64) for p, o in zip(self.params, old)]
@@ -127,19 +137,29 @@ class NullSpaceProjector(StepHooks):
 
     def _factor_and_project(self, lin, v):
         """Factor J Jᵀ and project v. A float32 model's explicit rows enter J Jᵀ through a
-        float32 product first; kept when its projection leaves at most FAST_GRAM_RTOL of J v,
-        else (an ill-conditioned J Jᵀ) everything is formed again in float64."""
-        self._gram = "float32 rows" if lin.fast else "float64"
-        factor = psd_factor(ops, lin.gram())
+        float32 product, factored in float32 and then, if the projection still leaves more than
+        FAST_GRAM_RTOL of J v, in float64; if that falls short too (an ill-conditioned J Jᵀ),
+        everything is formed again in float64."""
         first = lin.jv(v)
-        projected = self._project_vector(lin, factor, v, first)
-        if lin.fast and float(lin.jv(projected).abs().max()) > FAST_GRAM_RTOL * float(
-                first.abs().max()):
+        if lin.fast:
+            goal = FAST_GRAM_RTOL * float(first.abs().max())
+            gram = lin.gram()
+            for dtype, sweeps in ((torch.float32, FAST_SWEEPS), (torch.float64, PROJECTION_SWEEPS)):
+                factor = psd_factor(ops, gram.to(dtype))
+                if not factor[2]:
+                    continue  # not positive definite in this precision
+                projected, leak = self._project_vector(lin, factor, v, first, sweeps, goal)
+                if float(leak.abs().max()) <= goal:
+                    self._gram = f"float32 rows, {str(dtype).removeprefix('torch.')} factor"
+                    return factor, projected
+            del gram, factor
             lin.exact()
-            factor = psd_factor(ops, lin.gram())
-            projected = self._project_vector(lin, factor, v)
             self._gram = "float64 (float32 rows fell short)"
-        return factor, projected
+            first = lin.jv(v)
+        else:
+            self._gram = "float64"
+        factor = psd_factor(ops, lin.gram())
+        return factor, self._project_vector(lin, factor, v, first)[0]
 
     def _restore(self, lin, factor):
         """Take Gauss-Newton steps until the kept outputs at inputs are back at their target.
