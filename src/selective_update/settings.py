@@ -95,10 +95,12 @@ DEFAULT_DISTILL_WEIGHT = 1.0
 CHOLESKY_JITTER = 1e-12
 PROJECTION_SWEEPS = 2
 # compensated_gradient solves its Gram system by that Cholesky factor and refines the solution with
-# it this many times (iterative refinement, O(m^2) each). Measured: the toy batch's Gram (cond
-# 2e11) reaches rounding after 2 (after 0: a leak |J_k g'| of 5e-9; 1: 1.5e-10; 2: 3e-12);
-# better-conditioned Grams (digits, cond 2e5) after 1.
-COMPENSATION_REFINEMENTS = 2
+# it this many times (iterative refinement, O(m^2) each). Measured on the toy batch (cond 2e11,
+# where the jitter is a quarter of the smallest eigenvalue): the leak |J_k g'| reaches rounding
+# after 2 (0: 5e-9; 1: 1.5e-10; 2: 3e-12), but the step itself only after 4: 3 SGD steps end 8e-9
+# from the exact projected steps (mpmath) after 2 refinements, 9e-10 after 4, as null_space's
+# eigendecomposition (2e-9). Better-conditioned Grams (digits, cond 2e5) need 1.
+COMPENSATION_REFINEMENTS = 4
 # Reference Jacobians up to this many entries (kept outputs x reference inputs x parameters) are
 # materialized and factored by SVD (no squared condition number); larger ones use Cholesky.
 DENSE_JACOBIAN_MAX = 250_000
