@@ -98,14 +98,16 @@ def helpers_table(frame):
 
 # --- the docs' generated blocks (python -m selective_update docs) ---------------------------
 
-def _machine_line(frame, meta):
+def _machine_line(frame, meta, plain="the plain step (all_params, sgd) of the same framework"):
+    """The line above a generated table: machine, threads, dtype and device of its rows (frame),
+    versions and load, and what its ratios divide by (plain)."""
     first = frame.iloc[0] if len(frame) else None
     setup = "" if first is None else (f"; {first['threads']} thread(s), {first['dtype']}, "
                                       f"device {first['device']}")
     load = str(meta.get("load average (1 min)", "?")).split(" while")[0]
     return (f"Measured by `make bench` on {meta.get('machine', '?')}{setup}; "
             f"{meta.get('versions', '')}; 1-minute load {load}. Medians of interleaved steps; "
-            "ratios to the plain step (all_params, sgd) of the same framework.")
+            f"ratios to {plain}.")
 
 
 def goal_markdown(frame, meta) -> str:
@@ -169,7 +171,8 @@ def helpers_markdown(frame, meta) -> str:
                      r.note if isinstance(r.note, str) else ""])
     head = ["case", "protected inputs", "ms per step", "ratio to plain", "peak RSS MB", "goal",
             "", "note"]
-    return _machine_line(frame, meta) + "\n\n" + markdown_table(head, rows)
+    return (_machine_line(part, meta, "the plain AdamW step (`plain`)") + "\n\n"
+            + markdown_table(head, rows))
 
 
 def cluster_bench_markdown(frame) -> str:
