@@ -343,3 +343,45 @@ def test_same_call_twice_gives_identical_arrays(framework):
         assert np.array_equal(getattr(runs[0], field), getattr(runs[1], field))
     for name in runs[0].params:
         assert np.array_equal(runs[0].params[name], runs[1].params[name])
+
+
+@pytest.mark.parametrize("loss", ["full", "masked", "compensated_gradient"])
+def test_closed_form_loss_gradient_is_each_frameworks_own(loss):
+    """strategy_step.loss_gradient (compensated_gradient's G) against torch.autograd and
+    tf.gradients of strategy_step.loss, with a mask that keeps output 0 out of the loss."""
+    import torch
+
+    from selective_update.algorithms import strategy_step
+    from selective_update.core.strategies import Strategy
+    from selective_update.tf1 import ops as tf1_ops
+    from selective_update.tf1.framework import tf
+    from selective_update.torch import ops as torch_ops
+
+    rng = np.random.default_rng(0)
+    out, y, mask = rng.normal(size=(6, 3)), rng.normal(size=(6, 3)), np.array([0.0, 1.0, 1.0])
+    s = Strategy(name="probe", summary="", source="", trains="all", loss=loss)
+    closed = strategy_step.loss_gradient(torch_ops, s, torch.as_tensor(out), torch.as_tensor(y),
+                                         torch.as_tensor(mask)).numpy()
+    t_out = torch.as_tensor(out).requires_grad_()
+    t_loss = strategy_step.loss(torch_ops, s, t_out, torch.as_tensor(y), torch.as_tensor(mask))
+    np.testing.assert_allclose(closed, torch.autograd.grad(t_loss, t_out)[0].numpy(), rtol=1e-14,
+                               atol=0)
+    graph = tf.Graph()
+    with graph.as_default():
+        g_out, g_y, g_mask = (tf.constant(a) for a in (out, y, mask))
+        by_graph = tf.compat.v1.gradients(strategy_step.loss(tf1_ops, s, g_out, g_y, g_mask),
+                                          g_out)[0]
+        closed_graph = strategy_step.loss_gradient(tf1_ops, s, g_out, g_y, g_mask)
+        with tf.compat.v1.Session(graph=graph) as sess:
+            a, b = sess.run([closed_graph, by_graph])
+    np.testing.assert_allclose(a, b, rtol=1e-14, atol=0)
+    np.testing.assert_allclose(a, closed, rtol=1e-14, atol=0)
+    if loss != "full":
+        assert not closed[:, 0].any() and closed[:, 1:].all()
+
+
+def test_closed_form_loss_gradient_refuses_other_losses():
+    from selective_update.algorithms import strategy_step
+
+    with pytest.raises(ValueError, match="no closed form"):
+        strategy_step.loss_gradient(None, su.STRATEGIES["distill"], None, None, None)

@@ -42,6 +42,19 @@ def loss(ops, strategy, out, y, mask, penalty=None):
     return value + penalty if strategy.loss == "distill" else value
 
 
+def loss_gradient(ops, strategy, out, y, mask):
+    """Return the gradient of loss() with respect to `out`, in closed form: 2 e / out's size,
+    e = mask * (out - y) (mask is 0/1, so mask * e = e; out - y for the full loss).
+
+    compensated_gradient's G, without a backward pass through the loss (tests check it against
+    each framework's own differentiation of loss()).
+    """
+    if strategy.loss not in ("full", "masked", "compensated_gradient"):
+        raise ValueError(f"loss_gradient: no closed form for {strategy.name!r}'s loss")
+    error = out - y if strategy.loss == "full" else mask * (out - y)
+    return error * (2.0 / (int(out.shape[0]) * int(out.shape[1])))
+
+
 def start_values(strategy, config, hs, out) -> dict:
     """What a strategy takes from its start (numpy), from the forward pass on the protected inputs.
 

@@ -171,7 +171,7 @@ class Graph:
         if s.loss == "output_gradient":
             grads = v1.gradients(self.out, var_list, grad_ys=self.G)
         elif s.loss == "compensated_gradient":  # G of the masked loss, then G' in its place
-            G = v1.gradients(self.losses[s.loss], self.out)[0]
+            G = strategy_step.loss_gradient(ops, s, self.out, self.y, self.mask)
             G_prime = compensated.compensated_gradient(ops, self.Ws, self.hs, G, self.keep,
                                                        self.hs_ref, self.first_inputs)
             if self.x_ref is None:

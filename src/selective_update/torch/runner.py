@@ -152,10 +152,9 @@ class Trainer:
     def _compensated(self, s, hs, out, variables):
         """Back-propagate G' in place of the masked loss's G (reference: with the reference
         inputs' outputs, which get -alpha on the kept outputs)."""
-        loss = strategy_step.loss(ops, s, out, self.y, self.mask)
-        G, = torch.autograd.grad(loss, out, retain_graph=True)
         hs_ref, out_ref = (None, None) if self.x_ref is None else self.net.forward(self.x_ref)
         with torch.no_grad():
+            G = strategy_step.loss_gradient(ops, s, out, self.y, self.mask)
             if self._first_inputs is None:
                 self._first_inputs = compensated.first_inputs(ops, self.x, self.x_ref)
             G_prime = compensated.compensated_gradient(ops, self.net.Ws, hs, G, self.config.keep,
