@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .. import core, validation
-from ..files import atomic_write, csv_text, tidy
+from ..files import tidy
 from ..progress import progress
 from ..settings import (CLASS_SEQUENCE, CLASS_SEQUENCE_BATCH, CLASS_SEQUENCE_GRID,
                         CLASS_SEQUENCE_QUICK_GRID, DATA_DIR, NEW_CLASS_CORRECTED_FACTOR,
@@ -283,9 +282,4 @@ def _run_study(cfg) -> Study:
 
 def write(study: Study, reports_dir):
     """Write FILES (the task rows, the summary, the sweep) into reports_dir (atomic)."""
-    if reports_dir is None:
-        return []
-    paths = [Path(reports_dir) / name for name in FILES]
-    for path, frame in zip(paths, (study.rows, study.summary, study.sweep)):
-        atomic_write(path, csv_text(frame))
-    return paths
+    return stages.write_tables(study, reports_dir, FILES)

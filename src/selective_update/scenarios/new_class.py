@@ -35,13 +35,12 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .. import core, datasets, validation
-from ..files import atomic_write, csv_text, tidy
+from ..files import tidy
 from ..progress import progress
 from ..settings import (
     DATA_DIR,
@@ -369,9 +368,4 @@ def _run_study(cfg) -> Study:
 
 def write(study: Study, reports_dir):
     """Write FILES (the rows, the summary, the sweep) into reports_dir (atomic); return paths."""
-    if reports_dir is None:
-        return []
-    paths = [Path(reports_dir) / name for name in FILES]
-    for path, frame in zip(paths, (study.rows, study.summary, study.sweep)):
-        atomic_write(path, csv_text(frame))
-    return paths
+    return stages.write_tables(study, reports_dir, FILES)
