@@ -223,13 +223,9 @@ def _default_sigint():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGTERM to the study", "Ctrl-C (SIGINT to the process group)"])
-def test_an_interrupted_cluster_study_leaves_the_previous_reports_and_no_process(tmp_path, how):
-    out = tmp_path / "reports"
-    (out / "runs").mkdir(parents=True)
-    previous = {"index.html": "<html>previous</html>", "results.csv": "a,b\n1,2\n",
-                "runs/toy-split_head.html": "<html>previous run</html>"}
-    for name, text in previous.items():
-        (out / name).write_text(text)
+def test_an_interrupted_cluster_study_leaves_the_previous_reports_and_no_process(
+        previous_reports, how):
+    out = previous_reports.out
     proc = subprocess.Popen([sys.executable, "-m", "selective_update", "study", "--quick",
                              "--cluster", "local", "--datasets", "toy", "--strategies",
                              "split_head", "null_space", "--scenarios", "--out", str(out)],
@@ -256,9 +252,7 @@ def test_an_interrupted_cluster_study_leaves_the_previous_reports_and_no_process
     assert proc.returncode != 0
     assert "interrupted" in output, output[-2000:]
     assert "Traceback" not in output, output[-2000:]  # the workers leave Ctrl-C to the client
-    for name, text in previous.items():
-        assert (out / name).read_text() == text
-    assert not list(out.glob(".staging-*"))
+    previous_reports.assert_intact()
     deadline = time.monotonic() + 15  # kernels notice their worker is gone within a second
     while time.monotonic() < deadline and [p for p in processes if _alive(p)]:
         time.sleep(0.5)

@@ -278,13 +278,8 @@ def test_a_kernel_killed_mid_run_fails_cleanly_naming_the_cell(tmp_path):
 
 
 @pytest.mark.slow
-def test_an_interrupted_study_leaves_the_previous_reports_readable(tmp_path):
-    out = tmp_path / "reports"
-    (out / "runs").mkdir(parents=True)
-    previous = {"index.html": "<html>previous</html>", "results.csv": "a,b\n1,2\n",
-                "runs/toy-split_head.html": "<html>previous run</html>"}
-    for name, text in previous.items():
-        (out / name).write_text(text)
+def test_an_interrupted_study_leaves_the_previous_reports_readable(previous_reports):
+    out = previous_reports.out
     proc = subprocess.Popen([sys.executable, "-m", "selective_update", "study", "--quick",
                              "--datasets", "toy", "--strategies", "split_head", "--scenarios",
                              "--out", str(out)],
@@ -309,9 +304,7 @@ def test_an_interrupted_study_leaves_the_previous_reports_readable(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode != 0
     assert "interrupted" in output
-    for name, text in previous.items():
-        assert (out / name).read_text() == text
-    assert not list(out.glob(".staging-*"))
+    previous_reports.assert_intact()
     # No worker (the study's session) and no kernel (their own sessions) outlives the study.
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
