@@ -1,7 +1,11 @@
-"""Fixtures of the study's tests: a reports folder an earlier study left behind."""
+"""Fixtures of the study's tests: a reports folder an earlier study left behind, and the check
+every published page passes."""
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
+from selective_update.study import render
 
 PREVIOUS_REPORTS = {"index.html": "<html>previous</html>", "results.csv": "a,b\n1,2\n",
                     "runs/toy-split_head.html": "<html>previous run</html>"}
@@ -22,3 +26,25 @@ def previous_reports(tmp_path):
         assert not list(out.glob(".staging-*"))
 
     return SimpleNamespace(out=out, assert_intact=assert_intact)
+
+
+def _offline_pages(out):
+    """Check every page published under out: offline, no staging or worker path, no framework
+    log noise; return the pages."""
+    pages = sorted(Path(out).rglob("*.html"))
+    assert pages
+    for page in pages:
+        text = page.read_text()
+        assert render.external_references(text) == [], page
+        assert 'src="http' not in text and "<script src=" not in text, page
+        # the reader's paths, not the build's or a cluster worker's
+        assert ".staging-" not in text and "su-dask-run-" not in text, page
+        for noise in ("Not handling type", "cuInit", "cuda_platform", "TF-TRT"):
+            assert noise not in text, (page, noise)
+    return pages
+
+
+@pytest.fixture
+def offline_pages():
+    """The check of published pages (_offline_pages), for a test to call on its reports."""
+    return _offline_pages

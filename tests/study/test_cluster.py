@@ -19,7 +19,7 @@ import pytest
 from selective_update import __main__ as cli
 from selective_update import settings
 from selective_update.study import cli as study
-from selective_update.study import notebook_runner, render
+from selective_update.study import notebook_runner
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,18 +110,9 @@ def test_a_worker_with_another_checkout_fails_the_run_without_running_it(tmp_pat
 
 # --- on a LocalCluster (slow) --------------------------------------------------------------------
 
-def _offline(out):
-    pages = sorted(Path(out).rglob("*.html"))
-    assert pages
-    for page in pages:
-        text = page.read_text()
-        assert render.external_references(text) == [], page
-        assert ".staging-" not in text and "su-dask-run-" not in text, page  # no worker path
-    return pages
-
-
 @pytest.mark.slow
-def test_cluster_failing_notebook_and_a_killed_worker_leave_the_others_complete(tmp_path, capsys):
+def test_cluster_failing_notebook_and_a_killed_worker_leave_the_others_complete(
+        tmp_path, capsys, offline_pages):
     out = tmp_path / "reports"
     code = cli.main(["study", "--quick", "--cluster", "local", "--jobs", "2", "--out", str(out),
                      "--datasets", "toy", "--scenarios",
@@ -156,7 +147,7 @@ def test_cluster_failing_notebook_and_a_killed_worker_leave_the_others_complete(
     index = (out / "index.html").read_text()
     assert 'href="runs/toy-masked_loss.html"' in index
     assert not list(out.glob(".staging-*"))
-    _offline(out)
+    offline_pages(out)
 
 
 def _kernel_pid():
@@ -260,7 +251,7 @@ def test_an_interrupted_cluster_study_leaves_the_previous_reports_and_no_process
 
 
 @pytest.mark.slow
-def test_quick_study_on_a_local_cluster_is_byte_identical_to_the_pool(tmp_path):
+def test_quick_study_on_a_local_cluster_is_byte_identical_to_the_pool(tmp_path, offline_pages):
     pages = {}
     for name, extra in (("pool", []), ("cluster", ["--cluster", "local"])):
         out = tmp_path / name
@@ -268,7 +259,7 @@ def test_quick_study_on_a_local_cluster_is_byte_identical_to_the_pool(tmp_path):
                                "--jobs", "2", "--out", str(out), *extra], cwd=ROOT,
                               capture_output=True, text=True, timeout=1200)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        pages[name] = sorted(p.relative_to(out).as_posix() for p in _offline(out))
+        pages[name] = sorted(p.relative_to(out).as_posix() for p in offline_pages(out))
     assert (tmp_path / "pool" / "results.csv").read_bytes() == \
         (tmp_path / "cluster" / "results.csv").read_bytes()
     assert pages["pool"] == pages["cluster"]

@@ -171,22 +171,9 @@ def test_cli_exit_code_2_from_a_real_process(tmp_path):
 
 # --- the batch (notebook_runner) -------------------------------------------------------------
 
-def _offline(out):
-    """Check every published page: offline, no staging path, no framework log noise."""
-    pages = sorted(Path(out).rglob("*.html"))
-    assert pages
-    for page in pages:
-        text = page.read_text()
-        assert render.external_references(text) == [], page
-        assert 'src="http' not in text and "<script src=" not in text, page
-        assert ".staging-" not in text, page  # the reader's paths, not the build's
-        for noise in ("Not handling type", "cuInit", "cuda_platform", "TF-TRT"):
-            assert noise not in text, (page, noise)
-    return pages
-
-
 @pytest.mark.slow
-def test_batch_with_a_failing_run_and_a_kernel_retry_keeps_the_others(tmp_path, capsys):
+def test_batch_with_a_failing_run_and_a_kernel_retry_keeps_the_others(tmp_path, capsys,
+                                                                         offline_pages):
     out = tmp_path / "reports"
     (out / "bench").mkdir(parents=True)
     (out / "bench" / "keep.txt").write_text("not the study's")  # others' files are left alone
@@ -226,7 +213,7 @@ def test_batch_with_a_failing_run_and_a_kernel_retry_keeps_the_others(tmp_path, 
     assert "<p>Every run succeeded.</p>" not in index and "<th>error</th>" in index
     # The summary opens with its answer: the first figure comes before the first table.
     assert 0 <= index.find("<img") < index.find("<table")
-    _offline(out)
+    offline_pages(out)
 
 
 @pytest.mark.slow
