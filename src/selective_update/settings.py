@@ -78,17 +78,12 @@ SCENARIO_DATASETS = ("digits",)  # the data files every scenario notebook reads
 # The study's kernels get PROGRESS_ENV=0: the long cells' progress bars stay off its pages.
 PROGRESS_ENV = "SELECTIVE_UPDATE_PROGRESS"
 
-# --- beyond the batch (issue 9): defaults of run()'s strategy options and solver constants ------
-# layer_subspace keeps, per layer, the top singular directions of the protected layer inputs that
-# hold this share of the squared singular values (1.0: every direction above the rank cutoff).
-DEFAULT_ENERGY = 0.99
-# grow adds this many hidden units to each hidden layer; their new incoming weights are drawn
-# N(0, GROW_STDDEV) from GROW_SEED (outgoing weights start at 0, so the function is unchanged).
-DEFAULT_GROW = 8
+# --- beyond the batch: grow's new units and the solvers' constants ------------------------------
+# grow's new units: incoming weights drawn N(0, GROW_STDDEV) from GROW_SEED (outgoing weights
+# start at 0, so the function is unchanged). The options' defaults are in the registry
+# (core.strategies: ENERGY, GROW, DISTILL_WEIGHT).
 GROW_STDDEV = 0.1
 GROW_SEED = 0
-# distill's loss: masked loss + DEFAULT_DISTILL_WEIGHT * mean squared change of the kept outputs.
-DEFAULT_DISTILL_WEIGHT = 1.0
 # Reference-protected projections solve with a Cholesky factor of Gram + jitter * mean(diag) * I
 # (an eigenvalue pseudo-inverse when the factor is not finite); the projection is applied this
 # many times, each removing what the jitter left (a factor jitter / (eigenvalue + jitter)).

@@ -1,21 +1,72 @@
-"""A strategy's step, written once: its variables, its loss, its start and what follows the step.
+"""A strategy's step, written once: its variables, what it back-propagates, its start values and
+what follows the optimizer's step.
 
-Both runners interpret a core.strategies.Strategy through these functions, over `ops`: torch's
-eagerly, once per step; tf1's while it builds the step op of its graph. What stays in each runner
-is what the framework itself does: differentiate, feed, and apply its optimizer.
+take_step() is the step's whole sequence over a trainer's primitives (algorithms.training.Trainer):
+forward pass, the framework's one autodiff call, snapshot, optimizer, correction, write back.
+torch's trainer carries it out at every step; tf1's once per strategy, into its graph's step op.
+Neither looks at a strategy's fields: what a field means is decided here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ..core.nets import layer_sizes, output_mask
-from . import nullspace, protected, subspace
+from ..core.nets import layer_sizes, output_gradient, output_mask
+from ..settings import GAUSS_NEWTON_MAX_STEPS, PROJECTION_SWEEPS, RESTORE_TOL
+from . import compensated, nullspace, protected, subspace
+
+NETWORKS = {"train_heads": "split", "grown": "grown"}  # any other `trains`: "plain"
+
+
+def network(strategy) -> str:
+    """Return the network a strategy trains: "split" (one variable per output unit), "grown"
+    (algorithms.growth's pieces) or "plain" (one variable per layer's W and b)."""
+    return NETWORKS.get(strategy.trains, "plain")
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """One step's inputs, in a trainer's tensors (torch: this step's values; tf1: placeholders,
+    variables and the tensors its feed fills).
+
+    reference: run(reference=)'s inputs or None; minibatch: each step trains on other rows of
+    data.x (run(batch_size=)); start: the strategy's start values (start_values), per layer
+    "bases" and the step's "distill_target"; options: the run options used inside the step
+    (distill_weight); cache: values that depend on the inputs only, kept while they stay the same
+    (the trainer hands the same dict to every step of a fixed batch).
+    """
+
+    x: object
+    y: object
+    reference: object = None
+    minibatch: bool = False
+    start: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+    cache: dict = field(default_factory=dict)
+
+    @property
+    def protected(self):
+        """The inputs a projection factors through algorithms.protected: the reference inputs,
+        or with mini-batches each step's own; None: the fixed batch, through nullspace.py."""
+        if self.reference is not None:
+            return self.reference
+        return self.x if self.minibatch else None
+
+    @property
+    def distilled(self):
+        """The inputs distill holds the kept outputs on: the reference inputs, else the batch."""
+        return self.x if self.reference is None else self.reference
+
+    def cached(self, name, compute):
+        """Return cache[name], computing it first when it is not there."""
+        if name not in self.cache:
+            self.cache[name] = compute()
+        return self.cache[name]
 
 
 def var_list(strategy, net, train) -> list:
     """Return the variables a strategy gives to the optimizer (its var_list).
 
-    net: a runner's network, with `variables` (every variable, in a fixed order), `Ws`/`bs`
+    net: a trainer's network, with `variables` (every variable, in a fixed order), `Ws`/`bs`
     (the layers held whole), `heads_W`/`heads_b` (one per output unit, when split) and
     `trained` (the grown network's trained pieces).
     """
@@ -55,6 +106,65 @@ def loss_gradient(ops, strategy, out, y, mask):
     return error * (2.0 / (int(out.shape[0]) * int(out.shape[1])))
 
 
+def differentiate(t, strategy, hs, out, inputs):
+    """Return (ys, grad_ys): what the step back-propagates. Both frameworks take the same triple
+    (torch.autograd.grad(ys, xs, grad_outputs), tf.gradients(ys, xs, grad_ys)); grad_ys None:
+    ys is the strategy's scalar loss.
+
+    hs, out: the forward pass on inputs.x; t: the trainer (its ops, config, layers, forward).
+    """
+    ops, config = t.ops, t.config
+    n_out = out.shape[1]
+    if strategy.loss == "output_gradient":  # the question's G, averaged over the batch
+        return [out], [ops.const(output_gradient(config.step_rows, n_out, config.train), out)]
+    mask = ops.const(output_mask(n_out, config.train), out)
+    if strategy.loss == "compensated_gradient":
+        return compensated_targets(t, strategy, hs, out, inputs, mask)
+    penalty = None
+    if strategy.loss == "distill":
+        Ws, bs = t.layers()
+        penalty = subspace.distill_penalty(ops, Ws, bs, inputs.distilled, config.keep,
+                                           inputs.start["distill_target"],
+                                           inputs.options["distill_weight"])
+    return [loss(ops, strategy, out, inputs.y, mask, penalty)], None
+
+
+def compensated_targets(t, strategy, hs, out, inputs, mask):
+    """Back-propagate G' in place of the masked loss's G; with reference inputs, their outputs
+    join the backward pass with -alpha on the kept outputs (algorithms.compensated)."""
+    ops, keep = t.ops, t.config.keep
+    x_ref = inputs.reference
+    hs_ref, out_ref = (None, None) if x_ref is None else t.forward(x_ref)
+    with t.no_grad():
+        G = loss_gradient(ops, strategy, out, inputs.y, mask)
+        first = inputs.cached("first_inputs",
+                              lambda: compensated.first_inputs(ops, inputs.x, x_ref))
+        G_prime = compensated.compensated_gradient(ops, t.layers()[0], hs, G, keep, hs_ref,
+                                                   first)
+    return ([out], [G_prime]) if out_ref is None else ([out, out_ref], [G, G_prime])
+
+
+def take_step(t, strategy, inputs):
+    """Take one step of `strategy` over trainer t; return (what t.assign or t.apply returned, the
+    final Gauss-Newton residual of a corrected step or None).
+
+    The sequence: forward pass, one autodiff call, then with no correction the optimizer;
+    else snapshot, optimizer, the correction of the step it took (after_step), write back.
+    """
+    variables = var_list(strategy, t.net, t.config.train)
+    hs, out = t.forward(inputs.x, variables)
+    ys, grad_ys = differentiate(t, strategy, hs, out, inputs)
+    grads = t.gradients(ys, variables, grad_ys)
+    if strategy.after == "none":
+        return t.apply(grads, variables), None
+    with t.no_grad():
+        old = t.snapshot(variables, after=grads)
+        new = t.apply(grads, variables, after=old)
+        Ws, bs, residual = after_step(t.ops, strategy, t.config, inputs, hs, out,
+                                      (old[0::2], old[1::2]), (new[0::2], new[1::2]))
+        return t.assign(variables, [v for pair in zip(Ws, bs) for v in pair]), residual
+
+
 def start_values(strategy, config, hs, out) -> dict:
     """What a strategy takes from its start (numpy), from the forward pass on the protected inputs.
 
@@ -69,6 +179,12 @@ def start_values(strategy, config, hs, out) -> dict:
     return values
 
 
+def start_names(strategies) -> set:
+    """Return the start values any of these strategies takes (what a graph must hold)."""
+    return ({"bases"} if any(s.subspace for s in strategies) else set()) | (
+        {"distill_target"} if any(s.loss == "distill" for s in strategies) else set())
+
+
 def rebases(strategy, config) -> bool:
     """Say whether a strategy takes its start values afresh at every step, on the step's
     mini-batch: layer_subspace with mini-batches and no reference protects each step's rows.
@@ -79,47 +195,23 @@ def rebases(strategy, config) -> bool:
     return strategy.subspace and config.batch_size is not None and config.reference is None
 
 
+def step_start(values, config, rows) -> dict:
+    """Return the start values a step uses: distill's target on the step's rows when it trains
+    on a mini-batch of data.x without a reference (else on every protected input)."""
+    if "distill_target" not in values or rows is None or config.reference is not None:
+        return values
+    return {**values, "distill_target": values["distill_target"][:, rows]}
+
+
 def protected_form(config):
     """Return the form (protected.form_for) in which a projection factors its protected inputs
     once per step: the reference set's, or with mini-batches and no reference each step's
     mini-batch's (the factored path, 3-10x faster than an eigenvalue solve per Gram). None: the
-    fixed batch, projected by nullspace.py as before, bit for bit."""
+    fixed batch, projected by nullspace.py."""
     rows = len(config.reference) if config.reference is not None else config.batch_size
     if rows is None:
         return None
     return protected.form_for(layer_sizes(config.params), len(config.keep), rows)
-
-
-def check_full_batch(config, where):
-    """Refuse mini-batches where steps are taken one by one without a schedule (the bench)."""
-    if config.batch_size is not None:
-        raise ValueError(f"batch_size: got {config.batch_size!r}; allowed: None in {where} "
-                         "(it times full-batch steps; su.run takes mini-batches)")
-
-
-@dataclass
-class AfterStep:
-    """What the step's aftermath needs, in the runner's tensors.
-
-    x: the step's batch (its mini-batch); hs, out: the gradient's forward pass on it (before
-    the step);
-    x_ref, form: the inputs a projection protects through protected.protected_step and their
-    Jacobian's form (protected_form): the reference inputs, or each step's mini-batch; None:
-    the fixed batch, through nullspace.py;
-    bases, keep_mask: layer_subspace's per-layer bases and the kept columns' (1, n_out) mask.
-    """
-
-    keep: tuple
-    tol: float
-    max_steps: int
-    sweeps: int
-    x: object = None
-    hs: object = None
-    out: object = None
-    x_ref: object = None
-    form: str | None = None
-    bases: object = None
-    keep_mask: object = None
 
 
 def keep_columns(n_out, keep):
@@ -127,26 +219,38 @@ def keep_columns(n_out, keep):
     return output_mask(n_out, keep).reshape(1, -1)
 
 
-def after_step(ops, strategy, ctx, old_Ws, old_bs, new_Ws, new_bs):
-    """Return (Ws, bs, residual) replacing the optimizer's step (old -> new) for the strategy.
+def after_step(ops, strategy, config, inputs, hs, out, old, new):
+    """Return (Ws, bs, residual) replacing the optimizer's step old -> new, each (Ws, bs).
 
-    residual: the final Gauss-Newton residual of a corrected step, else None.
+    hs, out: the gradient's forward pass on inputs.x (before the step); residual: the final
+    Gauss-Newton residual of a corrected step, else None.
     """
+    (old_Ws, old_bs), (new_Ws, new_bs) = old, new
     dWs = [n - o for n, o in zip(new_Ws, old_Ws)]
     dbs = [n - o for n, o in zip(new_bs, old_bs)]
+    keep = config.keep
     if strategy.subspace:  # the optimizer's step less its part along protected directions
-        cWs, cbs = subspace.correction(ops, ctx.bases, dWs, dbs, ctx.keep_mask)
+        keep_mask = ops.const(keep_columns(out.shape[1], keep), out)
+        cWs, cbs = subspace.correction(ops, inputs.start["bases"], dWs, dbs, keep_mask)
         return ([n - c for n, c in zip(new_Ws, cWs)], [n - c for n, c in zip(new_bs, cbs)],
                 None)
-    if ctx.x_ref is not None:
+    tol = RESTORE_TOL[config.dtype]
+    if inputs.protected is not None:
         return protected.protected_step(
-            ops, old_Ws, old_bs, ctx.x_ref, ctx.keep, dWs, dbs, form=ctx.form, sweeps=ctx.sweeps,
-            corrected=strategy.corrected, tol=ctx.tol, max_steps=ctx.max_steps)
-    pWs, pbs = nullspace.project(ops, old_Ws, old_bs, ctx.x, ctx.keep, dWs, dbs, hs=ctx.hs)
+            ops, old_Ws, old_bs, inputs.protected, keep, dWs, dbs, form=protected_form(config),
+            sweeps=PROJECTION_SWEEPS, corrected=strategy.corrected, tol=tol,
+            max_steps=GAUSS_NEWTON_MAX_STEPS)
+    x = inputs.x
+    pWs, pbs = nullspace.project(ops, old_Ws, old_bs, x, keep, dWs, dbs, hs=hs)
     Ws = [o + d for o, d in zip(old_Ws, pWs)]
     bs = [o + d for o, d in zip(old_bs, pbs)]
     if not strategy.corrected:
         return Ws, bs, None
-    seed = nullspace.kept_seed(ops, ctx.keep, ctx.x.shape[0], ctx.out.shape[1], ctx.x)
-    target = ops.einsum("kbj,bj->kb", seed, ctx.out)  # the kept outputs before the step
-    return nullspace.restore(ops, Ws, bs, ctx.x, ctx.keep, target, ctx.tol, ctx.max_steps)
+    seed = nullspace.kept_seed(ops, keep, x.shape[0], out.shape[1], x)
+    target = ops.einsum("kbj,bj->kb", seed, out)  # the kept outputs before the step
+    return nullspace.restore(ops, Ws, bs, x, keep, target, tol, GAUSS_NEWTON_MAX_STEPS)
+
+
+def project_step(ops, Ws, bs, x, keep, dWs, dbs):
+    """Project a step onto the null space of the kept outputs' Jacobian (layer-wise Gram form)."""
+    return nullspace.project(ops, Ws, bs, x, keep, dWs, dbs)

@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import core
 from ..algorithms import growth
-from ..settings import DEFAULT_GROW
+from ..core.strategies import GROW
 from .timing import PLAIN, make_steps, measurement_row, time_interleaved
 
 REFERENCE_SIZES = (None, 64, 256, "all")  # None: the batch itself
@@ -64,7 +64,7 @@ def bench_beyond_batch(args, env, log) -> list:
     sizes = core.layer_sizes(setup.params)
     batch = len(setup.data.x)
     kept = kept_training_digits(setup.keep)
-    grown_sizes = growth.grown_sizes(sizes, DEFAULT_GROW)
+    grown_sizes = growth.grown_sizes(sizes, GROW.default)
     common = dict(keep=setup.keep, train=setup.train)
     rows = []
     for fw in args.frameworks:
@@ -74,7 +74,7 @@ def bench_beyond_batch(args, env, log) -> list:
                                  setup.data, args, **common)
         light.update(make_steps(fw, ("layer_subspace",), setup.params, setup.data, args,
                                 reference=kept[:LAYER_SUBSPACE_REFERENCE], **common)[0])
-        grown, _ = make_steps(fw, (PLAIN,), grown_params(setup.params, DEFAULT_GROW),
+        grown, _ = make_steps(fw, (PLAIN,), grown_params(setup.params, GROW.default),
                               setup.data, args, **common)
         light["plain_grown"] = grown[PLAIN]
         heavy = {}

@@ -1,7 +1,8 @@
 """The framework-free core: strategies and their promises, runs and their results, verdicts.
 
-    strategies  the registry (what each strategy trains, with which loss and step) and promise()
-    options     run()'s strategy options and reference inputs
+    strategies  the registry: each strategy's whole description (what it trains, its loss, its
+                correction, its options, its promise rule), and promise()
+    promises    a promise as a value (strength, where) and the rules that give it
     nets        the study's MLPs as numpy: weights, widths, forward pass, output masks, toy data
     runs        a run's checked arguments (check_run) and its RunResult
     seed_demo   the seed's three train ops and the compensated G', as a record

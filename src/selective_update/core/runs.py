@@ -10,8 +10,8 @@ from ..settings import RESTORE_TOL
 from ..validation import (check_choice, check_disjoint, check_int, check_outputs, check_real,
                           fail, is_int)
 from .nets import Data, n_layers, n_params
-from .options import OPTION_USERS, check_options, check_reference
-from .strategies import DEVICES, DTYPES, FRAMEWORKS, OPTIMIZERS, STRATEGIES, promise
+from .strategies import (DEVICES, DTYPES, FRAMEWORKS, OPTIMIZERS, OPTION_USERS, STRATEGIES,
+                         check_options, promise)
 
 class TrivialNullSpaceWarning(UserWarning):
     """Warn that the kept constraints outnumber the parameters."""
@@ -240,6 +240,22 @@ def check_data(data):
         fail("data", "x and y differ in length", "as many targets as inputs")
     if data.x.shape[1] != data.x_eval.shape[1]:
         fail("data", "x and x_eval differ in width", "the same input width")
+
+
+def check_reference(reference, data):
+    """Check None or a finite (n_ref, n_in) array of reference inputs; return float64 or None."""
+    if reference is None:
+        return None
+    width = data.x.shape[1]
+    allowed = f"None or a finite non-empty 2-D array (n_ref, {width}) of inputs"
+    if not isinstance(reference, np.ndarray):
+        fail("reference", type(reference).__name__, allowed)
+    if (reference.ndim != 2 or not len(reference) or reference.shape[1] != width
+            or not np.issubdtype(reference.dtype, np.number)):
+        fail("reference", f"array of shape {reference.shape}", allowed)
+    if not np.all(np.isfinite(reference)):
+        fail("reference", "non-finite values", allowed)
+    return np.array(reference, dtype=np.float64)
 
 
 def check_run(strategy, framework, *, warn=True, **arguments) -> RunConfig:

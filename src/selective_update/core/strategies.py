@@ -1,47 +1,88 @@
-"""The strategies: what each one trains, with which loss and step, and what it promises."""
+"""The strategies: each one's whole description in one record of the registry.
+
+A record says what the optimizer is given (`trains`), what is differentiated (`loss`), what
+happens to the step the optimizer took (`after`), the run() options it takes with their defaults,
+whether it protects run(reference=...) inputs, and the rule that gives its promise. The math each
+field names is written once in algorithms/ (strategy_step and the module it points to); both
+frameworks' trainers only carry it out, and promise() only looks the rule up.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Callable
 
-from ..validation import check_choice, check_int, check_real
-from .options import REFERENCE_USERS, check_options
+from ..validation import check_choice, check_int, check_real, fail
+from . import promises
+from .promises import PROMISE_NAMES, Promise, SetUp
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 FRAMEWORKS = ("tf1", "torch")
 DTYPES = ("float32", "float64")
-# exact: every input; batch_exact / reference_exact: within BATCH_EXACT_TOL on the batch / the
-# reference inputs; first_order / reference_first_order: the leak there is second order; none.
-# minibatch_exact / minibatch_first_order (run(batch_size=...) without a reference): each step
-# holds the rows it trained on, across that step only; earlier mini-batches may move.
-PROMISES = ("exact", "batch_exact", "first_order", "none", "reference_exact",
-            "reference_first_order", "minibatch_exact", "minibatch_first_order")
+PROMISES = tuple(PROMISE_NAMES)
 DEVICES = ("cpu", "cuda")
 
+# What each field's values mean (docs/methods.md's table is generated from these and the records).
+TRAINS = MappingProxyType({
+    "all": "every variable",
+    "last_layer": "the last layer (W2, b2)",
+    "train_heads": "the trained output units' heads (one variable per unit)",
+    "grown": "new hidden units and the trained heads",
+})
+LOSSES = MappingProxyType({
+    "full": "full MSE",
+    "masked": "mask · (out − y)",
+    "output_gradient": "back-propagate G",
+    "distill": "masked + weight · kept change on the protected inputs",
+    "compensated_gradient": "back-propagate G' = [−α, G₂]",
+})
+AFTER = MappingProxyType({
+    "none": "-",
+    "project": "projected onto the kept outputs' null space",
+    "project_corrected": "projected, then Gauss-Newton back",
+    "subspace": "off each layer's protected input directions",
+})
 
-TRAINS = ("all", "last_layer", "train_heads", "grown")
-LOSSES = ("full", "masked", "output_gradient", "distill", "compensated_gradient")
-AFTER = ("none", "project", "project_corrected", "subspace")
+
+@dataclass(frozen=True)
+class Option:
+    """One run() option of a strategy: its name, default, check and what it means."""
+
+    name: str
+    default: float
+    check: Callable
+    meaning: str
+
+    def resolve(self, value):
+        """Return the checked value, or the default for None."""
+        return self.default if value is None else self.check(value)
+
+
+def _share(value):
+    value = check_real("energy", value, 0.0, strict=True)
+    if value > 1.0:
+        fail("energy", value, "a share of the squared singular values in (0, 1]")
+    return value
+
+
+ENERGY = Option("energy", 0.99, _share, "share of the squared singular values each layer keeps")
+# The new units' incoming weights are drawn N(0, settings.GROW_STDDEV); outgoing ones start at 0.
+GROW = Option("grow", 8, lambda v: check_int("grow", v, 1), "new units per hidden layer")
+DISTILL_WEIGHT = Option("distill_weight", 1.0, lambda v: check_real("distill_weight", v, 0.0),
+                        "weight of the kept outputs' mean squared change")
 
 
 @dataclass(frozen=True)
 class Strategy:
     """Describe one way of training the `train` outputs while leaving `keep` alone.
 
-    A strategy is this description only: both frameworks' runners interpret it, and the math of
-    its loss and of what follows the step is written once in algorithms/ (algorithms.steps).
-      trains: which variables the optimizer is given (its var_list)
-        all | last_layer | train_heads (one variable per output unit, the trained ones) |
-        grown (the new units and the trained heads of a grown network)
-      loss: what is differentiated
-        full | masked (mask * (out - y)) | output_gradient (back-propagate G) |
-        distill (masked + distill_weight * change of the kept outputs on the protected inputs) |
-        compensated_gradient (back-propagate G' = G - alpha on the kept outputs, G the masked
-        loss's gradient with respect to the outputs: algorithms.compensated)
-      after: what happens to the step the optimizer took
-        none | project (onto the kept outputs' null space) | project_corrected (then
-        Gauss-Newton back to the kept outputs before the step) | subspace (off each layer's
-        protected input directions, layer_subspace)
+      trains: which variables the optimizer is given (its var_list): TRAINS
+      loss: what is differentiated: LOSSES (compensated_gradient: algorithms.compensated)
+      after: what happens to the step the optimizer took: AFTER (project*: algorithms.nullspace
+        and algorithms.protected; subspace: algorithms.subspace)
+      options: its run() options (Option), with defaults
+      reference: whether run(reference=...) moves its protection onto those inputs
+      rule: the promises rule giving what it guarantees under an optimizer set-up
     """
 
     name: str
@@ -50,6 +91,9 @@ class Strategy:
     trains: str
     loss: str
     after: str = "none"
+    options: tuple = ()
+    reference: bool = False
+    rule: Callable = promises.nothing
 
     def __post_init__(self):
         for field_name, allowed in (("trains", TRAINS), ("loss", LOSSES), ("after", AFTER)):
@@ -83,6 +127,10 @@ class Strategy:
         """The strategy takes something from its start (layer bases, kept outputs to distill)."""
         return self.subspace or self.loss == "distill"
 
+    @property
+    def option_names(self) -> tuple:
+        return tuple(o.name for o in self.options)
+
 
 STRATEGIES = MappingProxyType({s.name: s for s in (
     Strategy("all_params", "Full loss on every output; the optimizer updates every variable.",
@@ -97,16 +145,18 @@ STRATEGIES = MappingProxyType({s.name: s for s in (
              "seed's mask without var_list", trains="all", loss="masked"),
     Strategy("masked_last_layer",
              "Loss on mask * out; only the last layer (W2, b2) is in var_list.",
-             "seed: train_op2", trains="last_layer", loss="masked"),
+             "seed: train_op2", trains="last_layer", loss="masked",
+             rule=promises.exact_when_stateless),
     Strategy("split_head",
              "One variable per output unit, joined with tf.stack / torch.stack; only the trained "
              "heads are given to the optimizer.",
              "seed: first approach (var_list=[W_h_to_out2, b_h_to_out2])", trains="train_heads",
-             loss="masked"),
+             loss="masked", rule=promises.exact_everywhere),
     Strategy("null_space",
              "Masked loss, every parameter; the optimizer's proposed step is projected onto the "
              "null space of the kept outputs' Jacobian over the batch (layer-wise Gram form).",
-             "beyond the answer (OGD/GPM family)", trains="all", loss="masked", after="project"),
+             "beyond the answer (OGD/GPM family)", trains="all", loss="masked", after="project",
+             reference=True, rule=promises.first_order_where_protected),
     Strategy("compensated_gradient",
              "Back-propagate G' = [-alpha, G_2] instead of G = [0, G_2] (G: the masked loss's "
              "gradient with respect to the outputs): alpha, one number per sample and kept "
@@ -114,84 +164,100 @@ STRATEGIES = MappingProxyType({s.name: s for s in (
              "K_kt G_2, layer-wise Gram form). tf.gradients(out, vars, grad_ys=G') / "
              "torch.autograd.grad(out, params, grad_outputs=G'): one backward pass.",
              "the question in its own terms: change G", trains="all",
-             loss="compensated_gradient"),
+             loss="compensated_gradient", reference=True,
+             rule=promises.first_order_when_sums_gradients),
     Strategy("null_space_corrected",
              "null_space, then Gauss-Newton steps (minimum-norm, layer-wise Gram form) until the "
              "kept outputs on the batch are back to their values before the step.",
-             "beyond the answer", trains="all", loss="masked", after="project_corrected"),
+             "beyond the answer", trains="all", loss="masked", after="project_corrected",
+             reference=True, rule=promises.exact_where_protected),
     Strategy("layer_subspace",
              "Masked loss, every parameter; the optimizer's step of every hidden layer and of the "
              "kept output columns is projected off the top singular directions (energy) of that "
              "layer's inputs (with a 1 for the bias) on the protected inputs, taken once at start.",
              "GPM (Saha et al., ICLR 2021), Adam-NSCL (Wang et al., CVPR 2021): step, not gradient",
-             trains="all", loss="masked", after="subspace"),
+             trains="all", loss="masked", after="subspace", options=(ENERGY,), reference=True,
+             rule=promises.exact_at_full_energy),
     Strategy("grow",
              "Add `grow` hidden units to each hidden layer (zero weights to the kept outputs and "
              "to the old units, never in the optimizer); train the new units and trained heads.",
              "Progressive Networks (Rusu et al., 2016): function-preserving growth",
-             trains="grown", loss="masked"),
+             trains="grown", loss="masked", options=(GROW,), rule=promises.exact_everywhere),
     Strategy("distill",
              "Masked loss + distill_weight * mean squared change of the kept outputs on the "
              "protected inputs since the start; every variable.",
-             "Learning without Forgetting (Li & Hoiem, 2016)", trains="all", loss="distill"),
+             "Learning without Forgetting (Li & Hoiem, 2016)", trains="all", loss="distill",
+             options=(DISTILL_WEIGHT,), reference=True),
 )})
 
 
+# run()'s strategy options: which strategies take each (a value other than None elsewhere is a
+# ValueError, so a typo never becomes a silent no-op), and the options by name.
+OPTION_USERS = MappingProxyType({
+    o.name: tuple(s.name for s in STRATEGIES.values() if o in s.options)
+    for o in dict.fromkeys(o for s in STRATEGIES.values() for o in s.options)})
+# Strategies whose protection moves to the reference inputs when run() gets reference= (every
+# strategy records the reference outputs).
+REFERENCE_USERS = tuple(s.name for s in STRATEGIES.values() if s.reference)
+
+
+def check_options(strategy, **options) -> dict:
+    """Check run()'s strategy options; return them with defaults filled in for their users."""
+    described = STRATEGIES[strategy]
+    resolved = {}
+    for name, value in options.items():
+        own = next((o for o in described.options if o.name == name), None)
+        if own is None:
+            if value is not None:
+                fail(name, value, f"None with strategy {strategy!r} ({name} is an option of "
+                     f"{', '.join(OPTION_USERS[name])} only)")
+            resolved[name] = None
+        else:
+            resolved[name] = own.resolve(value)
+    return resolved
+
+
 def promise(strategy, optimizer, *, weight_decay=0.0, warm_start_steps=0, reference=None,
-            energy=None, grow=None, distill_weight=None, batch_size=None) -> str:
+            batch_size=None, **options) -> str:
     """Say what a strategy guarantees for the kept outputs under this optimizer set-up.
 
-    reference: None, or the reference inputs (any array, or True): the protected inputs of
-    null_space, null_space_corrected, compensated_gradient, layer_subspace and distill become the
-    reference inputs.
+    reference: None, or the reference inputs (any array, or True): a strategy that takes
+    reference= then protects them (Strategy.reference).
     batch_size: None (every step on the whole batch) or run()'s mini-batch size. Without a
-    reference, a batch promise then holds on each step's own mini-batch across that step
-    (minibatch_exact, minibatch_first_order): the rows of earlier steps are free to move. The
-    exact promises and the reference promises do not depend on it.
+    reference, a promise on the batch then holds on each step's own mini-batch across that step
+    (minibatch_exact, minibatch_first_order): the rows of earlier steps are free to move.
+    options: the strategy's run() options (energy, grow, distill_weight; None: the default).
 
-    | strategy                         | promise (where it holds)                            |
-    |----------------------------------|-----------------------------------------------------|
-    | split_head, grow                 | exact: every input, any optimizer, decay, warm start |
-    | masked_last_layer                | exact with sgd, or fresh state and no decay; else none |
-    | null_space                       | first_order on the batch; reference_first_order     |
-    |                                  | (minibatch_first_order with batch_size)             |
-    | compensated_gradient             | first_order with sgd, or momentum from fresh state, |
-    |                                  | and no decay (the step is a sum of compensated      |
-    |                                  | gradients); reference_first_order; with batch_size  |
-    |                                  | and no reference, sgd only: minibatch_first_order;  |
-    |                                  | else none                                           |
-    | null_space_corrected             | batch_exact; reference_exact with a reference       |
-    | layer_subspace, energy=1.0       | (minibatch_exact with batch_size)                   |
-    | layer_subspace, energy<1; distill; all_params, last_layer, output_gradient, masked_loss |
-    |                                  | none                                                |
+    The rule is the strategy's own (Strategy.rule, in core.promises); the table of every
+    strategy's rule is docs/methods.md's.
     """
+    return str(promise_of(strategy, optimizer, weight_decay=weight_decay,
+                          warm_start_steps=warm_start_steps, reference=reference,
+                          batch_size=batch_size, **options))
+
+
+def promise_of(strategy, optimizer, *, weight_decay=0.0, warm_start_steps=0, reference=None,
+               batch_size=None, **options) -> Promise:
+    """Return promise()'s answer as a Promise value (strength, where)."""
     check_choice("strategy", strategy, STRATEGIES)
     check_choice("optimizer", optimizer, OPTIMIZERS)
     check_real("weight_decay", weight_decay, 0.0)
     check_int("warm_start_steps", warm_start_steps, 0)
     if batch_size is not None:
         check_int("batch_size", batch_size, 1)
-    options = check_options(strategy, energy=energy, grow=grow, distill_weight=distill_weight)
-    on_reference = (reference is not None and reference is not False
-                    and strategy in REFERENCE_USERS)
-    where = "reference_" if on_reference else "minibatch_" if batch_size is not None else ""
-    if strategy in ("split_head", "grow"):
-        return "exact"
-    if strategy == "null_space":
-        return f"{where}first_order"
-    if strategy == "compensated_gradient":
-        # Only sgd's step, or fresh momentum's (a sum of earlier compensated gradients), is made of
-        # compensated gradients: each has no first-order effect where it was taken, so the leak
-        # is second order. Decay adds lr * wd * theta and Adam rescales each coordinate: none.
-        # On mini-batches, earlier steps' gradients were compensated on other rows: sgd only.
-        momentum_ok = where != "minibatch_" and warm_start_steps == 0
-        sums_gradients = optimizer == "sgd" or (optimizer == "momentum" and momentum_ok)
-        return f"{where}first_order" if weight_decay == 0 and sums_gradients else "none"
-    if strategy == "null_space_corrected" or (strategy == "layer_subspace"
-                                              and options["energy"] == 1.0):
-        return f"{where}exact" if where else "batch_exact"
-    if strategy == "masked_last_layer":
-        # A zero gradient freezes a weight only when no decay and no leftover state move it.
-        stateless = optimizer == "sgd" or warm_start_steps == 0
-        return "exact" if weight_decay == 0 and stateless else "none"
-    return "none"
+    unknown = sorted(set(options) - set(OPTION_USERS))
+    if unknown:
+        raise TypeError(f"promise() got unexpected keyword argument(s) {unknown}; allowed: "
+                        f"{', '.join(OPTION_USERS)}")
+    described = STRATEGIES[strategy]
+    resolved = check_options(strategy, **{name: options.get(name) for name in OPTION_USERS})
+    on_reference = reference is not None and reference is not False and described.reference
+    where = "reference" if on_reference else "minibatch" if batch_size is not None else "batch"
+    return described.rule(SetUp(optimizer, float(weight_decay), int(warm_start_steps), where,
+                                resolved))
+
+
+def options_for(strategy, run_kwargs) -> dict:
+    """Return run_kwargs without the strategy options that `strategy` does not use."""
+    return {k: v for k, v in run_kwargs.items()
+            if k not in OPTION_USERS or strategy in OPTION_USERS[k]}

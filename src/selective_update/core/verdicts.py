@@ -7,6 +7,7 @@ import numpy as np
 
 from .. import validation
 from ..settings import BATCH_EXACT_TOL, FIRST_ORDER_RATIO, RESTORE_TOL
+from .promises import PROMISE_NAMES, Promise
 from .strategies import DTYPES, PROMISES
 
 
@@ -21,7 +22,7 @@ def promise_holds(promise, drift_train, drift_eval, *, dtype="float64",
                   drift_train_half_lr=None, drift_reference=None, drift_reference_half_lr=None,
                   restore_residual=None, drift_minibatch=None,
                   drift_minibatch_half_lr=None) -> Verdict:
-    """Judge one run's promise from its measured drift of the kept outputs.
+    """Judge one run's promise (its name, or a Promise) from its measured drift of the kept outputs.
 
     drift_train / drift_eval / drift_reference: per step (step 0 first), max |change| of the kept
     outputs since the start, on the batch, held-out and reference inputs (RunResult.drift_*).
@@ -39,13 +40,16 @@ def promise_holds(promise, drift_train, drift_eval, *, dtype="float64",
       step, on the same first mini-batch), or already below the batch_exact tolerance;
     - none: nothing is promised, so it holds; the drift is reported.
     """
+    if isinstance(promise, Promise):
+        promise = str(promise)
     validation.check_choice("promise", promise, PROMISES)
     validation.check_choice("dtype", dtype, DTYPES)
+    promised = PROMISE_NAMES[promise]
     drift_train = np.asarray(drift_train, dtype=np.float64)
     drift_eval = np.asarray(drift_eval, dtype=np.float64)
     batch, held_out = float(drift_train.max()), float(drift_eval.max())
     seen = f"batch {batch:.3g}, held-out {held_out:.3g}"
-    where = next((w for w in ("reference", "minibatch") if promise.startswith(f"{w}_")), "batch")
+    where = promised.where
     measured = {"reference": drift_reference, "minibatch": drift_minibatch}
     for name, values in measured.items():
         if values is not None:
@@ -56,20 +60,20 @@ def promise_holds(promise, drift_train, drift_eval, *, dtype="float64",
                              f"inputs (a {promise} promise needs it)")
     drift_reference = measured["reference"]
     tol = BATCH_EXACT_TOL[dtype]
-    exacts = ("batch_exact", "reference_exact", "minibatch_exact")
-    if promise in exacts and restore_residual is not None:
+    exact_on_a_set = promised.strength == "exact" and where != "everywhere"
+    if exact_on_a_set and restore_residual is not None:
         residual = np.asarray(restore_residual, dtype=np.float64)
         if residual.size and not residual.max() <= RESTORE_TOL[dtype]:
             step = int(np.argmax(~(residual <= RESTORE_TOL[dtype]))) + 1
             return Verdict(False, f"Gauss-Newton stopped at residual {residual.max():.3g} > "
                            f"{RESTORE_TOL[dtype]:g} (step {step}); {seen}")
     protected = measured.get(where, drift_train)
-    if promise == "exact":
+    if promised.strength == "exact" and where == "everywhere":
         return Verdict(batch == 0.0 and held_out == 0.0
                        and (drift_reference is None or float(drift_reference.max()) == 0.0), seen)
-    if promise in exacts:
+    if exact_on_a_set:
         return Verdict(float(protected.max()) <= tol, seen)
-    if promise.endswith("first_order"):
+    if promised.strength == "first_order":
         name = f"drift_{'train' if where == 'batch' else where}_half_lr"
         half = {"batch": drift_train_half_lr, "reference": drift_reference_half_lr,
                 "minibatch": drift_minibatch_half_lr}[where]

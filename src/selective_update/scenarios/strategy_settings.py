@@ -6,9 +6,9 @@ later takes part without changes here. A strategy's settings come from what it i
   null-space projections, compensated_gradient) protects the batch ("reference=batch": each
   step's mini-batch) or a reference set of kept fit digits ("reference=64", "reference=all"),
   within the cost rule;
-- another user of reference inputs (core.options.REFERENCE_USERS: layer_subspace, distill)
+- another user of reference inputs (core.strategies.REFERENCE_USERS: layer_subspace, distill)
   protects every kept fit digit, which costs it little;
-- a strategy with run() options (core.options.OPTION_USERS) is swept over the values the grid
+- a strategy with run() options (core.strategies.OPTION_USERS) is swept over the values the grid
   lists for them ("energy=0.9"); an option the grid does not list runs at its default;
 - the bounds are labelled by their setting (settings.BOUND_SETTINGS): all_params is "joint"
   training, masked_loss "fine-tuning".
@@ -19,7 +19,7 @@ import itertools
 import warnings
 
 from .. import core
-from ..core.options import OPTION_USERS, REFERENCE_USERS
+from ..core.strategies import OPTION_USERS, REFERENCE_USERS
 from ..settings import BOUND_SETTINGS
 
 NONE = "none"

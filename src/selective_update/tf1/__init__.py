@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from .heads import Heads, dense_heads, masked_loss
 from .optim import TorchEpsAdamOptimizer, v1_optimizer
-from .runner import NAME, configure, make_steps, project_step, run, train
+from .runner import NAME, RUNNER, configure
 from .seed_demo import seed_demo
+
+run, train, make_steps, project_step = (RUNNER.run, RUNNER.train, RUNNER.make_steps,
+                                        RUNNER.project_step)
 
 __all__ = ["Heads", "NAME", "TorchEpsAdamOptimizer", "configure", "dense_heads", "make_steps",
            "masked_loss", "project_step", "run", "seed_demo", "train", "v1_optimizer"]

@@ -1,23 +1,20 @@
-"""TF1's runner (tf.compat.v1): interprets each strategy's description into one graph's step op.
+"""TF1's trainer for the study's loop (algorithms.training): one graph, a Session, feeds.
 
-What a strategy trains, its loss, its start and what follows its step are
-algorithms.strategy_step's, written once for both frameworks; this module holds what TF1 itself
-does: placeholders, Variables, tf.gradients, a Session and tf.compat.v1.train optimizers (no
-Keras). Weight decay as torch applies it: for sgd/momentum/adam, weight_decay * var is added to the
-gradient of every variable in the var_list (coupled L2); adamw decays var *= 1 - lr * weight_decay
-before the Adam update (decoupled). The optimizers are tf1.optim's (v1_optimizer).
+The run's sequence is algorithms.training's and a step's is strategy_step.take_step's, written
+once for both frameworks: here take_step builds each strategy's step op once (placeholders,
+Variables, tf.gradients, control dependencies), and every step is one Session.run of it.
+tf.compat.v1 only, no Keras. Weight decay as torch applies it: for sgd/momentum/adam,
+weight_decay * var is added to the gradient (coupled L2); adamw decays var *= 1 - lr *
+weight_decay before the Adam update (decoupled). The optimizers are tf1.optim's (v1_optimizer).
 """
 from __future__ import annotations
 
-import functools
-import time
+import contextlib
 
-import numpy as np
-
-from .. import core, settings
-from ..algorithms import compensated, growth, nullspace, strategy_step, subspace
-from ..core import options
+from .. import core
+from ..algorithms import nullspace, strategy_step, training
 from . import ops
+from .network import Network
 from .framework import tf, v1
 from .optim import v1_optimizer
 
@@ -33,245 +30,177 @@ def session(graph):
 
 
 class Graph:
-    """One TF1 graph for a set of strategies sharing one optimizer; params, lr and decay are fed."""
+    """One graph of a set of strategies sharing one network and optimizer: the step op of each."""
 
-    def __init__(self, strategies, optimizer, sizes, n, keep, train, dtype, n_ref=None,
-                 form=None, grow=None):
-        self.optimizer_name, self.keep, self.train = optimizer, keep, train
-        self.residuals = {}  # corrected strategies: the final Gauss-Newton residual of a step
-        described = [core.STRATEGIES[s] for s in strategies]
-        self.split = any(s.trains == "train_heads" for s in described)
-        self.grow = grow  # new units per hidden layer (the grow strategy's graph)
-        self.heads_W = self.heads_b = self.trained = None
-        dt = tf.as_dtype(dtype)
-        self.graph = tf.Graph()
+    ops = ops
+
+    def __init__(self, config, strategies):
+        """Build, for config's shapes, the placeholders (x, y, x_any, the reference inputs, lr,
+        weight_decay, the strategies' options), the variables (fed their initial values by
+        reset), the start values' holders, and take_step's op for each strategy; then finalize.
+
+        Everything a run changes is fed, so runs of the same shapes share the graph (graph_for).
+        """
+        self.config, described = config, [core.STRATEGIES[s] for s in strategies]
+        sizes, dt = core.layer_sizes(config.params), tf.as_dtype(config.dtype)
+        self.graph, self._forwards = tf.Graph(), {}
         with self.graph.as_default():
-            self.x = v1.placeholder(dt, (n, sizes[0]), name="x")
-            self.y = v1.placeholder(dt, (n, sizes[-1]), name="y")
+            self.x = v1.placeholder(dt, (config.step_rows, sizes[0]), name="x")
+            self.y = v1.placeholder(dt, (config.step_rows, sizes[-1]), name="y")
             self.x_any = v1.placeholder(dt, (None, sizes[0]), name="x_any")
-            self.x_ref = None if n_ref is None else v1.placeholder(dt, (n_ref, sizes[0]), "x_ref")
+            ref = config.reference
+            self.x_ref = None if ref is None else v1.placeholder(dt, ref.shape, name="x_ref")
             self.lr = v1.placeholder(dt, (), name="lr")
             self.weight_decay = v1.placeholder(dt, (), name="weight_decay")
-            layers_W, layers_b = self._variables(sizes, dt, grow, train)
-            hs, self.out = nullspace.forward(ops, layers_W, layers_b, self.x)
-            self.hs = hs  # the loss's forward pass: projected steps reuse it (same values)
-            self.hidden = hs[1]
-            self.hs_any, self.out_any = nullspace.forward(ops, layers_W, layers_b, self.x_any)
-            self.hs_ref = self.out_ref = None  # compensated_gradient's reference forward pass
-            if n_ref is not None and any(s.loss == "compensated_gradient" for s in described):
-                self.hs_ref, self.out_ref = nullspace.forward(ops, layers_W, layers_b,
-                                                              self.x_ref)
-            # compensated_gradient's x x^T + 1: fed its value while the batch stays (_feed)
-            self.first_inputs, self.fed_inputs = None, []
-            if any(s.loss == "compensated_gradient" for s in described):
-                self.first_inputs = compensated.first_inputs(
-                    ops, self.x, None if self.hs_ref is None else self.x_ref)
-                self.fed_inputs = tf.nest.flatten(self.first_inputs)
-            self.mask = tf.constant(core.output_mask(sizes[-1], train), dt)
-            self.after = strategy_step.AfterStep(
-                keep=keep, tol=settings.RESTORE_TOL[dtype],
-                max_steps=settings.GAUSS_NEWTON_MAX_STEPS, sweeps=settings.PROJECTION_SWEEPS,
-                x=self.x, hs=self.hs, out=self.out, form=form,
-                x_ref=self.x if self.x_ref is None and form else self.x_ref)  # mini-batches
-            self._start_inputs(described, sizes, dt, layers_W, layers_b)
-            self.losses = {}
+            self.options = {o.name: v1.placeholder(dt, (), o.name)
+                            for s in described for o in s.options}
+            self.net = Network(config, sizes, dt)
+            self.hs_any, self.out_any = self.forward(self.x_any)
+            self.start = self._start_holders(strategy_step.start_names(described), sizes, dt)
+            self.inputs = strategy_step.StepInputs(
+                self.x, self.y, self.x_ref, minibatch=config.batch_size is not None,
+                start=self.start, options=self.options)
+            self.opt = v1_optimizer(config.optimizer, self.lr)
+            self.fetches = {}
             for s in described:
-                if s.loss not in self.losses:
-                    self.losses[s.loss] = strategy_step.loss(ops, s, self.out, self.y, self.mask,
-                                                             self.distill_penalty)
-            self.G = tf.constant(core.output_gradient(n, sizes[-1], train), dt)
-            self.opt = v1_optimizer(optimizer, self.lr)
-            self.ops = {s.name: self._step_op(s) for s in described}
-            loaded = {v.name for pair in self.after.bases or () for v in pair}
+                op, residual = strategy_step.take_step(self, s, self.inputs)
+                self.fetches[s.name] = {"step": op, "residual": () if residual is None
+                                        else residual}
+            self.fed = tf.nest.flatten(self.inputs.cache)  # fed their values for a fixed batch
+            loaded = {v.name for pair in self.start.get("bases", ()) for v in pair}
             self.init = v1.variables_initializer([v for v in v1.global_variables()
                                                   if v.name not in loaded])
             self.graph.finalize()
         self.sess = session(self.graph)
 
-    def _variables(self, sizes, dt, grow, train):
-        """Make the variables (fed their initial values) and return the layers they form."""
-        L = len(sizes) - 1
-        self.initial = {}
-
-        def variable(name, shape):
-            self.initial[name] = v1.placeholder(dt, shape, name=f"{name}_initial")
-            return v1.Variable(self.initial[name], name=name, use_resource=True)
-
-        if grow:  # growth.pieces, one variable each
-            shapes = {f"{p}{l}": np.zeros(sizes[l - 1:l + 1] if p == "W" else sizes[l])
-                      for l in range(1, L + 1) for p in "Wb"}
-            parts = growth.pieces(shapes, grow, train)
-            self.pieces = {k: variable(k, np.shape(v)) for k, (v, _) in parts.items()}
-            self.trained = [self.pieces[k] for k, (_, t) in parts.items() if t]
-            self.variables = list(self.pieces.values())
-            self.layers = growth.assemble(ops, self.pieces, sizes, grow, train, self.x)
-            return self.layers
-        self.Ws = [variable(f"W{l}", sizes[l - 1:l + 1]) for l in range(1, L)]
-        self.bs = [variable(f"b{l}", (sizes[l],)) for l in range(1, L)]
-        if self.split:  # the seed's first approach: one variable per output unit, tf.stack
-            self.heads_W = [variable(f"W_h_to_out{k + 1}", (sizes[-2],))
-                            for k in range(sizes[-1])]
-            self.heads_b = [variable(f"b_h_to_out{k + 1}", ()) for k in range(sizes[-1])]
-            W_L, b_L = tf.stack(self.heads_W, axis=1), tf.stack(self.heads_b)
-            self.variables = [t for p in zip(self.Ws, self.bs) for t in p] \
-                + self.heads_W + self.heads_b
-            return self.Ws + [W_L], self.bs + [b_L]
-        self.Ws.append(variable(f"W{L}", sizes[-2:]))
-        self.bs.append(variable(f"b{L}", (sizes[-1],)))
-        self.variables = [t for p in zip(self.Ws, self.bs) for t in p]
-        return self.Ws, self.bs
-
-    def _start_inputs(self, described, sizes, dt, layers_W, layers_b):
-        """Add what a strategy's start feeds: layer bases (variables), distillation targets."""
-        x_prot = self.x if self.x_ref is None else self.x_ref
-        self.distill_penalty = None
-        if any(s.subspace for s in described):
-            # bases live in variables, loaded once at the start (not fed every step)
+    def _start_holders(self, names, sizes, dt):
+        """Return the start values' holders: layer bases live in variables loaded at the start
+        (not fed every step); the distillation target is fed."""
+        start = {}
+        if "bases" in names:
             self.basis_inputs = [(v1.placeholder(dt, (d, None), f"U_W{l}"),
                                   v1.placeholder(dt, (1, None), f"u_b{l}"))
                                  for l, d in enumerate(sizes[:-1], start=1)]
-            self.after.bases = [tuple(v1.Variable(ph, trainable=False, validate_shape=False,
-                                                  shape=tf.TensorShape(ph.shape),
-                                                  use_resource=True)
-                                      for ph in pair) for pair in self.basis_inputs]
-            self.load_bases = [var.initializer for pair in self.after.bases for var in pair]
-            self.after.keep_mask = tf.constant(strategy_step.keep_columns(sizes[-1], self.keep),
-                                               dt)
-        if any(s.loss == "distill" for s in described):
-            self.distill_target = v1.placeholder(dt, (len(self.keep), x_prot.shape[0]), "target")
-            self.distill_weight = v1.placeholder(dt, (), "distill_weight")
-            self.distill_penalty = subspace.distill_penalty(
-                ops, layers_W, layers_b, x_prot, self.keep, self.distill_target,
-                self.distill_weight)
+            start["bases"] = [tuple(v1.Variable(ph, trainable=False, validate_shape=False,
+                                                shape=tf.TensorShape(ph.shape), use_resource=True)
+                                    for ph in pair) for pair in self.basis_inputs]
+            self.load_bases = [var.initializer for pair in start["bases"] for var in pair]
+        if "distill_target" in names:
+            rows = self.x.shape[0] if self.x_ref is None else self.x_ref.shape[0]
+            start["distill_target"] = v1.placeholder(dt, (len(self.config.keep), rows), "target")
+        return start
 
-    def start_feed(self, strategy, config, inputs=None):
-        """Return what a strategy feeds from its start (now): layer bases or distill targets.
+    # --- take_step's side: graph ops ------------------------------------------------------------
+    def layers(self):
+        return self.net.layers
 
-        inputs: where to take them (default: config.protected_inputs).
-        """
-        s, feed = core.STRATEGIES[strategy], {}
-        if not s.starts:
-            return feed
-        inputs = config.protected_inputs if inputs is None else inputs
-        hs, out = self.sess.run([self.hs_any, self.out_any], {self.x_any: inputs})
-        values = strategy_step.start_values(s, config, hs, out)
-        if "bases" in values:
-            load = {}
-            for (U_W, u_b), (a, b) in zip(self.basis_inputs, values["bases"]):
-                load[U_W], load[u_b] = a, b
-            self.sess.run(self.load_bases, load)
-        if "distill_target" in values:
-            feed[self.distill_target] = values["distill_target"]
-            feed[self.distill_weight] = config.distill_weight
-        return feed
+    def forward(self, x, variables=None):
+        if id(x) not in self._forwards:  # one forward pass per input tensor, shared by the ops
+            self._forwards[id(x)] = nullspace.forward(ops, *self.net.layers, x)
+        return self._forwards[id(x)]
 
-    def _step_op(self, s):
-        """Build the op of one step of strategy s."""
-        var_list = strategy_step.var_list(s, self, self.train)
-        if s.loss == "output_gradient":
-            grads = v1.gradients(self.out, var_list, grad_ys=self.G)
-        elif s.loss == "compensated_gradient":  # G of the masked loss, then G' in its place
-            G = strategy_step.loss_gradient(ops, s, self.out, self.y, self.mask)
-            G_prime = compensated.compensated_gradient(ops, self.Ws, self.hs, G, self.keep,
-                                                       self.hs_ref, self.first_inputs)
-            if self.x_ref is None:
-                grads = v1.gradients(self.out, var_list, grad_ys=G_prime)
-            else:  # the reference inputs join the backward pass with -alpha on kept outputs
-                grads = v1.gradients([self.out, self.out_ref], var_list, grad_ys=[G, G_prime])
-        else:
-            grads = v1.gradients(self.losses[s.loss], var_list)
-        decoupled = self.optimizer_name == "adamw"
-        if not decoupled:
-            grads = [g + self.weight_decay * v for g, v in zip(grads, var_list)]
-        before = grads  # ops below run only once every gradient is computed
-        if s.after != "none":
-            snapshots = [v1.Variable(tf.zeros(v.shape, v.dtype), trainable=False,
-                                     use_resource=True, name="before_step") for v in var_list]
-            with tf.control_dependencies(before):
-                before = [tf.group(*[sn.assign(v.read_value())
-                                     for sn, v in zip(snapshots, var_list)])]
-        if decoupled:
+    def gradients(self, ys, variables, grad_ys):
+        return v1.gradients(ys, variables, grad_ys=grad_ys)
+
+    def apply(self, grads, variables, after=None):
+        before = list(after or ()) + list(grads)
+        if self.config.optimizer == "adamw":  # decoupled decay, before the update
             with tf.control_dependencies(before):
                 before = [tf.group(*[v.assign(v.read_value() * (1.0 - self.lr * self.weight_decay))
-                                     for v in var_list])]
+                                     for v in variables])]
+        else:
+            grads = [g + self.weight_decay * v for g, v in zip(grads, variables)]
         with tf.control_dependencies(before):
-            apply = self.opt.apply_gradients(list(zip(grads, var_list)))
-        if s.after == "none":
-            return apply
-        with tf.control_dependencies([apply]):
-            new = [v.read_value() for v in var_list]
-            old = [sn.read_value() for sn in snapshots]
-        # self.hs / self.out (in self.after): the gradients' forward pass, before apply.
-        Ws, bs, residual = strategy_step.after_step(ops, s, self.after, old[0::2], old[1::2],
-                                                    new[0::2], new[1::2])
-        if residual is not None:
-            self.residuals[s.name] = residual
-        values = [t for p in zip(Ws, bs) for t in p]
-        return tf.group(*[v.assign(t) for v, t in zip(var_list, values)])
+            applied = self.opt.apply_gradients(list(zip(grads, variables)))
+        if after is None:
+            return applied
+        with tf.control_dependencies([applied]):
+            return [v.read_value() for v in variables]
 
-    def reset(self, params):
-        """Load params into the variables and reset every optimizer slot."""
-        L = core.n_layers(params)
-        if self.grow:
-            parts = growth.pieces(params, self.grow, self.train)
-            self.sess.run(self.init, {ph: parts[k][0] for k, ph in self.initial.items()})
-            return
-        feed = {}
-        for name, ph in self.initial.items():
-            if name.startswith("W_h_to_out"):
-                feed[ph] = params[f"W{L}"][:, int(name[10:]) - 1]
-            elif name.startswith("b_h_to_out"):
-                feed[ph] = params[f"b{L}"][int(name[10:]) - 1]
-            else:
-                feed[ph] = params[name]
-        self.sess.run(self.init, feed)
+    def snapshot(self, variables, after=None):
+        copies = [v1.Variable(tf.zeros(v.shape, v.dtype), trainable=False, use_resource=True,
+                              name="before_step") for v in variables]
+        with tf.control_dependencies(after):
+            done = tf.group(*[c.assign(v.read_value()) for c, v in zip(copies, variables)])
+        with tf.control_dependencies([done]):
+            return [c.read_value() for c in copies]
+
+    def assign(self, variables, values):
+        return tf.group(*[v.assign(t) for v, t in zip(variables, values)])
+
+    def no_grad(self):
+        return contextlib.nullcontext()
+
+
+class Trainer:
+    """One run on a (cached) Graph: its parameters, learning rate and feeds."""
+
+    ops = ops
+
+    def __init__(self, config, strategies):
+        self.config, self.g = config, graph_for(config, strategies)
+        g = self.g
+        g.sess.run(g.init, g.net.feed(config.params))  # the variables and optimizer slots afresh
+        self.lr = config.lr
+        self.constant = {g.weight_decay: config.weight_decay}
+        self.constant.update({ph: getattr(config, name) for name, ph in g.options.items()
+                              if getattr(config, name) is not None})
+        if g.x_ref is not None:
+            self.constant[g.x_ref] = config.reference
+
+    def prepare(self, batch):
+        """Return the step's feed (with a fixed batch, the values kept while it stays)."""
+        g = self.g
+        feed = {**self.constant, g.x: batch.x, g.y: batch.y}
+        if "distill_target" in g.start and batch.start:
+            feed[g.start["distill_target"]] = batch.start["distill_target"]
+        if batch.rows is None and g.fed:
+            feed.update(zip(g.fed, g.sess.run(g.fed, feed)))
+        return feed
+
+    def step(self, strategy, feed):
+        done = self.g.sess.run(self.g.fetches[strategy], {**feed, self.g.lr: self.lr})
+        return None if isinstance(done["residual"], tuple) else float(done["residual"])
+
+    def set_lr(self, lr):
+        self.lr = lr
+
+    def start(self, values):
+        if "bases" in values:
+            self.g.sess.run(self.g.load_bases, {
+                ph: a for phs, arrays in zip(self.g.basis_inputs, values["bases"])
+                for ph, a in zip(phs, arrays)})
+
+    def outputs(self, x):
+        return self.g.sess.run(self.g.out_any, {self.g.x_any: x})
+
+    def layer_inputs(self, x):
+        return tuple(self.g.sess.run([self.g.hs_any, self.g.out_any], {self.g.x_any: x}))
 
     def numpy_params(self):
-        """Return the variables as a params dict of numpy arrays (grow: the grown layers)."""
-        if self.grow:
-            Ws, bs = self.sess.run(self.layers)
-        else:
-            values = self.sess.run({"Ws": self.Ws, "bs": self.bs,
-                                    "heads": (self.heads_W, self.heads_b) if self.split else ()})
-            Ws, bs = values["Ws"], values["bs"]
-            if self.split:
-                Ws.append(np.stack(values["heads"][0], axis=1))
-                bs.append(np.stack(values["heads"][1]))
+        Ws, bs = self.g.sess.run(self.g.net.layers)
         return {f"{p}{l}": a for l, (W, b) in enumerate(zip(Ws, bs), start=1)
                 for p, a in (("W", W), ("b", b))}
+
+    def sync(self):
+        """Session.run returns when its work is done."""
 
 
 _GRAPHS = {}
 
 
-def graph_for(strategies, config) -> Graph:
+def graph_for(config, strategies) -> Graph:
     """Return a cached Graph for these strategies and shapes (building a graph costs ~0.3 s)."""
-    sizes = core.layer_sizes(config.params)
-    ref, form = config.reference, strategy_step.protected_form(config)
-    extra = {} if form is None else {"form": form}
-    if ref is not None:
-        extra["n_ref"] = len(ref)
-    if any(core.STRATEGIES[s].trains == "grown" for s in strategies):
-        extra["grow"] = config.grow
-    n = config.step_rows
-    key = (tuple(strategies), config.optimizer, sizes, n, config.keep, config.train,
-           config.dtype, THREADS, tuple(sorted(extra.items())))
+    ref = config.reference
+    key = (tuple(strategies), config.strategy, config.optimizer, core.layer_sizes(config.params),
+           config.step_rows, config.batch_size is not None, config.keep, config.train,
+           config.dtype, THREADS, None if ref is None else ref.shape, config.grow)
     if key not in _GRAPHS:
-        _GRAPHS[key] = Graph(tuple(strategies), config.optimizer, sizes, n, config.keep,
-                             config.train, config.dtype, **extra)
+        _GRAPHS[key] = Graph(config, strategies)
     return _GRAPHS[key]
 
 
-def _feed(g, config):
-    """Return the feed of one step: batch, targets, lr, decay and the reference inputs."""
-    feed = {g.x: config.data.x, g.y: config.data.y, g.lr: config.lr,
-            g.weight_decay: config.weight_decay}
-    if g.x_ref is not None and not core.STRATEGIES[config.strategy].subspace:
-        feed[g.x_ref] = config.reference  # layer_subspace used it at its start only
-    if g.fed_inputs and config.batch_size is None:  # computed once for the fixed batch
-        inputs = {t: feed[t] for t in (g.x, g.x_ref) if t is not None and t in feed}
-        feed.update(zip(g.fed_inputs, g.sess.run(g.fed_inputs, inputs)))
-    return feed
+RUNNER = training.Runner(NAME, Trainer, ops)
 
 
 def configure(threads=None):
@@ -280,79 +209,3 @@ def configure(threads=None):
     tf.config.experimental.enable_op_determinism()
     if threads:
         THREADS = threads
-
-
-def make_steps(strategies, **arguments):
-    """Return ({strategy: callable running its step op once}, sync); split_head and grow have
-    their own graphs. arguments are run()'s; an option goes only to the strategies using it.
-    """
-    taken, kinds = {}, {}
-    for s in strategies:
-        kinds.setdefault(core.STRATEGIES[s].trains in ("train_heads", "grown")
-                         and core.STRATEGIES[s].trains, []).append(s)
-    for group in kinds.values():
-        configs = {s: core.check_run(s, NAME, warn=False, **options.options_for(s, arguments))
-                   for s in group}
-        strategy_step.check_full_batch(configs[group[0]], "make_steps")
-        g = graph_for(tuple(group), configs[group[0]])
-        g.reset(configs[group[0]].params)
-        for s in group:
-            feed = {**_feed(g, configs[s]), **g.start_feed(s, configs[s])}
-            taken[s] = functools.partial(g.sess.run, g.ops[s], feed)
-    return taken, lambda: None
-
-
-def project_step(Ws, bs, x, keep, dWs, dbs):
-    """Project a step onto the null space of the kept outputs' Jacobian (layer-wise Gram form)."""
-    return nullspace.project(ops, Ws, bs, x, keep, dWs, dbs)
-
-
-def run(strategy, **arguments) -> core.RunResult:
-    """Run warm-start steps (all_params), then `steps` steps of `strategy`, recording outputs.
-
-    arguments: selective_update.run's keyword arguments (core.ARGUMENTS).
-    """
-    return train(core.check_run(strategy, NAME, **arguments))
-
-
-def train(config) -> core.RunResult:
-    """Train a checked core.RunConfig and record the outputs after every step."""
-    strategy, data = config.strategy, config.data
-    g = graph_for(dict.fromkeys(("all_params", strategy)), config)
-    g.reset(config.params)
-    feed = _feed(g, config)
-    warm = config.warm_start_steps
-    batches = config.batches(warm + config.steps)
-
-    def step_feed(i):
-        """The feed of step i: its mini-batch (and the distill targets of its rows)."""
-        if batches is None:
-            return feed
-        rows = batches[i]
-        fed = {**feed, g.x: data.x[rows], g.y: data.y[rows]}
-        if config.reference is None and g.distill_penalty is not None and i >= warm:
-            fed[g.distill_target] = feed[g.distill_target][:, rows]
-        if strategy_step.rebases(core.STRATEGIES[strategy], config) and i >= warm:
-            g.start_feed(strategy, config, inputs=data.x[rows])  # this mini-batch's bases
-        return fed
-
-    for i in range(warm):
-        g.sess.run(g.ops["all_params"], {**step_feed(i), g.lr: config.warm_start_lr})
-    feed.update(g.start_feed(strategy, config))
-    inputs = [data.x, data.x_eval] + ([] if g.x_ref is None else [config.reference])
-
-    def outputs():
-        return [g.sess.run(g.out_any, {g.x_any: x}) for x in inputs]
-
-    fetch = {"step": g.ops[strategy], "residual": g.residuals.get(strategy, ())}
-    recorded, seconds, residuals = [outputs()], [], []
-    for i in range(warm, warm + config.steps):
-        start = time.perf_counter()
-        residuals.append(g.sess.run(fetch, step_feed(i))["residual"])
-        seconds.append(time.perf_counter() - start)
-        recorded.append(outputs())
-    ref = np.stack([r[2] for r in recorded]) if g.x_ref is not None else None
-    residual = residuals if core.STRATEGIES[strategy].corrected else None
-    return core.make_result(config, np.stack([r[0] for r in recorded]),
-                            np.stack([r[1] for r in recorded]), g.numpy_params(), seconds,
-                            ref, residual, None if batches is None else batches[warm:])

@@ -15,9 +15,12 @@ from .helper_cases import helper_cases
 from .helper_cases import model_facts as helper_model_facts
 from .layer_subspace import LayerSubspaceProjector
 from .projector import NullSpaceProjector
-from .runner import (NAME, configure, make_steps, project_step, run, seed_demo, torch_optimizer,
-                     train)
+from .runner import NAME, RUNNER, configure, torch_optimizer
+from .seed_demo import seed_demo
 from .split_head import KeepRows, split_head, unsplit_head
+
+run, train, make_steps, project_step = (RUNNER.run, RUNNER.train, RUNNER.make_steps,
+                                        RUNNER.project_step)
 
 __all__ = ["Audit", "JacobianNullSpaceStep", "KeepRows", "LayerSubspaceProjector", "NAME",
            "NullSpaceProjector", "PromiseWarning", "audit", "configure", "cuda_available",

@@ -13,7 +13,9 @@ import torch
 from .. import core
 from ..algorithms import nullspace
 from . import ops
-from .runner import project_step, torch_optimizer
+from .runner import RUNNER, torch_optimizer
+
+project_step = RUNNER.project_step
 
 
 def cuda_available() -> bool:

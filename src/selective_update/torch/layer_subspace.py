@@ -18,7 +18,7 @@ from torch.nn.utils import parametrize
 
 from ..algorithms import subspace
 from ..core.runs import TrivialNullSpaceWarning
-from ..settings import DEFAULT_ENERGY
+from ..core.strategies import ENERGY
 from ..validation import check_outputs, check_real, fail
 from . import ops
 from .kept_jacobian import conv_supported
@@ -46,7 +46,7 @@ class LayerSubspaceProjector(StepHooks):
     gets requires_grad=False, and a PromiseWarning lists them; detach() gives back the flags.
     """
 
-    def __init__(self, model, head, train, inputs, energy=DEFAULT_ENERGY):
+    def __init__(self, model, head, train, inputs, energy=ENERGY.default):
         check_module("model", model)
         if not isinstance(head, nn.Linear) or not any(m is head for m in model.modules()):
             fail("head", describe(head), "an nn.Linear inside model")

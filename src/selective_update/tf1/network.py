@@ -1,0 +1,65 @@
+"""TF1's network: the variables of the study's MLP (fed their initial values) and its layers."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import core
+from ..algorithms import growth, strategy_step
+from . import ops
+from .framework import tf, v1
+
+
+class Network:
+    """Hold an MLP's variables: one per layer's W and b ("plain"), one per output unit in the
+    last layer ("split", the seed's first approach, joined by tf.stack), or growth.pieces
+    ("grown"); each is fed its initial value (feed), so a graph serves any params of its shapes."""
+
+    def __init__(self, config, sizes, dt):
+        L, train = len(sizes) - 1, config.train
+        self.train = train
+        self.initial, self.heads_W, self.heads_b, self.trained = {}, None, None, None
+        network = strategy_step.network(core.STRATEGIES[config.strategy])
+        self.grow = config.grow if network == "grown" else None
+
+        def variable(name, shape):
+            self.initial[name] = v1.placeholder(dt, shape, name=f"{name}_initial")
+            return v1.Variable(self.initial[name], name=name, use_resource=True)
+
+        if self.grow:  # growth.pieces, one variable each
+            shapes = {f"{p}{l}": np.zeros(sizes[l - 1:l + 1] if p == "W" else sizes[l])
+                      for l in range(1, L + 1) for p in "Wb"}
+            parts = growth.pieces(shapes, self.grow, train)
+            pieces = {k: variable(k, np.shape(v)) for k, (v, _) in parts.items()}
+            self.trained = [pieces[k] for k, (_, t) in parts.items() if t]
+            self.variables = list(pieces.values())
+            like = self.initial["old_W1"]
+            self.layers = growth.assemble(ops, pieces, sizes, self.grow, train, like)
+            return
+        self.Ws = [variable(f"W{l}", sizes[l - 1:l + 1]) for l in range(1, L)]
+        self.bs = [variable(f"b{l}", (sizes[l],)) for l in range(1, L)]
+        if network == "split":  # the seed's first approach: one variable per output unit, tf.stack
+            self.heads_W = [variable(f"W_h_to_out{k + 1}", (sizes[-2],)) for k in range(sizes[-1])]
+            self.heads_b = [variable(f"b_h_to_out{k + 1}", ()) for k in range(sizes[-1])]
+            self.variables = [t for p in zip(self.Ws, self.bs) for t in p] + self.heads_W \
+                + self.heads_b
+            self.layers = (self.Ws + [tf.stack(self.heads_W, axis=1)],
+                           self.bs + [tf.stack(self.heads_b)])
+            return
+        self.Ws.append(variable(f"W{L}", sizes[-2:]))
+        self.bs.append(variable(f"b{L}", (sizes[-1],)))
+        self.variables = [t for p in zip(self.Ws, self.bs) for t in p]
+        self.layers = (self.Ws, self.bs)
+
+    def feed(self, params):
+        """Return the initial values' feed for params (grow: the grown pieces)."""
+        if self.grow:
+            parts = growth.pieces(params, self.grow, self.train)
+            return {ph: parts[k][0] for k, ph in self.initial.items()}
+        L, feed = core.n_layers(params), {}
+        for name, ph in self.initial.items():
+            if name.startswith(("W_h_to_out", "b_h_to_out")):
+                k = int(name[10:]) - 1
+                feed[ph] = params[f"W{L}"][:, k] if name[0] == "W" else params[f"b{L}"][k]
+            else:
+                feed[ph] = params[name]
+        return feed
