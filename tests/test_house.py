@@ -174,6 +174,63 @@ def test_both_ops_fill_the_contract_with_the_same_signatures():
             assert [p.name for p in got] == [p.name for p in params], (ops.__name__, name)
 
 
+def test_both_trainers_fill_the_training_contract_with_the_same_signatures():
+    from selective_update.algorithms.training import Trainer
+    from selective_update.tf1.runner import Trainer as Tf1Trainer, Graph
+    from selective_update.torch.runner import Trainer as TorchTrainer
+
+    members = [n for n, v in vars(Trainer).items() if callable(v) and not n.startswith("_")]
+    assert {"prepare", "step", "forward", "gradients", "apply", "snapshot"} <= set(members)
+    for name in members:
+        contract = [p.name for p in inspect.signature(getattr(Trainer, name)).parameters.values()]
+        # tf1 builds take_step's ops in its Graph; the loop's side is its Trainer
+        for cls in (TorchTrainer, Tf1Trainer if hasattr(Tf1Trainer, name) else Graph):
+            assert callable(getattr(cls, name, None)), (cls.__module__, name)
+            got = [p.name for p in inspect.signature(getattr(cls, name)).parameters.values()]
+            assert got == contract, (cls.__module__, name, got, contract)
+
+
+RUNNERS = ("torch/runner.py", "tf1/runner.py")
+# What a strategy's description says is read in algorithms/ only: a runner that looked at these
+# would decide a step itself.
+STRATEGY_FIELDS = {"trains", "loss", "after", "projected", "corrected", "subspace", "solves",
+                   "starts", "rule"}
+
+
+def _runner_findings(source):
+    """Return what a runner module must not hold: the loop's functions, a timer, references to
+    a strategy's fields or to STRATEGIES' fields, and comparisons with a strategy's name."""
+    tree, found = ast.parse(source), []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in (
+                "train", "run", "make_steps", "project_step"):
+            found.append(f"defines {node.name}")
+        if isinstance(node, ast.Attribute) and node.attr == "perf_counter":
+            found.append("times steps")
+        if (isinstance(node, ast.Attribute) and node.attr in STRATEGY_FIELDS
+                and isinstance(node.value, (ast.Name, ast.Subscript))
+                and "config" not in ast.unparse(node.value)):
+            found.append(f"reads {ast.unparse(node)}")
+        if isinstance(node, ast.Compare):
+            names = [c.value for c in ast.walk(node) if isinstance(c, ast.Constant)]
+            if set(names) & set(su.STRATEGIES):
+                found.append(f"compares with a strategy's name: {ast.unparse(node)}")
+    return found
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_runners_hold_neither_the_loop_nor_a_branch_on_a_strategy(runner):
+    source = (PACKAGE / runner).read_text()
+    assert _runner_findings(source) == []
+    assert len(source.splitlines()) <= 200, runner
+
+
+def test_the_runner_rule_can_fail():
+    stray = ("def train(config):\n    import time; time.perf_counter()\n"
+             "    if s.loss == 'masked' or strategy == 'null_space':\n        pass\n")
+    assert len(_runner_findings(stray)) == 4
+
+
 def test_settings_are_the_one_home():
     """Values that used to be copied now come from settings (the copies are gone)."""
     from selective_update import datasets

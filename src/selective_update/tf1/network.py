@@ -63,3 +63,21 @@ class Network:
             else:
                 feed[ph] = params[name]
         return feed
+
+
+def start_holders(names, config, sizes, dt) -> tuple:
+    """Return what holds the start values `names` (strategy_step.start_names) in a graph, and the
+    placeholders that load the bases: layer bases live in variables, loaded at the start (not fed
+    every step); the distillation target (kept outputs x protected inputs) is fed."""
+    start, loaders = {}, []
+    if "bases" in names:
+        loaders = [(v1.placeholder(dt, (d, None), f"U_W{l}"), v1.placeholder(dt, (1, None),
+                                                                            f"u_b{l}"))
+                   for l, d in enumerate(sizes[:-1], start=1)]
+        start["bases"] = [tuple(v1.Variable(ph, trainable=False, validate_shape=False,
+                                            shape=tf.TensorShape(ph.shape), use_resource=True)
+                                for ph in pair) for pair in loaders]
+    if "distill_target" in names:
+        rows = config.step_rows if config.reference is None else len(config.reference)
+        start["distill_target"] = v1.placeholder(dt, (len(config.keep), rows), "target")
+    return start, loaders

@@ -14,7 +14,7 @@ import contextlib
 from .. import core
 from ..algorithms import nullspace, strategy_step, training
 from . import ops
-from .network import Network
+from .network import Network, start_holders
 from .framework import tf, v1
 from .optim import v1_optimizer
 
@@ -56,7 +56,8 @@ class Graph:
                             for s in described for o in s.options}
             self.net = Network(config, sizes, dt)
             self.hs_any, self.out_any = self.forward(self.x_any)
-            self.start = self._start_holders(strategy_step.start_names(described), sizes, dt)
+            self.start, self.basis_inputs = start_holders(strategy_step.start_names(described),
+                                                          config, sizes, dt)
             self.inputs = strategy_step.StepInputs(
                 self.x, self.y, self.x_ref, minibatch=config.batch_size is not None,
                 start=self.start, options=self.options)
@@ -67,28 +68,12 @@ class Graph:
                 self.fetches[s.name] = {"step": op, "residual": () if residual is None
                                         else residual}
             self.fed = tf.nest.flatten(self.inputs.cache)  # fed their values for a fixed batch
+            self.load_bases = [v.initializer for pair in self.start.get("bases", ()) for v in pair]
             loaded = {v.name for pair in self.start.get("bases", ()) for v in pair}
             self.init = v1.variables_initializer([v for v in v1.global_variables()
                                                   if v.name not in loaded])
             self.graph.finalize()
         self.sess = session(self.graph)
-
-    def _start_holders(self, names, sizes, dt):
-        """Return the start values' holders: layer bases live in variables loaded at the start
-        (not fed every step); the distillation target is fed."""
-        start = {}
-        if "bases" in names:
-            self.basis_inputs = [(v1.placeholder(dt, (d, None), f"U_W{l}"),
-                                  v1.placeholder(dt, (1, None), f"u_b{l}"))
-                                 for l, d in enumerate(sizes[:-1], start=1)]
-            start["bases"] = [tuple(v1.Variable(ph, trainable=False, validate_shape=False,
-                                                shape=tf.TensorShape(ph.shape), use_resource=True)
-                                    for ph in pair) for pair in self.basis_inputs]
-            self.load_bases = [var.initializer for pair in start["bases"] for var in pair]
-        if "distill_target" in names:
-            rows = self.x.shape[0] if self.x_ref is None else self.x_ref.shape[0]
-            start["distill_target"] = v1.placeholder(dt, (len(self.config.keep), rows), "target")
-        return start
 
     # --- take_step's side: graph ops ------------------------------------------------------------
     def layers(self):
@@ -158,8 +143,8 @@ class Trainer:
             feed.update(zip(g.fed, g.sess.run(g.fed, feed)))
         return feed
 
-    def step(self, strategy, feed):
-        done = self.g.sess.run(self.g.fetches[strategy], {**feed, self.g.lr: self.lr})
+    def step(self, strategy, prepared):
+        done = self.g.sess.run(self.g.fetches[strategy], {**prepared, self.g.lr: self.lr})
         return None if isinstance(done["residual"], tuple) else float(done["residual"])
 
     def set_lr(self, lr):

@@ -107,8 +107,8 @@ class Trainer:
             self.tensor(batch.x), self.tensor(batch.y), self.reference,
             minibatch=batch.rows is not None, start={**self.held, **start}, options=options)
 
-    def step(self, strategy, inputs):
-        residual = strategy_step.take_step(self, self.strategies[strategy], inputs)[1]
+    def step(self, strategy, prepared):
+        residual = strategy_step.take_step(self, self.strategies[strategy], prepared)[1]
         return None if residual is None else float(residual)
 
     def set_lr(self, lr):
