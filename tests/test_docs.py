@@ -31,6 +31,21 @@ def test_docs_pages_exist_and_every_local_link_resolves():
             assert (page.parent / target).is_file(), f"{page.name} links to missing {target}"
 
 
+def test_methods_table_is_the_registry_and_follows_a_new_record(monkeypatch, tmp_path):
+    from selective_update.core import promises, strategies
+
+    text = (ROOT / "docs/methods.md").read_text()
+    assert docs.refresh(text, tmp_path)[0] == text, "run `python -m selective_update docs`"
+    for name in strategies.STRATEGIES:
+        assert f"| `{name}` |" in text
+    extra = strategies.Strategy("extra", "a record added for the test", "tests", trains="all",
+                                loss="masked", rule=promises.exact_everywhere)
+    monkeypatch.setattr(strategies, "STRATEGIES", {**strategies.STRATEGIES, "extra": extra})
+    new, refreshed, _ = docs.refresh(text, tmp_path)
+    assert refreshed == ["strategies"] and "| `extra` | every variable | mask" in new
+    assert "Exact on every input, under any optimizer" in new.split("| `extra` |")[1]
+
+
 def test_every_generated_block_names_a_known_block_and_source():
     for page in docs.documents():
         for match in docs.MARKER.finditer(page.read_text()):

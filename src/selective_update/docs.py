@@ -8,7 +8,8 @@ from a report sits between two markers,
     <!-- end generated: NAME -->
 
 and this command rewrites what is between them from the CSV files that `make study` and
-`make bench` wrote (`make study` and `make bench` call it). A block whose source file is not in
+`make bench` wrote (`make study` and `make bench` call it). A block marked
+`(from the registry)` is written from the package itself (the strategies' records). A block whose source file is not in
 the reports folder is left as it is and named; `--check` changes nothing and exits 1 when a block
 differs from what the reports say.
 """
@@ -24,7 +25,8 @@ from .files import atomic_write
 from .settings import REPORTS_DIR, ROOT
 from .validation import out_dir_option
 
-MARKER = re.compile(r"(<!-- generated: (?P<name>[a-z_]+) \(from reports/(?P<source>[^)]+)\) -->\n)"
+MARKER = re.compile(r"(<!-- generated: (?P<name>[a-z_]+) "
+                    r"\(from (?:reports/(?P<source>[^)]+)|the registry)\) -->\n)"
                     r"(?P<body>.*?)"
                     r"(<!-- end generated: (?P=name) -->)", re.S)
 
@@ -33,14 +35,33 @@ MARKER = re.compile(r"(<!-- generated: (?P<name>[a-z_]+) \(from reports/(?P<sour
 class Block:
     """One generated block: the report file it comes from and how it is written."""
 
-    source: str
+    source: str | None  # None: the registry (rendered from the package, always)
     render: Callable  # (reports_dir: Path) -> Markdown text
+
+    @property
+    def origin(self) -> str:
+        return "the registry" if self.source is None else f"reports/{self.source}"
 
 
 def _results(reports):
     import pandas as pd
 
     return pd.read_csv(reports / "results.csv")
+
+
+def _strategy_table(reports=None):
+    """The strategies as the registry describes them (core.strategies), one row each."""
+    from .core import strategies
+    from .files import markdown_table
+
+    rows = []
+    for s in strategies.STRATEGIES.values():
+        options = ", ".join(f"`{o.name}`={o.default}" for o in s.options) or "-"
+        rows.append([f"`{s.name}`", strategies.TRAINS[s.trains], strategies.LOSSES[s.loss],
+                     strategies.AFTER[s.after], options, "yes" if s.reference else "-",
+                     s.rule.__doc__.split("\n")[0].rstrip("."), s.source])
+    return markdown_table(["strategy", "trains", "loss", "after the step", "options",
+                           "`reference=`", "promise", "source"], rows)
 
 
 def _promise_table(reports):
@@ -173,6 +194,7 @@ def _bench_beyond_batch(reports):
 
 
 BLOCKS = {
+    "strategies": Block(None, _strategy_table),
     "answer": Block("results.csv", _answer),
     "promise_table": Block("results.csv", _promise_table),
     "approach_b": Block("results.csv", _approach_b),
@@ -210,10 +232,10 @@ def refresh(text, reports, rendered=None) -> tuple:
         name, source = match.group("name"), match.group("source")
         block = BLOCKS.get(name)
         if block is None or block.source != source:
-            raise ValueError(f"generated block {name!r} (from reports/{source}): allowed: "
-                             + ", ".join(f"{n} (from reports/{b.source})"
-                                         for n, b in BLOCKS.items()))
-        if not (Path(reports) / source).is_file():
+            origin = "the registry" if source is None else f"reports/{source}"
+            raise ValueError(f"generated block {name!r} (from {origin}): allowed: "
+                             + ", ".join(f"{n} (from {b.origin})" for n, b in BLOCKS.items()))
+        if source is not None and not (Path(reports) / source).is_file():
             kept.append(name)
             return match.group(0)
         if name not in rendered:

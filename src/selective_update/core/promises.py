@@ -71,33 +71,43 @@ class SetUp:
 # --- the rules (each strategy of the registry names one) ----------------------------------------
 
 def exact_everywhere(setup: SetUp) -> Promise:
-    """Structural: what the kept outputs depend on never reaches the optimizer."""
+    """Exact on every input, under any optimizer, decay and warm start.
+
+    Structural: what the kept outputs depend on never reaches the optimizer."""
     return EXACT
 
 
 def nothing(setup: SetUp) -> Promise:
-    """No guarantee."""
+    """None (no guarantee)."""
     return NONE
 
 
 def first_order_where_protected(setup: SetUp) -> Promise:
-    """A projected step: the leak on the protected inputs is second order."""
+    """First order on the protected inputs.
+
+    A projected step: the leak on the protected inputs is second order."""
     return Promise("first_order", setup.where)
 
 
 def exact_where_protected(setup: SetUp) -> Promise:
-    """A projected step corrected back: the kept outputs on the protected inputs are restored."""
+    """Exact on the protected inputs (within BATCH_EXACT_TOL).
+
+    A projected step corrected back: the kept outputs on the protected inputs are restored."""
     return Promise("exact", setup.where)
 
 
 def exact_when_stateless(setup: SetUp) -> Promise:
-    """A zero gradient freezes a weight only when no decay and no leftover state move it."""
+    """Exact with sgd, or from a fresh optimizer state, without decay; else none.
+
+    A zero gradient freezes a weight only when no decay and no leftover state move it."""
     stateless = setup.optimizer == "sgd" or setup.warm_start_steps == 0
     return EXACT if setup.weight_decay == 0 and stateless else NONE
 
 
 def first_order_when_sums_gradients(setup: SetUp) -> Promise:
-    """Only sgd's step, or fresh momentum's (a sum of earlier compensated gradients), is made of
+    """First order on the protected inputs with sgd, or fresh momentum, without decay; else none.
+
+    Only sgd's step, or fresh momentum's (a sum of earlier compensated gradients), is made of
     compensated gradients: each has no first-order effect where it was taken, so the leak is
     second order. Decay adds lr * wd * theta and Adam rescales each coordinate: none. On
     mini-batches, earlier steps' gradients were compensated on other rows: sgd only."""
@@ -107,5 +117,7 @@ def first_order_when_sums_gradients(setup: SetUp) -> Promise:
 
 
 def exact_at_full_energy(setup: SetUp) -> Promise:
-    """Every direction of each layer's protected inputs removed (energy 1.0): exact there."""
+    """Exact on the protected inputs at energy 1.0; else none.
+
+    Every direction of each layer's protected inputs removed: each layer's output there stays."""
     return exact_where_protected(setup) if setup.options["energy"] == 1.0 else NONE
