@@ -171,18 +171,6 @@ def work(sq: Sequence, strategy, setting) -> float:
                                   NEW_CLASS_CORRECTED_FACTOR)
 
 
-@dataclass
-class Study:
-    """What the sequence measured: the sweep, the per-task rows and the ACC/BWT summary."""
-
-    grid: dict
-    sweep: "object"  # pandas DataFrame, SWEEP_COLUMNS
-    rows: "object"  # pandas DataFrame, COLUMNS: one row per task of every final sequence
-    summary: "object"  # pandas DataFrame, SUMMARY_COLUMNS
-    seconds: dict = field(default_factory=dict)
-    skipped: "object" = None
-
-
 def run_sweep(grid):
     """Run every strategy's settings and points in torch on the validation split."""
     import pandas as pd
@@ -212,7 +200,7 @@ def run_sweep(grid):
                          optimizer=optimizer, lr=lr, epochs=epochs, seed=seed, acc=acc, bwt=bwt,
                          drift_max=drift, finite=bool(np.isfinite(drift))))
     return pd.DataFrame(rows, columns=SWEEP_COLUMNS[:-1]), pd.DataFrame(
-        skipped, columns=["hidden", "strategy", "setting", "work"])
+        skipped, columns=["hidden", "strategy", "setting", "work"]), None
 
 
 def select(sweep):
@@ -261,25 +249,15 @@ def summarize(rows):
     return tidy(stats.summarize(pd.DataFrame(per_seed), KEYS, ["acc", "bwt"]), KEYS)
 
 
-def run_study(cfg) -> Study:
+PIPELINE = stages.Pipeline(prepare=sequence, sweep=run_sweep, select=select, final=run_final,
+                           summarize=summarize)
+
+
+def run_study(cfg) -> stages.Study:
     """Run the sweep, select, and run the chosen sequences: the notebook's whole computation."""
-    return stages.run_as_the_batch(_run_study, cfg)
+    return stages.run_study(PIPELINE, cfg)
 
 
-def _run_study(cfg) -> Study:
-    grid, seconds = cfg["grid"], {}
-    with stages.timed(seconds, "pretraining"):
-        for hidden in grid["hidden"]:
-            for seed in sorted(set(grid["seeds"]) | set(grid["sweep_seeds"])):
-                sequence(hidden, seed)
-    with stages.timed(seconds, "sweep (torch, validation)"):
-        sweep, skipped = run_sweep(grid)
-    sweep = select(sweep)
-    with stages.timed(seconds, "final runs (tf1 + torch, held out)"):
-        rows = run_final(sweep, grid)
-    return Study(grid, sweep, rows, summarize(rows), seconds, skipped)
-
-
-def write(study: Study, reports_dir):
+def write(study: stages.Study, reports_dir):
     """Write FILES (the task rows, the summary, the sweep) into reports_dir (atomic)."""
     return stages.write_tables(study, reports_dir, FILES)

@@ -217,19 +217,6 @@ def check_params(*, quick, reports_dir=None, hidden=None, seeds=None, sweep_seed
     return dict(quick=bool(quick), reports_dir=reports_dir, grid=chosen)
 
 
-@dataclass
-class Study:
-    """What the scenario measured: the validation sweep, the chosen points, the final rows."""
-
-    grid: dict
-    sweep: "object"  # pandas DataFrame, SWEEP_COLUMNS (no timings: byte-stable)
-    rows: "object"  # pandas DataFrame, COLUMNS: one row per final run (per seed)
-    summary: "object"  # pandas DataFrame, SUMMARY_COLUMNS: intervals over seeds, the front
-    seconds: dict = field(default_factory=dict)  # stage -> wall seconds
-    sweep_seconds: "object" = None  # pandas DataFrame: sweep wall seconds per strategy x setting
-    skipped: "object" = None  # pandas DataFrame: the settings too costly to run, with their work
-
-
 def sweep_plan(grid):
     """Return the sweep's (hidden, seed, strategy, setting) in order."""
     return [(hidden, seed, strategy, setting) for hidden in grid["hidden"]
@@ -238,7 +225,7 @@ def sweep_plan(grid):
 
 
 def run_sweep(grid):
-    """Run the torch sweep on the validation split; return (rows, seconds, skipped settings)."""
+    """Run the torch sweep on the validation split; return (rows, skipped settings, seconds)."""
     import pandas as pd
 
     rows, costs, skipped = [], [], []
@@ -259,8 +246,8 @@ def run_sweep(grid):
                                         if c not in ("admissible", "selected")])
     frame["admissible"] = frame["finite"] & (
         frame["accuracy_kept"] >= frame["accuracy_kept_before"] - NEW_CLASS_MAX_ACC_DROP - 1e-12)
-    return frame, pd.DataFrame(costs), pd.DataFrame(
-        skipped, columns=["hidden", "seed", "strategy", "setting", "work"])
+    return frame, pd.DataFrame(skipped, columns=["hidden", "seed", "strategy", "setting",
+                                                 "work"]), pd.DataFrame(costs)
 
 
 def _sweep_setting(sc, strategy, setting, level, points):
@@ -347,25 +334,16 @@ def pareto(frame):
     return stats.pareto(frame, ["hidden", "framework"], "recall_new", "drift_max")
 
 
-def run_study(cfg) -> Study:
+PIPELINE = stages.Pipeline(
+    prepare=scenario, sweep=run_sweep, select=select,
+    final=lambda sweep, grid: run_final(chosen_points(sweep), grid), summarize=summarize)
+
+
+def run_study(cfg) -> stages.Study:
     """Run the sweep, select, and run the final points: the notebook's whole computation."""
-    return stages.run_as_the_batch(_run_study, cfg)
+    return stages.run_study(PIPELINE, cfg)
 
 
-def _run_study(cfg) -> Study:
-    grid, seconds = cfg["grid"], {}
-    with stages.timed(seconds, "pretraining"):
-        for hidden in grid["hidden"]:
-            for seed in sorted(set(grid["seeds"]) | set(grid["sweep_seeds"])):
-                scenario(hidden, seed)
-    with stages.timed(seconds, "sweep (torch, validation)"):
-        sweep, costs, skipped = run_sweep(grid)
-    sweep = select(sweep)
-    with stages.timed(seconds, "final runs (tf1 + torch, held out)"):
-        rows = run_final(chosen_points(sweep), grid)
-    return Study(grid, sweep, rows, summarize(rows), seconds, costs, skipped)
-
-
-def write(study: Study, reports_dir):
+def write(study: stages.Study, reports_dir):
     """Write FILES (the rows, the summary, the sweep) into reports_dir (atomic); return paths."""
     return stages.write_tables(study, reports_dir, FILES)
