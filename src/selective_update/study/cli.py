@@ -19,8 +19,6 @@ which stages and publishes them as above.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
-import multiprocessing
 import os
 import re
 import shutil
@@ -33,7 +31,7 @@ from .. import core, datasets, validation
 from ..files import atomic_write, csv_text, tidy
 from ..settings import (CELL_TIMEOUT, DEFAULT_GRID, JOBS, QUICK_GRID, REPORTS_DIR,
                         SCENARIO_DATASETS, SCENARIO_NOTEBOOKS, SCENARIO_PARTS)
-from . import grid, notebook_runner, results
+from . import grid, results, runners
 from .notebook_runner import WORKER_DIES, Task
 
 # --inject-fault fakes a kernel that fails to start too, and (--cluster) a Dask worker that dies.
@@ -178,50 +176,6 @@ def _line(s):
     return line + (f"\n       {s['error']}" if s["error"] else "")
 
 
-class PoolRunner:
-    """The embedded pool: spawned worker processes on this machine, each keeping its kernel."""
-
-    def __init__(self, jobs):
-        self.jobs = jobs
-        self.pool = cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                           initializer=notebook_runner.worker_init)
-
-    def describe(self) -> str:
-        return f"{self.jobs} at a time"
-
-    def run(self, tasks, staging, cell_timeout, reuse, published, inputs=None):
-        """Yield each run's status as it finishes (the workers write into staging themselves)."""
-        futures = [self.pool.submit(notebook_runner.execute, t, str(staging), cell_timeout, reuse,
-                                    str(published)) for t in tasks]
-        for future in cf.as_completed(futures):
-            yield future.result()
-
-    def stop(self):
-        """Cancel queued runs and end the workers (each shuts its kernel down first)."""
-        processes = list((getattr(self.pool, "_processes", None) or {}).values())
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        for p in processes:
-            if p.is_alive():
-                p.terminate()
-        deadline = time.monotonic() + 15
-        for p in processes:
-            p.join(max(0.0, deadline - time.monotonic()))
-            if p.is_alive():
-                p.kill()
-
-    def close(self):
-        self.pool.shutdown(wait=True)
-
-
-def _runner(args):
-    """The embedded pool, or a Dask cluster (ClusterError when its scheduler does not answer)."""
-    if args.cluster is None:
-        return PoolRunner(args.jobs)
-    from . import cluster  # Dask is imported only for --cluster
-
-    return cluster.ClusterRunner(args.cluster, args.jobs)
-
-
 def _top_files(staging):
     """The staged CSV files beside runs/ (what the summary reads), as bytes."""
     return {p.name: p.read_bytes() for p in sorted(staging.glob("*.csv")) if p.is_file()}
@@ -238,11 +192,37 @@ def _remove_stale_staging(out):
             pass
 
 
-def main(args) -> int:
-    """Run the batch; exit 0 when every run succeeded, 1 naming the failed ones, 2 on bad usage."""
+def _run_batch(runner, tasks, staging, out, args) -> list:
+    """Run every task, then the summary on what they wrote; return the statuses (summary last)."""
     import pandas as pd
     from tqdm import tqdm
 
+    statuses = []
+    run = dict(staging=staging, cell_timeout=args.cell_timeout, reuse=not args.fresh_kernels,
+               published=out)
+    with tqdm(total=len(tasks) + 1, unit="nb", desc="study", file=sys.stderr) as bar:
+        for s in runner.run(tasks, **run):
+            statuses.append(s)
+            bar.update(1)
+            bar.write(_line(s))
+        results.concat_results(staging)
+        for name in dict.fromkeys(args.scenarios):  # the parts' files, combined
+            if name in SCENARIO_PARTS:
+                results.combine_parts(staging, name)
+        status = tidy(pd.DataFrame(statuses, columns=results.STATUS_COLUMNS), ["name"])
+        atomic_write(staging / "status.csv", csv_text(status))
+        # The summary last, on a worker (whose kernel is warm when kernels are reused).
+        summary_task = Task("index", "summary.ipynb", "index.ipynb", {},
+                            folder_param="reports_dir")
+        statuses.append(next(iter(runner.run([summary_task], **run,
+                                             inputs=_top_files(staging)))))
+        bar.update(1)
+        bar.write(_line(statuses[-1]))
+    return statuses
+
+
+def main(args) -> int:
+    """Run the batch; exit 0 when every run succeeded, 1 naming the failed ones, 2 on bad usage."""
     try:
         tasks = plan(args)
     except ValueError as e:
@@ -252,59 +232,35 @@ def main(args) -> int:
     staging = out / f".staging-{os.getpid()}"  # inside out: same file system, git-ignored
     previous = signal.signal(signal.SIGTERM, _sigterm)
     started = time.perf_counter()
-    statuses, runner = [], None
     try:
         try:
-            runner = _runner(args)
+            runner = runners.open_runner(args.cluster, args.jobs)
         except ValueError as e:  # cluster.ClusterError: the scheduler did not answer
             print(f"python -m selective_update study: error: {e}", file=sys.stderr)
             return 2
-        _remove_stale_staging(out)
-        shutil.rmtree(staging, ignore_errors=True)
-        (staging / "runs").mkdir(parents=True)
-        grids = sum(t.notebook == "strategy.ipynb" for t in tasks)
-        print(f"study: {grids} strategy notebooks + {len(tasks) - grids - 1} scenario(s) + seed "
-              f"answer + summary, {runner.describe()} -> {out}", flush=True)
-        with tqdm(total=len(tasks) + 1, unit="nb", desc="study", file=sys.stderr) as bar:
-            try:
-                run = dict(staging=staging, cell_timeout=args.cell_timeout,
-                           reuse=not args.fresh_kernels, published=out)
-                for s in runner.run(tasks, **run):
-                    statuses.append(s)
-                    bar.update(1)
-                    bar.write(_line(s))
-                results.concat_results(staging)
-                for name in dict.fromkeys(args.scenarios):  # the parts' files, combined
-                    if name in SCENARIO_PARTS:
-                        results.combine_parts(staging, name)
-                status = tidy(pd.DataFrame(statuses, columns=results.STATUS_COLUMNS), ["name"])
-                atomic_write(staging / "status.csv", csv_text(status))
-                # The summary last, on a worker (whose kernel is warm when kernels are reused).
-                summary_task = Task("index", "summary.ipynb", "index.ipynb", {},
-                                    folder_param="reports_dir")
-                summary = next(iter(runner.run([summary_task], **run,
-                                               inputs=_top_files(staging))))
-                bar.update(1)
-                bar.write(_line(summary))
-            except BaseException:
-                runner.stop()
-                runner = None
-                raise
-            runner.close()
-            runner = None
+        try:
+            _remove_stale_staging(out)
+            shutil.rmtree(staging, ignore_errors=True)
+            (staging / "runs").mkdir(parents=True)
+            grids = sum(t.notebook == "strategy.ipynb" for t in tasks)
+            print(f"study: {grids} strategy notebooks + {len(tasks) - grids - 1} scenario(s) + "
+                  f"seed answer + summary, {runner.describe()} -> {out}", flush=True)
+            statuses = _run_batch(runner, tasks, staging, out, args)
+        except BaseException:
+            runner.stop()
+            raise
+        runner.close()
         _publish(staging, out)
     except KeyboardInterrupt:
-        if runner is not None:  # interrupted while the cluster was starting
-            runner.stop()
         print(f"\nstudy: interrupted; {out} keeps its previous reports", file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
         shutil.rmtree(staging, ignore_errors=True)
-    failed = [s for s in statuses + [summary] if s["status"] != "ok"]
-    wall = time.perf_counter() - started
-    print(f"study: {len(statuses) + 1 - len(failed)} of {len(statuses) + 1} notebooks ok in "
-          f"{wall:.0f} s; reports in {out}/ (index.html, results.csv, runs/)")
+    failed = [s for s in statuses if s["status"] != "ok"]
+    print(f"study: {len(statuses) - len(failed)} of {len(statuses)} notebooks ok in "
+          f"{time.perf_counter() - started:.0f} s; reports in {out}/ (index.html, results.csv, "
+          "runs/)")
     if failed:
         print("study: failed: " + "; ".join(f"{s['name']} ({s['error']}) -> {out}/{s['html']}"
                                            for s in failed), file=sys.stderr)
