@@ -8,10 +8,10 @@ from a report sits between two markers,
     <!-- end generated: NAME -->
 
 and this command rewrites what is between them from the CSV files that `make study` and
-`make bench` wrote (`make study` and `make bench` call it). A block marked
-`(from the registry)` is written from the package itself (the strategies' records). A block whose source file is not in
-the reports folder is left as it is and named; `--check` changes nothing and exits 1 when a block
-differs from what the reports say.
+`make bench` wrote (`make study` and `make bench` call it); a block marked `(from the registry)`
+is written from the package itself (the strategies' records). A block whose source file is not
+in the reports folder is left as it is and named; `--check` changes nothing and exits 1 when a
+block differs from what the reports say.
 """
 from __future__ import annotations
 

@@ -14,8 +14,8 @@ import sys
 # it once, at its first log line, which the import writes, so it holds for the session ops too,
 # while a level the user set (0 to see them) wins. TF_USE_LEGACY_KERAS 1 skips the eager import of
 # Keras 3 inside `import tensorflow` (~2 s); tf.keras reads the variable again when first used, so
-# once it is put back tf.keras is Keras 3 as usual (issue 15: it used to stay set, and tf.keras
-# then failed with "Keras cannot be imported").
+# once it is put back tf.keras is Keras 3 as usual (left set, tf.keras would fail with "Keras
+# cannot be imported").
 IMPORT_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_USE_LEGACY_KERAS": "1"}
 
 

@@ -162,7 +162,7 @@ CLASS_SEQUENCE_MAX_FORGETTING = 0.02
 BOUND_SETTINGS = {"all_params": "joint", "masked_loss": "fine-tuning"}
 # --- end of the new-class scenario ------------------------------------------------------------
 
-# --- the helpers for your own model (selective_update.torch, issue 15) ----------------------------
+# --- the helpers for your own model (selective_update.torch) -------------------------------------
 # NullSpaceProjector: a projected random step keeping less than this share of its norm means the
 # constraints span every direction the optimizer can take (TrivialNullSpaceWarning at attach()).
 TRIVIAL_SHARE = 1e-3

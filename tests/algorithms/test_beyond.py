@@ -1,4 +1,4 @@
-"""Beyond the batch (issue 9): reference inputs, layer_subspace, grow, distill; broken promises.
+"""Beyond the batch: reference inputs, layer_subspace, grow, distill; broken promises.
 
 Every new promise is measured over 4 optimizers x weight decay {0, 0.01} x warm start {0, 2} x
 both frameworks, on the toy set-up and on a 3-output net (two hidden layers) that keeps two.

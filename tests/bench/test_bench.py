@@ -103,7 +103,7 @@ def test_beyond_batch_part_writes_its_rows_under_its_old_name_too(tmp_path):
     for n_ref in ("batch", "64", "256"):
         assert ("null_space_corrected", n_ref) in seen and ("null_space", n_ref) in seen
     assert any(s == "null_space_corrected" and int(n) > 1000 for s, n in seen if n.isdigit())
-    for n_ref in ("batch", "64", "256"):  # issue 16, next to null_space
+    for n_ref in ("batch", "64", "256"):  # next to null_space
         assert ("compensated_gradient", n_ref) in seen
     goals = {r["strategy"]: r["goal"] for r in rows if r["goal"]}
     assert set(goals) == {"layer_subspace", "grow", "null_space_corrected",

@@ -133,6 +133,6 @@ def test_bad_input_is_refused_before_the_graph_changes():
 
 
 def test_tf_keras_works_in_the_process_that_imported_the_tf1_helpers():
-    """quiet_import set TF_USE_LEGACY_KERAS only while TensorFlow imported (issue 15: tf.keras
-    used to fail for the whole process); a fresh process checks it too (tests/test_keras.py)."""
+    """quiet_import set TF_USE_LEGACY_KERAS only while TensorFlow imported (left set, tf.keras
+    would fail for the whole process); a fresh process checks it too (tests/test_keras.py)."""
     assert tf.keras.layers.Dense(3)(tf.ones((2, 4))).shape == (2, 3)

@@ -14,7 +14,7 @@ pseudo-inverse when that factor is not finite). They square J's condition number
 with squared singular values below ~jitter * max are left free, a leak of about
 sqrt(jitter * max) * |step| per step. One factorization before the step serves the projection
 and the Gauss-Newton corrections while they converge fast. The batch path (reference=None) stays in
-nullspace.py, bit for bit as before.
+nullspace.py.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""Time the strategies that protect more than the batch (issue 9) on the digits net, 64-16-10.
+"""Time the strategies that protect more than the batch on the digits net, 64-16-10.
 
 Rows of part `beyond_batch`: the plain step; null_space and null_space_corrected against a
 reference set of n_ref kept training digits (the batch, 64, 256, all ~1,080); compensated_gradient
-on the batch (issue 16: nine kept outputs x 32 samples, 288 constraints) and on 64 and 256 digits;
+on the batch (nine kept outputs x 32 samples, 288 constraints) and on 64 and 256 digits;
 layer_subspace (reference 256); grow against a plain step of the grown net (64-(16 + grow)-10).
 Each framework through its make_steps, strategies interleaved repeat by repeat.
 """
@@ -20,7 +20,7 @@ REFERENCE_SIZES = (None, 64, 256, "all")  # None: the batch itself
 # (0.75 GB, singular beyond the 1,210 parameters), so it is timed on the smaller sets only.
 COMPENSATED_REFERENCE_SIZES = (64, 256)
 LAYER_SUBSPACE_REFERENCE = 256
-# Goals of issue 9 (64-16-10, 2 cores): seconds for one corrected step against every kept digit,
+# Goals (64-16-10, 2 cores): seconds for one corrected step against every kept digit,
 # and ratios to the plain step (for grow: the plain step of the grown net).
 CORRECTED_ALL_GOAL_S = 0.25
 GOALS = {"layer_subspace": 1.5, "grow": 1.3, "compensated_gradient": 10.0}
@@ -106,7 +106,7 @@ def bench_beyond_batch(args, env, log) -> list:
 
 
 def _goal(row, plain, plain_grown, all_label):
-    """Set the row's ratio and goal (issue 9's targets; compensated_gradient: issue 16's)."""
+    """Set the row's ratio and goal (the targets above)."""
     strategy = row["strategy"]
     row["ratio_to_plain"] = row["median_s"] / (plain_grown if strategy == "grow" else plain)
     if strategy in GOALS and (strategy != "compensated_gradient" or row["n_ref"] == "batch"):

@@ -13,9 +13,9 @@ Parts (`--parts`, default all of them):
             of the projection alone (Gram vs Jacobian), log-log figures and measured slopes;
   beyond_batch  protecting inputs beyond the batch, on the digits net (beyond_batch.py):
             null_space and null_space_corrected against 0..1,080 kept digits, layer_subspace,
-            grow, and compensated_gradient on the batch (issue 16) (`reference`, the part's
+            grow, and compensated_gradient on the batch (`reference`, the part's
             earlier name, is still accepted);
-  helpers   issue 15's helpers for your own model (helpers.py) on a ~55k-parameter CNN, float32:
+  helpers   the helpers for your own model (helpers.py) on a ~55k-parameter CNN, float32:
             split_head, NullSpaceProjector on 64 and 512 protected images (and corrected on 64),
             LayerSubspaceProjector on 512, each against a plain AdamW step; peak RSS of the
             512-image projector in a fresh process (torch only; --quick: 8 and 16 images);

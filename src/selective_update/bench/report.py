@@ -77,7 +77,7 @@ def beyond_batch_table(frame):
 
 
 def helpers_table(frame):
-    """The helpers part: each helper's step against the plain step, with issue 15's targets."""
+    """The helpers part: each helper's step against the plain step, with their targets."""
     from IPython.display import Markdown
 
     import pandas as pd

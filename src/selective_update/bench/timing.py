@@ -39,7 +39,7 @@ JACOBIAN_REPEATS = 5  # table; the sweep's Jacobian points take min(--sweep-repe
 JACOBIAN_SWEEP_REPEATS = 3
 GOALS = {"null_space": 2.5, "null_space_corrected": 5.0, "split_head": 1.05,
          "masked_last_layer": 1.05}
-# Issue 16: compensated_gradient at 784-512-10, batch 128 only, x the plain step by threads.
+# compensated_gradient at 784-512-10, batch 128 only, x the plain step by threads.
 COMPENSATED_SIZE = ("784-512-10", 128)
 COMPENSATED_GOALS = {1: 1.4, 2: 1.3}
 EXPECTED_SLOPES = {
