@@ -231,13 +231,27 @@ def test_the_runner_rule_can_fail():
     assert len(_runner_findings(stray)) == 4
 
 
+def test_public_faces_export_what_users_call_only():
+    import types
+
+    import selective_update.core as core
+
+    for face in (su, core):
+        for name in face.__all__:
+            value = getattr(face, name)
+            assert not isinstance(value, types.ModuleType), (face.__name__, name)
+            assert not (name.isupper() and hasattr(settings, name)), (face.__name__, name)
+    assert "run" in su.__all__ and len(su.__all__) <= 20 and len(core.__all__) <= 25
+    assert su.core.RunConfig and su.core.runs.RESTORE_TOL  # what left the faces still imports
+
+
 def test_settings_are_the_one_home():
     """Values that used to be copied now come from settings (the copies are gone)."""
     from selective_update import datasets
     from selective_update.core import verdicts
 
     assert verdicts.BATCH_EXACT_TOL is settings.BATCH_EXACT_TOL
-    assert su.RESTORE_TOL is settings.RESTORE_TOL
+    assert su.core.runs.RESTORE_TOL is settings.RESTORE_TOL
     assert datasets.DATA_DIR == settings.DATA_DIR
     for path in MODULES:
         if path.name == "settings.py":

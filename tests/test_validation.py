@@ -97,7 +97,7 @@ def test_framework_module_run_validates_too(framework):
 
 def test_good_arguments_pass_the_checks():
     config = su.check_run("all_params", "torch", **OK)
-    assert isinstance(config, su.RunConfig)
+    assert isinstance(config, su.core.RunConfig)
     assert config.keep == (0,) and config.train == (1,) and config.lr == 0.1
     assert config.warm_start_lr == 0.1 and config.energy is None
 

@@ -12,20 +12,16 @@ from __future__ import annotations
 
 import importlib
 
-from . import core, validation
+from . import core as core, validation
 from .core import (
-    DTYPES,
     FRAMEWORKS,
     OPTIMIZERS,
     PROMISES,
-    SEED_PHASES,
     STRATEGIES,
     Data,
     RestoreWarning,
-    RunConfig,
     RunResult,
     SeedDemo,
-    Strategy,
     TrivialNullSpaceWarning,
     check_run,
     drift,
@@ -34,14 +30,13 @@ from .core import (
     promise,
 )
 from .notices import PromiseWarning
-from .settings import ADAM_BETAS, ADAM_EPS, GAUSS_NEWTON_MAX_STEPS, MOMENTUM, RESTORE_TOL
 
 __version__ = "0.1.0"
-__all__ = ["ADAM_BETAS", "ADAM_EPS", "DTYPES", "Data", "FRAMEWORKS", "GAUSS_NEWTON_MAX_STEPS",
-           "MOMENTUM", "OPTIMIZERS", "PROMISES", "PromiseWarning", "RESTORE_TOL", "RestoreWarning",
-           "RunConfig", "RunResult", "SEED_PHASES", "STRATEGIES", "SeedDemo", "Strategy",
-           "TrivialNullSpaceWarning", "backend", "check_run", "core", "drift", "init_params",
-           "make_toy_data", "promise", "run", "seed_demo", "validation"]
+# What a user calls; the rest stays importable from its module (selective_update.settings for
+# the constants, selective_update.core for RunConfig, check_run, Strategy, ...).
+__all__ = ["Data", "FRAMEWORKS", "OPTIMIZERS", "PROMISES", "PromiseWarning", "RestoreWarning",
+           "RunResult", "STRATEGIES", "TrivialNullSpaceWarning", "backend", "drift", "init_params",
+           "make_toy_data", "promise", "run", "seed_demo"]
 
 
 def backend(name):
