@@ -246,6 +246,12 @@ def _execute_logged(task, staging, cell_timeout, reuse, published):
 
 
 def _execute(task, staging, output, params, cell_timeout, start, reuse, published):
+    """Run one task's notebook with papermill on this worker's kernel into `output`, retrying a
+    kernel that failed to start once; render its HTML page and return the run's status row.
+
+    A failed cell, a cell past cell_timeout or a dead kernel fails the run with one line naming
+    the cell; the notebook is marked at that cell (mark_failure), and its kernel is not reused.
+    """
     import nbformat
     import papermill as pm
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
