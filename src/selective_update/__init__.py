@@ -48,7 +48,8 @@ def backend(name):
 def run(strategy, framework, *, params, data, keep=(0,), train=(1,), optimizer="sgd", lr=0.1,
         steps=1, weight_decay=0.0, warm_start_steps=0, dtype="float64", device="cpu",
         warm_start_lr=None, reference=None, energy=None, grow=None,
-        distill_weight=None, batch_size=None, batch_seed=0) -> RunResult:
+        distill_weight=None, batch_size=None, batch_seed=0, activation="sigmoid",
+        loss="mse") -> RunResult:
     """Train the `train` outputs with one strategy in one framework and record every step.
 
     Args:
@@ -73,6 +74,10 @@ def run(strategy, framework, *, params, data, keep=(0,), train=(1,), optimizer="
             numpy from batch_seed (the same in both frameworks; n % batch_size rows sit an epoch
             out). Without a reference, strategies that protect the batch protect each step's own
             mini-batch (promises minibatch_exact / minibatch_first_order).
+        activation, loss: the hidden layers' "sigmoid" (the seed's) or "relu"; the loss "mse"
+            (the seed's) or "cross_entropy" (softmax against the rows of y as target
+            distributions, one-hot for labels; a masked loss takes the softmax over the trained
+            outputs only, so the kept outputs get no gradient).
 
     Returns:
         A RunResult: outputs per step on x, x_eval (and reference), drift_train, drift_eval,

@@ -34,7 +34,7 @@ def first_inputs(ops, x, x_protected=None):
             nullspace.input_products(ops, x_protected, x))
 
 
-def compensate(ops, Ws, hs, G, keep, hs_protected=None, inputs=None):
+def compensate(ops, Ws, hs, G, keep, hs_protected=None, inputs=None, activation="sigmoid"):
     """Return (G', alpha): what to back-propagate so the kept outputs hold to first order.
 
     Ws: the layers' weights; hs: the layer inputs [x, h1, ...] of the forward pass that gave the
@@ -54,7 +54,7 @@ def compensate(ops, Ws, hs, G, keep, hs_protected=None, inputs=None):
         m = K * rows
         seed = nullspace.kept_seed(ops, keep, n, n_out, G)
         # the kept outputs' deltas and G's, back-propagated together: (K + 1, n, d_l) per layer
-        both = nullspace.kept_deltas(ops, Ws, hs, ops.concat([seed, G_seed], 0))
+        both = nullspace.kept_deltas(ops, Ws, hs, ops.concat([seed, G_seed], 0), activation)
         grams = nullspace.gram(ops, hs, [D[:K] for D in both], against=both,
                                first_inputs=inputs)  # [K_kk | K_kG]
         K_kk, cross = grams[:, :m], grams[:, m:]
@@ -62,8 +62,8 @@ def compensate(ops, Ws, hs, G, keep, hs_protected=None, inputs=None):
         rows = hs_protected[0].shape[0]
         m = K * rows
         seed = nullspace.kept_seed(ops, keep, rows, n_out, G)
-        deltas = nullspace.kept_deltas(ops, Ws, hs_protected, seed)
-        carried = nullspace.kept_deltas(ops, Ws, hs, G_seed)
+        deltas = nullspace.kept_deltas(ops, Ws, hs_protected, seed, activation)
+        carried = nullspace.kept_deltas(ops, Ws, hs, G_seed, activation)
         kk_inputs, cross_inputs = (None, None) if inputs is None else inputs
         K_kk = nullspace.gram(ops, hs_protected, deltas, first_inputs=kk_inputs)
         cross = nullspace.gram(ops, hs_protected, deltas, against=carried, hs_against=hs,
@@ -76,6 +76,7 @@ def compensate(ops, Ws, hs, G, keep, hs_protected=None, inputs=None):
     return (G - correction if hs_protected is None else -correction), alpha
 
 
-def compensated_gradient(ops, Ws, hs, G, keep, hs_protected=None, inputs=None):
+def compensated_gradient(ops, Ws, hs, G, keep, hs_protected=None, inputs=None,
+                         activation="sigmoid"):
     """Return G' only (compensate): the output gradient(s) to back-propagate in place of G."""
-    return compensate(ops, Ws, hs, G, keep, hs_protected, inputs)[0]
+    return compensate(ops, Ws, hs, G, keep, hs_protected, inputs, activation)[0]

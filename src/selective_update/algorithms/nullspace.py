@@ -16,11 +16,24 @@ import numpy as np
 from .solve import pinv_solve
 
 
-def forward(ops, Ws, bs, x):
-    """Return the layer inputs [x, h1, ..., h_{L-1}] and the outputs of a sigmoid MLP."""
+ACTIVATIONS = ("sigmoid", "relu")  # of the hidden layers; the output layer is linear
+
+
+def activate(ops, a, activation="sigmoid"):
+    """Apply a hidden layer's activation."""
+    return ops.sigmoid(a) if activation == "sigmoid" else ops.relu(a)
+
+
+def slope(ops, h, activation="sigmoid"):
+    """Return the activation's derivative at each unit, from the unit's output h."""
+    return h * (1.0 - h) if activation == "sigmoid" else ops.positive(h)
+
+
+def forward(ops, Ws, bs, x, activation="sigmoid"):
+    """Return the layer inputs [x, h1, ..., h_{L-1}] and the outputs of an MLP."""
     hs = [x]
     for W, b in zip(Ws[:-1], bs[:-1]):
-        hs.append(ops.sigmoid(ops.matmul(hs[-1], W) + b))
+        hs.append(activate(ops, ops.matmul(hs[-1], W) + b, activation))
     return hs, ops.matmul(hs[-1], Ws[-1]) + bs[-1]
 
 
@@ -32,12 +45,12 @@ def kept_seed(ops, keep, n, n_out, like):
     return ops.const(seed, like)
 
 
-def kept_deltas(ops, Ws, hs, seed):
+def kept_deltas(ops, Ws, hs, seed, activation="sigmoid"):
     """Back-propagate the kept outputs to every layer: a list of (K, n, d_l), first layer first."""
     deltas = [seed]
     for l in range(len(Ws) - 1, 0, -1):
-        h = hs[l]
-        deltas.insert(0, ops.einsum("kbj,ij->kbi", deltas[0], Ws[l]) * (h * (1.0 - h)))
+        deltas.insert(0, ops.einsum("kbj,ij->kbi", deltas[0], Ws[l])
+                      * slope(ops, hs[l], activation))
     return deltas
 
 
@@ -92,51 +105,53 @@ def _least_norm_correction(ops, hs, deltas, residual):
     return vjp(ops, hs, deltas, ops.reshape(alpha, (K, n)))
 
 
-def correction(ops, Ws, bs, x, keep, dWs, dbs, hs=None):
+def correction(ops, Ws, bs, x, keep, dWs, dbs, hs=None, activation="sigmoid"):
     """Return J^T (J J^T)^+ J (dWs, dbs): the part of a step that moves the kept outputs at x.
 
     `hs`: the layer inputs [x, h1, ...] at (Ws, bs) when the caller already has them (the
     gradient's forward pass); the forward pass is then skipped.
     """
     if hs is None:
-        hs, _ = forward(ops, Ws, bs, x)
-    deltas = kept_deltas(ops, Ws, hs, kept_seed(ops, keep, x.shape[0], Ws[-1].shape[1], x))
+        hs, _ = forward(ops, Ws, bs, x, activation)
+    seed = kept_seed(ops, keep, x.shape[0], Ws[-1].shape[1], x)
+    deltas = kept_deltas(ops, Ws, hs, seed, activation)
     return _least_norm_correction(ops, hs, deltas, jvp(ops, hs, deltas, dWs, dbs))
 
 
-def project(ops, Ws, bs, x, keep, dWs, dbs, hs=None):
+def project(ops, Ws, bs, x, keep, dWs, dbs, hs=None, activation="sigmoid"):
     """Project a proposed step (dWs, dbs) onto the null space of the kept outputs' Jacobian at x."""
-    cWs, cbs = correction(ops, Ws, bs, x, keep, dWs, dbs, hs)
+    cWs, cbs = correction(ops, Ws, bs, x, keep, dWs, dbs, hs, activation)
     return [d - c for d, c in zip(dWs, cWs)], [d - c for d, c in zip(dbs, cbs)]
 
 
-def kept_outputs(ops, Ws, bs, x, keep):
+def kept_outputs(ops, Ws, bs, x, keep, activation="sigmoid"):
     """Return the kept outputs (K, n) at x."""
-    _, out = forward(ops, Ws, bs, x)
+    _, out = forward(ops, Ws, bs, x, activation)
     seed = kept_seed(ops, keep, x.shape[0], out.shape[1], x)
     return ops.einsum("kbj,bj->kb", seed, out)
 
 
-def _kept_residual(ops, Ws, bs, x, keep, target):
+def _kept_residual(ops, Ws, bs, x, keep, target, activation):
     """Return the layer inputs at (Ws, bs) and the kept outputs' residual (K, n) from target."""
-    hs, out = forward(ops, Ws, bs, x)
+    hs, out = forward(ops, Ws, bs, x, activation)
     seed = kept_seed(ops, keep, x.shape[0], out.shape[1], x)
     return hs, ops.einsum("kbj,bj->kb", seed, out) - target
 
 
-def gauss_newton(ops, Ws, bs, x, keep, target, hs=None, residual=None):
+def gauss_newton(ops, Ws, bs, x, keep, target, hs=None, residual=None, activation="sigmoid"):
     """Take one Gauss-Newton step that moves the kept outputs at x back to target (K, n).
 
     `hs`, `residual`: the forward pass at (Ws, bs) when the caller has it (restore does).
     """
     if hs is None:
-        hs, residual = _kept_residual(ops, Ws, bs, x, keep, target)
-    deltas = kept_deltas(ops, Ws, hs, kept_seed(ops, keep, x.shape[0], Ws[-1].shape[1], x))
+        hs, residual = _kept_residual(ops, Ws, bs, x, keep, target, activation)
+    seed = kept_seed(ops, keep, x.shape[0], Ws[-1].shape[1], x)
+    deltas = kept_deltas(ops, Ws, hs, seed, activation)
     cWs, cbs = _least_norm_correction(ops, hs, deltas, residual)
     return [W - c for W, c in zip(Ws, cWs)], [b - c for b, c in zip(bs, cbs)]
 
 
-def restore(ops, Ws, bs, x, keep, target, tol, max_steps):
+def restore(ops, Ws, bs, x, keep, target, tol, max_steps, activation="sigmoid"):
     """Take Gauss-Newton steps until the kept outputs at x are within tol of target (K, n).
 
     One forward pass per step: the pass that measures the error also feeds the next step.
@@ -144,7 +159,7 @@ def restore(ops, Ws, bs, x, keep, target, tol, max_steps):
     L = len(Ws)
 
     def state(Ws, bs):
-        hs, residual = _kept_residual(ops, Ws, bs, x, keep, target)
+        hs, residual = _kept_residual(ops, Ws, bs, x, keep, target, activation)
         return ops.reduce_max(abs(residual)), residual, hs[1:]
 
     def cond(i, err, residual, *rest):
@@ -153,7 +168,7 @@ def restore(ops, Ws, bs, x, keep, target, tol, max_steps):
     def body(i, err, residual, *rest):
         hidden, layers = list(rest[:L - 1]), rest[L - 1:]
         Ws, bs = gauss_newton(ops, list(layers[:L]), list(layers[L:]), x, keep, target,
-                              hs=[x] + hidden, residual=residual)
+                              hs=[x] + hidden, residual=residual, activation=activation)
         err, residual, hidden = state(Ws, bs)
         return (i + 1, err, residual, *hidden, *Ws, *bs)
 

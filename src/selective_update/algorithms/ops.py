@@ -17,6 +17,9 @@ class Ops(Protocol):
 
     # --- elementwise and shape ------------------------------------------------------------
     def sigmoid(self, a: Tensor) -> Tensor: """Apply the logistic sigmoid."""
+    def relu(self, a: Tensor) -> Tensor: """Apply max(a, 0)."""
+    def positive(self, a: Tensor) -> Tensor: """Return 1.0 where a > 0, else 0.0 (a's dtype)."""
+    def exp(self, a: Tensor) -> Tensor: """Exponentiate elementwise."""
     def square(self, a: Tensor) -> Tensor: """Square elementwise."""
     def maximum(self, a: Tensor, b: Tensor) -> Tensor: """Take the elementwise maximum."""
     def where(self, condition: Tensor, a: Tensor, b: Tensor) -> Tensor: """Pick a or b."""
@@ -35,6 +38,8 @@ class Ops(Protocol):
     def reduce_sum(self, a: Tensor, axis: int) -> Tensor: """Sum over one axis."""
     def reduce_max(self, a: Tensor) -> Tensor: """Return the largest element."""
     def reduce_mean(self, a: Tensor) -> Tensor: """Return the mean of every element."""
+    def logsumexp(self, a: Tensor, axis: int) -> Tensor:
+        """Return log(sum(exp(a))) over one axis, the axis kept (size 1)."""
     def trace(self, a: Tensor) -> Tensor: """Sum the diagonal of a square matrix."""
     def add_diagonal(self, a: Tensor, value: Tensor) -> Tensor:
         """Return a square matrix with value added to its diagonal (a + value * I)."""

@@ -78,12 +78,12 @@ def param_gram(ops, hs, deltas):
     return ops.concat(rows, 0)
 
 
-def factor(ops, Ws, bs, x, keep, form, hs=None):
+def factor(ops, Ws, bs, x, keep, form, hs=None, activation="sigmoid"):
     """Factor the kept outputs' Jacobian at (Ws, bs) over inputs x in the given form."""
     if hs is None:
-        hs, _ = nullspace.forward(ops, Ws, bs, x)
+        hs, _ = nullspace.forward(ops, Ws, bs, x, activation)
     seed = nullspace.kept_seed(ops, keep, x.shape[0], Ws[-1].shape[1], x)
-    deltas = nullspace.kept_deltas(ops, Ws, hs, seed)
+    deltas = nullspace.kept_deltas(ops, Ws, hs, seed, activation)
     if form == "jacobian":
         return Factor(form, hs, deltas, solve.svd_factor(ops, jacobian(ops, hs, deltas)))
     A = nullspace.gram(ops, hs, deltas) if form == "gram" else param_gram(ops, hs, deltas)
@@ -132,7 +132,7 @@ def project(ops, F, dWs, dbs, sweeps):
     return dWs, dbs
 
 
-def restore(ops, Ws, bs, x, keep, target, tol, max_steps, form, F=None):
+def restore(ops, Ws, bs, x, keep, target, tol, max_steps, form, F=None, activation="sigmoid"):
     """Take Gauss-Newton steps until the kept outputs at x are within tol of target (K, n).
 
     F: a factored Jacobian to start from (default: factor at (Ws, bs)). It is reused (a chord
@@ -142,11 +142,11 @@ def restore(ops, Ws, bs, x, keep, target, tol, max_steps, form, F=None):
     L = len(Ws)
 
     def residual_at(Ws, bs):
-        residual = nullspace.kept_outputs(ops, Ws, bs, x, keep) - target
+        residual = nullspace.kept_outputs(ops, Ws, bs, x, keep, activation) - target
         return ops.reduce_max(abs(residual)), residual
 
     def refactor(Ws, bs):
-        return tuple(factor(ops, Ws, bs, x, keep, form)[1:])  # (hs, deltas, solver)
+        return tuple(factor(ops, Ws, bs, x, keep, form, activation=activation)[1:])
 
     def cond(i, err, residual, *rest):
         return (i < max_steps) & (err > tol)
@@ -166,14 +166,15 @@ def restore(ops, Ws, bs, x, keep, target, tol, max_steps, form, F=None):
     return list(rest[:L]), list(rest[L:2 * L]), err
 
 
-def protected_step(ops, Ws, bs, x, keep, dWs, dbs, *, form, sweeps, corrected, tol, max_steps):
+def protected_step(ops, Ws, bs, x, keep, dWs, dbs, *, form, sweeps, corrected, tol, max_steps,
+                   activation="sigmoid"):
     """Return the new (Ws, bs) and the final residual (or None) of a reference-protected step.
 
     (Ws, bs): the parameters before the step; (dWs, dbs): the optimizer's proposed step. The
     Jacobian factored before the step serves the projection and the corrections (see restore).
     """
-    hs, out = nullspace.forward(ops, Ws, bs, x)
-    F = factor(ops, Ws, bs, x, keep, form, hs=hs)
+    hs, out = nullspace.forward(ops, Ws, bs, x, activation)
+    F = factor(ops, Ws, bs, x, keep, form, hs=hs, activation=activation)
     pWs, pbs = project(ops, F, dWs, dbs, sweeps)
     new_Ws = [W + d for W, d in zip(Ws, pWs)]
     new_bs = [b + d for b, d in zip(bs, pbs)]
@@ -181,4 +182,4 @@ def protected_step(ops, Ws, bs, x, keep, dWs, dbs, *, form, sweeps, corrected, t
         return new_Ws, new_bs, None
     seed = nullspace.kept_seed(ops, keep, x.shape[0], Ws[-1].shape[1], x)
     target = ops.einsum("kbj,bj->kb", seed, out)  # the kept outputs before the step
-    return restore(ops, new_Ws, new_bs, x, keep, target, tol, max_steps, form, F)
+    return restore(ops, new_Ws, new_bs, x, keep, target, tol, max_steps, form, F, activation)

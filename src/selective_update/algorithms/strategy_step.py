@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..core.nets import layer_sizes, output_gradient, output_mask
 from ..settings import GAUSS_NEWTON_MAX_STEPS, PROJECTION_SWEEPS, RESTORE_TOL
 from . import compensated, nullspace, protected, subspace
@@ -79,31 +81,58 @@ def var_list(strategy, net, train) -> list:
     return [net.heads_W[k] for k in train] + [net.heads_b[k] for k in train]
 
 
-def loss(ops, strategy, out, y, mask, penalty=None):
+def loss(ops, strategy, out, y, mask, penalty=None, kind="mse", train=None):
     """Return the strategy's scalar loss at outputs `out` (output_gradient has none: None).
 
-    mask: the 0/1 row of the trained outputs; penalty: distill's term (distill_penalty).
+    mask: the 0/1 row of the trained outputs; penalty: distill's term (distill_penalty);
+    kind: "mse", or "cross_entropy" whose masked loss takes the softmax over the `train` columns
+    only (the kept outputs get no gradient, as mask * (out - y) gives them none).
     compensated_gradient's is the masked loss: its gradient with respect to `out` is the G that
     algorithms.compensated turns into G'.
     """
     if strategy.loss == "output_gradient":
         return None
-    error = out - y if strategy.loss == "full" else mask * (out - y)
-    value = ops.reduce_mean(ops.square(error))
+    if kind == "mse":
+        error = out - y if strategy.loss == "full" else mask * (out - y)
+        value = ops.reduce_mean(ops.square(error))
+    else:
+        value = cross_entropy(ops, out, y, None if strategy.loss == "full" else train)
     return value + penalty if strategy.loss == "distill" else value
 
 
-def loss_gradient(ops, strategy, out, y, mask):
-    """Return the gradient of loss() with respect to `out`, in closed form: 2 e / out's size,
-    e = mask * (out - y) (mask is 0/1, so mask * e = e; out - y for the full loss).
+def cross_entropy(ops, out, y, columns=None):
+    """Return the mean over samples of -sum_j y_j log softmax(out)_j, the rows of y as target
+    distributions; columns: the softmax over those output columns only."""
+    if columns is not None:
+        out, y = ops.gather(out, columns, 1), ops.gather(y, columns, 1)
+    log_p = out - ops.logsumexp(out, 1)
+    return -ops.reduce_sum(ops.reduce_sum(y * log_p, 1), 0) / float(int(out.shape[0]))
 
+
+def loss_gradient(ops, strategy, out, y, mask, kind="mse", train=None):
+    """Return the gradient of loss() with respect to `out`, in closed form.
+
+    mse: 2 e / out's size, e = mask * (out - y) (mask is 0/1, so mask * e = e; out - y for the
+    full loss). cross_entropy: (s p - y) / n on the softmax's columns, p the softmax there and s
+    the row sums of y there; 0 elsewhere.
     compensated_gradient's G, without a backward pass through the loss (tests check it against
     each framework's own differentiation of loss()).
     """
     if strategy.loss not in ("full", "masked", "compensated_gradient"):
         raise ValueError(f"loss_gradient: no closed form for {strategy.name!r}'s loss")
-    error = out - y if strategy.loss == "full" else mask * (out - y)
-    return error * (2.0 / (int(out.shape[0]) * int(out.shape[1])))
+    n = int(out.shape[0])
+    if kind == "mse":
+        error = out - y if strategy.loss == "full" else mask * (out - y)
+        return error * (2.0 / (n * int(out.shape[1])))
+    columns = None if strategy.loss == "full" else list(train)
+    z, t = (out, y) if columns is None else (ops.gather(out, columns, 1), ops.gather(y, columns, 1))
+    p = ops.exp(z - ops.logsumexp(z, 1))
+    G = (p * ops.reshape(ops.reduce_sum(t, 1), (-1, 1)) - t) / float(n)
+    if columns is None:
+        return G
+    spread = np.zeros((len(columns), int(out.shape[1])))  # each column back to its output
+    spread[np.arange(len(columns)), columns] = 1.0
+    return ops.matmul(G, ops.const(spread, G))
 
 
 def differentiate(t, strategy, hs, out, inputs):
@@ -114,7 +143,7 @@ def differentiate(t, strategy, hs, out, inputs):
     hs, out: the forward pass on inputs.x; t: the trainer (its ops, config, layers, forward).
     """
     ops, config = t.ops, t.config
-    n_out = out.shape[1]
+    n_out = int(out.shape[1])
     if strategy.loss == "output_gradient":  # the question's G, averaged over the batch
         return [out], [ops.const(output_gradient(config.step_rows, n_out, config.train), out)]
     mask = ops.const(output_mask(n_out, config.train), out)
@@ -125,22 +154,22 @@ def differentiate(t, strategy, hs, out, inputs):
         Ws, bs = t.layers()
         penalty = subspace.distill_penalty(ops, Ws, bs, inputs.distilled, config.keep,
                                            inputs.start["distill_target"],
-                                           inputs.options["distill_weight"])
-    return [loss(ops, strategy, out, inputs.y, mask, penalty)], None
+                                           inputs.options["distill_weight"], config.activation)
+    return [loss(ops, strategy, out, inputs.y, mask, penalty, config.loss, config.train)], None
 
 
 def compensated_targets(t, strategy, hs, out, inputs, mask):
     """Back-propagate G' in place of the masked loss's G; with reference inputs, their outputs
     join the backward pass with -alpha on the kept outputs (algorithms.compensated)."""
-    ops, keep = t.ops, t.config.keep
+    ops, config = t.ops, t.config
     x_ref = inputs.reference
     hs_ref, out_ref = (None, None) if x_ref is None else t.forward(x_ref)
     with t.no_grad():
-        G = loss_gradient(ops, strategy, out, inputs.y, mask)
+        G = loss_gradient(ops, strategy, out, inputs.y, mask, config.loss, config.train)
         first = inputs.cached("first_inputs",
                               lambda: compensated.first_inputs(ops, inputs.x, x_ref))
-        G_prime = compensated.compensated_gradient(ops, t.layers()[0], hs, G, keep, hs_ref,
-                                                   first)
+        G_prime = compensated.compensated_gradient(ops, t.layers()[0], hs, G, config.keep,
+                                                   hs_ref, first, config.activation)
     return ([out], [G_prime]) if out_ref is None else ([out, out_ref], [G, G_prime])
 
 
@@ -228,7 +257,7 @@ def after_step(ops, strategy, config, inputs, hs, out, old, new):
     (old_Ws, old_bs), (new_Ws, new_bs) = old, new
     dWs = [n - o for n, o in zip(new_Ws, old_Ws)]
     dbs = [n - o for n, o in zip(new_bs, old_bs)]
-    keep = config.keep
+    keep, activation = config.keep, config.activation
     if strategy.subspace:  # the optimizer's step less its part along protected directions
         keep_mask = ops.const(keep_columns(out.shape[1], keep), out)
         cWs, cbs = subspace.correction(ops, inputs.start["bases"], dWs, dbs, keep_mask)
@@ -239,16 +268,17 @@ def after_step(ops, strategy, config, inputs, hs, out, old, new):
         return protected.protected_step(
             ops, old_Ws, old_bs, inputs.protected, keep, dWs, dbs, form=protected_form(config),
             sweeps=PROJECTION_SWEEPS, corrected=strategy.corrected, tol=tol,
-            max_steps=GAUSS_NEWTON_MAX_STEPS)
+            max_steps=GAUSS_NEWTON_MAX_STEPS, activation=activation)
     x = inputs.x
-    pWs, pbs = nullspace.project(ops, old_Ws, old_bs, x, keep, dWs, dbs, hs=hs)
+    pWs, pbs = nullspace.project(ops, old_Ws, old_bs, x, keep, dWs, dbs, hs, activation)
     Ws = [o + d for o, d in zip(old_Ws, pWs)]
     bs = [o + d for o, d in zip(old_bs, pbs)]
     if not strategy.corrected:
         return Ws, bs, None
     seed = nullspace.kept_seed(ops, keep, x.shape[0], out.shape[1], x)
     target = ops.einsum("kbj,bj->kb", seed, out)  # the kept outputs before the step
-    return nullspace.restore(ops, Ws, bs, x, keep, target, tol, GAUSS_NEWTON_MAX_STEPS)
+    return nullspace.restore(ops, Ws, bs, x, keep, target, tol, GAUSS_NEWTON_MAX_STEPS,
+                             activation)
 
 
 def project_step(ops, Ws, bs, x, keep, dWs, dbs):

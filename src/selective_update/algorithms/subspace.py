@@ -61,10 +61,10 @@ def correction(ops, split_bases, dWs, dbs, keep_mask):
 
 
 
-def distill_penalty(ops, Ws, bs, x, keep, target, weight):
+def distill_penalty(ops, Ws, bs, x, keep, target, weight, activation="sigmoid"):
     """Return weight * mean squared change of the kept outputs at x from target (K, n)."""
     from . import nullspace
 
-    change = nullspace.kept_outputs(ops, Ws, bs, x, keep) - target
+    change = nullspace.kept_outputs(ops, Ws, bs, x, keep, activation) - target
     return weight * ops.reduce_sum(ops.reshape(change * change, (-1,)), 0) / float(
         target.shape[0] * target.shape[1])

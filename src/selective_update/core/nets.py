@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..validation import check_int, check_real
+from ..validation import check_choice, check_int, check_real
 
 @dataclass(frozen=True)
 class Data:
@@ -36,8 +36,17 @@ def make_toy_data(n_sample=8, n_eval=256, seed=0, noise=0.01) -> Data:
     return Data(x, y, x_eval, y_eval)
 
 
-def init_params(sizes=(3, 4, 2), seed=0, stddev=0.1) -> dict:
-    """Draw N(0, stddev) weights and biases for an MLP with the given layer widths."""
+INITS = ("normal", "xavier_uniform")
+ACTIVATIONS = ("sigmoid", "relu")  # of the hidden layers (algorithms.nullspace.activate)
+LOSSES = ("mse", "cross_entropy")
+
+
+def init_params(sizes=(3, 4, 2), seed=0, stddev=0.1, init="normal") -> dict:
+    """Draw the weights and biases of an MLP with the given layer widths.
+
+    init: "normal", N(0, stddev) weights and biases (the seed's); "xavier_uniform", weights from
+    U(-a, a) with a = sqrt(6 / (fan_in + fan_out)) and zero biases (GEM's MLP; stddev unused).
+    """
     sizes = tuple(sizes) if isinstance(sizes, (list, tuple)) else sizes
     if (not isinstance(sizes, tuple) or len(sizes) < 3
             or not all(isinstance(s, numbers.Integral) and s >= 1 for s in sizes)):
@@ -47,11 +56,17 @@ def init_params(sizes=(3, 4, 2), seed=0, stddev=0.1) -> dict:
         raise ValueError(f"sizes: got {sizes!r}; allowed: at least 2 outputs")
     check_int("seed", seed, 0)
     check_real("stddev", stddev, 0.0)
+    check_choice("init", init, INITS)
     rng = np.random.default_rng(seed)
     params = {}
     for layer, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
-        params[f"W{layer}"] = rng.normal(0.0, stddev, (d_in, d_out))
-        params[f"b{layer}"] = rng.normal(0.0, stddev, d_out)
+        if init == "normal":
+            params[f"W{layer}"] = rng.normal(0.0, stddev, (d_in, d_out))
+            params[f"b{layer}"] = rng.normal(0.0, stddev, d_out)
+        else:
+            bound = np.sqrt(6.0 / (d_in + d_out))
+            params[f"W{layer}"] = rng.uniform(-bound, bound, (d_in, d_out))
+            params[f"b{layer}"] = np.zeros(d_out)
     return params
 
 
@@ -79,15 +94,16 @@ def output_gradient(n, n_out, train, dtype="float64") -> np.ndarray:
     return np.tile(-output_mask(n_out, train, dtype) / n, (n, 1))
 
 
-def forward(params, x):
-    """Return the layer inputs [x, h1, ..., h_{L-1}] and the outputs of a sigmoid MLP (numpy).
+def forward(params, x, activation="sigmoid"):
+    """Return the layer inputs [x, h1, ..., h_{L-1}] and the outputs of an MLP (numpy).
 
     The numpy twin of algorithms.nullspace.forward, for pretraining and scoring.
     """
     L = n_layers(params)
     hs = [x]
     for l in range(1, L):
-        hs.append(1.0 / (1.0 + np.exp(-(hs[-1] @ params[f"W{l}"] + params[f"b{l}"]))))
+        a = hs[-1] @ params[f"W{l}"] + params[f"b{l}"]
+        hs.append(1.0 / (1.0 + np.exp(-a)) if activation == "sigmoid" else np.maximum(a, 0.0))
     return hs, hs[-1] @ params[f"W{L}"] + params[f"b{L}"]
 
 

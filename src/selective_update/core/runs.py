@@ -9,7 +9,7 @@ import numpy as np
 from ..settings import RESTORE_TOL
 from ..validation import (check_choice, check_disjoint, check_int, check_outputs, check_real,
                           fail, is_int)
-from .nets import Data, n_layers, n_params
+from .nets import ACTIVATIONS, LOSSES, Data, n_layers, n_params
 from .strategies import (DEVICES, DTYPES, FRAMEWORKS, OPTIMIZERS, OPTION_USERS, STRATEGIES,
                          check_options, promise)
 
@@ -31,6 +31,19 @@ def mse(outputs, y, cols=None) -> np.ndarray:
     """Return the mean squared error per step, over samples and the given output columns."""
     cols = slice(None) if cols is None else list(cols)
     return ((outputs[..., cols] - y[..., cols]) ** 2).mean(axis=(-2, -1))
+
+
+def cross_entropy(outputs, y, cols=None) -> np.ndarray:
+    """Return the softmax cross-entropy per step against the rows of y as target distributions,
+    mean over samples; cols: the softmax over those output columns only."""
+    cols = slice(None) if cols is None else list(cols)
+    z, t = outputs[..., cols], y[..., cols]
+    top = z.max(axis=-1, keepdims=True)
+    log_softmax = z - top - np.log(np.exp(z - top).sum(axis=-1, keepdims=True))
+    return -(t * log_softmax).sum(axis=-1).mean(axis=-1)
+
+
+LOSS_VALUES = {"mse": mse, "cross_entropy": cross_entropy}
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,6 +74,8 @@ class RunConfig:
     distill_weight: float | None = None
     batch_size: int | None = None  # None: every step on all of data.x (the fixed batch)
     batch_seed: int = 0
+    activation: str = "sigmoid"  # of the hidden layers: sigmoid | relu
+    loss: str = "mse"  # mse | cross_entropy (softmax against the rows of y)
 
     @property
     def protected_inputs(self) -> np.ndarray:
@@ -120,8 +135,8 @@ class RunResult:
     train: tuple
     outputs: np.ndarray  # (steps+1, n, n_out) on data.x
     eval_outputs: np.ndarray  # (steps+1, n_eval, n_out) on data.x_eval
-    loss: np.ndarray  # (steps+1,) full MSE
-    train_loss: np.ndarray  # (steps+1,) MSE of the train outputs
+    loss: np.ndarray  # (steps+1,) the run's loss (MSE or cross-entropy) on every output
+    train_loss: np.ndarray  # (steps+1,) the same on the train outputs
     params: dict  # grow: the grown layers
     step_seconds: np.ndarray
     config: dict = field(default_factory=dict)
@@ -173,13 +188,14 @@ def make_result(config, outputs, eval_outputs, params, step_seconds, reference_o
     outputs = np.asarray(outputs)
     eval_outputs = np.asarray(eval_outputs)
     y = config.data.y.astype(outputs.dtype)
+    value = LOSS_VALUES[config.loss]
     if restore_residual is not None:
         restore_residual = np.asarray(restore_residual, dtype=np.float64)
         warn_if_not_restored(restore_residual, config.dtype)
     return RunResult(
         strategy=config.strategy, framework=config.framework, optimizer=config.optimizer,
         keep=config.keep, train=config.train, outputs=outputs, eval_outputs=eval_outputs,
-        loss=mse(outputs, y), train_loss=mse(outputs, y, config.train),
+        loss=value(outputs, y), train_loss=value(outputs, y, config.train),
         params={k: np.asarray(v) for k, v in params.items()},
         step_seconds=np.asarray(step_seconds, dtype=np.float64), config=config.summary(),
         reference_outputs=None if reference_outputs is None else np.asarray(reference_outputs),
@@ -283,6 +299,8 @@ def check_run(strategy, framework, *, warn=True, **arguments) -> RunConfig:
     if a["warm_start_lr"] is not None:
         check_real("warm_start_lr", a["warm_start_lr"], 0.0, strict=True)
     check_choice("dtype", a["dtype"], DTYPES)
+    check_choice("activation", a["activation"], ACTIVATIONS)
+    check_choice("loss", a["loss"], LOSSES)
     check_choice("device", a["device"], DEVICES)
     if framework == "tf1" and a["device"] != "cpu":
         fail("device", a["device"], "'cpu' for framework tf1 (the cuda device is for torch)")
@@ -308,7 +326,8 @@ def check_run(strategy, framework, *, warn=True, **arguments) -> RunConfig:
         dtype=a["dtype"], device=a["device"],
         warm_start_lr=lr if a["warm_start_lr"] is None else float(a["warm_start_lr"]),
         reference=reference, **options,
-        batch_size=None if batch_size is None else int(batch_size), batch_seed=batch_seed)
+        batch_size=None if batch_size is None else int(batch_size), batch_seed=batch_seed,
+        activation=a["activation"], loss=a["loss"])
     if warn and (STRATEGIES[strategy].projected
                  or STRATEGIES[strategy].loss == "compensated_gradient"):
         protected_rows = config.step_rows if reference is None else len(reference)

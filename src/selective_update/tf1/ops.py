@@ -14,6 +14,21 @@ def sigmoid(a):
     return tf.sigmoid(a)
 
 
+def relu(a):
+    """Apply max(a, 0)."""
+    return tf.nn.relu(a)
+
+
+def positive(a):
+    """Return 1.0 where a > 0, else 0.0, in a's dtype."""
+    return tf.cast(a > 0, a.dtype)
+
+
+def exp(a):
+    """Exponentiate elementwise."""
+    return tf.exp(a)
+
+
 def square(a):
     """Square elementwise."""
     return tf.square(a)
@@ -72,6 +87,11 @@ def eps(like):
 def reduce_sum(a, axis):
     """Sum a tensor over one axis."""
     return tf.reduce_sum(a, axis=axis)
+
+
+def logsumexp(a, axis):
+    """Return log(sum(exp(a))) over one axis, the axis kept (size 1)."""
+    return tf.reduce_logsumexp(a, axis=axis, keepdims=True)
 
 
 def reduce_max(a):

@@ -81,7 +81,8 @@ class Graph:
 
     def forward(self, x, variables=None):
         if id(x) not in self._forwards:  # one forward pass per input tensor, shared by the ops
-            self._forwards[id(x)] = nullspace.forward(ops, *self.net.layers, x)
+            self._forwards[id(x)] = nullspace.forward(ops, *self.net.layers, x,
+                                                      self.config.activation)
         return self._forwards[id(x)]
 
     def gradients(self, ys, variables, grad_ys):
@@ -179,7 +180,8 @@ def graph_for(config, strategies) -> Graph:
     ref = config.reference
     key = (tuple(strategies), config.strategy, config.optimizer, core.layer_sizes(config.params),
            config.step_rows, config.batch_size is not None, config.keep, config.train,
-           config.dtype, THREADS, None if ref is None else ref.shape, config.grow)
+           config.dtype, THREADS, None if ref is None else ref.shape, config.grow,
+           config.activation, config.loss)
     if key not in _GRAPHS:
         _GRAPHS[key] = Graph(config, strategies)
     return _GRAPHS[key]

@@ -12,6 +12,21 @@ def sigmoid(a):
     return torch.sigmoid(a)
 
 
+def relu(a):
+    """Apply max(a, 0)."""
+    return torch.relu(a)
+
+
+def positive(a):
+    """Return 1.0 where a > 0, else 0.0, in a's dtype."""
+    return (a > 0).to(a.dtype)
+
+
+def exp(a):
+    """Exponentiate elementwise."""
+    return torch.exp(a)
+
+
 def square(a):
     """Square elementwise."""
     return torch.square(a)
@@ -70,6 +85,11 @@ def eps(like):
 def reduce_sum(a, axis):
     """Sum a tensor over one axis."""
     return a.sum(dim=axis)
+
+
+def logsumexp(a, axis):
+    """Return log(sum(exp(a))) over one axis, the axis kept (size 1)."""
+    return torch.logsumexp(a, dim=axis, keepdim=True)
 
 
 def reduce_max(a):

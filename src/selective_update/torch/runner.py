@@ -149,7 +149,7 @@ class Trainer:
             for p in variables:
                 p.requires_grad_(True)
             self._graded = variables
-        return nullspace.forward(ops, *self.layers(), x)
+        return nullspace.forward(ops, *self.layers(), x, self.config.activation)
 
     def gradients(self, ys, variables, grad_ys):
         return torch.autograd.grad(ys, variables, grad_outputs=grad_ys)
