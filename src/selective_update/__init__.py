@@ -49,7 +49,7 @@ def run(strategy, framework, *, params, data, keep=(0,), train=(1,), optimizer="
         steps=1, weight_decay=0.0, warm_start_steps=0, dtype="float64", device="cpu",
         warm_start_lr=None, reference=None, energy=None, grow=None,
         distill_weight=None, batch_size=None, batch_seed=0, activation="sigmoid",
-        loss="mse") -> RunResult:
+        loss="mse", record_steps=True) -> RunResult:
     """Train the `train` outputs with one strategy in one framework and record every step.
 
     Args:
@@ -78,6 +78,7 @@ def run(strategy, framework, *, params, data, keep=(0,), train=(1,), optimizer="
             (the seed's) or "cross_entropy" (softmax against the rows of y as target
             distributions, one-hot for labels; a masked loss takes the softmax over the trained
             outputs only, so the kept outputs get no gradient).
+        record_steps: False records the outputs at the start and the end only (long runs).
 
     Returns:
         A RunResult: outputs per step on x, x_eval (and reference), drift_train, drift_eval,

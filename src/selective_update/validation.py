@@ -72,10 +72,11 @@ def check_outputs(name, value, n_out):
     return tuple(int(i) for i in value)
 
 
-def check_disjoint(keep, train):
-    """Check that the trained outputs are not also kept."""
+def check_disjoint(keep, train, overlap=""):
+    """Check that the trained outputs are not also kept; overlap: where overlapping ones are
+    allowed instead (said in the message), "" where they never are."""
     if set(keep) & set(train):
-        fail("train", list(train), f"outputs disjoint from keep={list(keep)}")
+        fail("train", list(train), f"outputs disjoint from keep={list(keep)}{overlap}")
 
 
 def check_list(name, value, check, describe):

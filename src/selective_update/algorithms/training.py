@@ -142,13 +142,15 @@ def train(make_trainer, config) -> core.RunResult:
         residuals.append(t.step(config.strategy, prepared))
         t.sync()
         seconds.append(time.perf_counter() - begin)
-        for outs, x in zip(recorded, inputs):
-            outs.append(t.outputs(x))
+        if config.record_steps or i == warm + steps - 1:
+            for outs, x in zip(recorded, inputs):
+                outs.append(t.outputs(x))
     reference = np.stack(recorded[2]) if config.reference is not None else None
     return core.make_result(config, np.stack(recorded[0]), np.stack(recorded[1]),
                             t.numpy_params(), seconds, reference,
                             residuals if strategy.corrected else None,
-                            None if batches is None else batches[warm:])
+                            None if batches is None or not config.record_steps
+                            else batches[warm:])
 
 
 def make_steps(make_trainer, framework, strategies, **arguments):

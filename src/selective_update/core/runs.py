@@ -7,8 +7,8 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from ..settings import RESTORE_TOL
-from ..validation import (check_choice, check_disjoint, check_int, check_outputs, check_real,
-                          fail, is_int)
+from ..validation import (check_bool, check_choice, check_disjoint, check_int, check_outputs,
+                          check_real, fail, is_int)
 from .nets import ACTIVATIONS, LOSSES, Data, n_layers, n_params
 from .strategies import (DEVICES, DTYPES, FRAMEWORKS, OPTIMIZERS, OPTION_USERS, STRATEGIES,
                          check_options, promise)
@@ -76,6 +76,7 @@ class RunConfig:
     batch_seed: int = 0
     activation: str = "sigmoid"  # of the hidden layers: sigmoid | relu
     loss: str = "mse"  # mse | cross_entropy (softmax against the rows of y)
+    record_steps: bool = True  # False: outputs recorded at the start and the end only
 
     @property
     def protected_inputs(self) -> np.ndarray:
@@ -133,6 +134,7 @@ class RunResult:
     optimizer: str
     keep: tuple
     train: tuple
+    # per step, step 0 first (record_steps=False: the start and the end only)
     outputs: np.ndarray  # (steps+1, n, n_out) on data.x
     eval_outputs: np.ndarray  # (steps+1, n_eval, n_out) on data.x_eval
     loss: np.ndarray  # (steps+1,) the run's loss (MSE or cross-entropy) on every output
@@ -310,9 +312,13 @@ def check_run(strategy, framework, *, warn=True, **arguments) -> RunConfig:
     n_out = data.y.shape[1]
     keep = check_outputs("keep", a["keep"], n_out)
     train = check_outputs("train", a["train"], n_out)
-    check_disjoint(keep, train)
     options = check_options(strategy, **{k: a[k] for k in OPTION_USERS})
     reference = check_reference(a["reference"], data)
+    described = STRATEGIES[strategy]
+    if reference is None or not described.overlap:
+        check_disjoint(keep, train, ", or overlapping ones with reference= inputs (kept there, "
+                       "trained on the batch)" if described.overlap
+                       else f" ({strategy} freezes what it keeps)")
     batch_size = a["batch_size"]
     if batch_size is not None and not (is_int(batch_size) and 1 <= batch_size <= len(data.x)):
         fail("batch_size", batch_size, f"None (every step on all {len(data.x)} inputs of data.x) "
@@ -327,7 +333,8 @@ def check_run(strategy, framework, *, warn=True, **arguments) -> RunConfig:
         warm_start_lr=lr if a["warm_start_lr"] is None else float(a["warm_start_lr"]),
         reference=reference, **options,
         batch_size=None if batch_size is None else int(batch_size), batch_seed=batch_seed,
-        activation=a["activation"], loss=a["loss"])
+        activation=a["activation"], loss=a["loss"],
+        record_steps=check_bool("record_steps", a["record_steps"]))
     if warn and (STRATEGIES[strategy].projected
                  or STRATEGIES[strategy].loss == "compensated_gradient"):
         protected_rows = config.step_rows if reference is None else len(reference)

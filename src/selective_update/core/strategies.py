@@ -82,6 +82,9 @@ class Strategy:
         and algorithms.protected; subspace: algorithms.subspace)
       options: its run() options (Option), with defaults
       reference: whether run(reference=...) moves its protection onto those inputs
+      overlap: whether keep and train may share outputs when run(reference=...) is given (each
+        shared output is trained on the batch and kept on the reference inputs); False where the
+        kept outputs are frozen in the network itself
       rule: the promises rule giving what it guarantees under an optimizer set-up
     """
 
@@ -93,6 +96,7 @@ class Strategy:
     after: str = "none"
     options: tuple = ()
     reference: bool = False
+    overlap: bool = True
     rule: Callable = promises.nothing
 
     def __post_init__(self):
@@ -145,13 +149,13 @@ STRATEGIES = MappingProxyType({s.name: s for s in (
              "seed's mask without var_list", trains="all", loss="masked"),
     Strategy("masked_last_layer",
              "Loss on mask * out; only the last layer (W2, b2) is in var_list.",
-             "seed: train_op2", trains="last_layer", loss="masked",
+             "seed: train_op2", trains="last_layer", loss="masked", overlap=False,
              rule=promises.exact_when_stateless),
     Strategy("split_head",
              "One variable per output unit, joined with tf.stack / torch.stack; only the trained "
              "heads are given to the optimizer.",
              "seed: first approach (var_list=[W_h_to_out2, b_h_to_out2])", trains="train_heads",
-             loss="masked", rule=promises.exact_everywhere),
+             loss="masked", overlap=False, rule=promises.exact_everywhere),
     Strategy("null_space",
              "Masked loss, every parameter; the optimizer's proposed step is projected onto the "
              "null space of the kept outputs' Jacobian over the batch (layer-wise Gram form).",
@@ -182,7 +186,8 @@ STRATEGIES = MappingProxyType({s.name: s for s in (
              "Add `grow` hidden units to each hidden layer (zero weights to the kept outputs and "
              "to the old units, never in the optimizer); train the new units and trained heads.",
              "Progressive Networks (Rusu et al., 2016): function-preserving growth",
-             trains="grown", loss="masked", options=(GROW,), rule=promises.exact_everywhere),
+             trains="grown", loss="masked", options=(GROW,), overlap=False,
+             rule=promises.exact_everywhere),
     Strategy("distill",
              "Masked loss + distill_weight * mean squared change of the kept outputs on the "
              "protected inputs since the start; every variable.",
