@@ -19,6 +19,7 @@ from .core import (
     PROMISES,
     STRATEGIES,
     Data,
+    Memory,
     RestoreWarning,
     RunResult,
     SeedDemo,
@@ -34,9 +35,9 @@ from .notices import PromiseWarning
 __version__ = "0.1.0"
 # What a user calls; the rest stays importable from its module (selective_update.settings for
 # the constants, selective_update.core for RunConfig, check_run, Strategy, ...).
-__all__ = ["Data", "FRAMEWORKS", "OPTIMIZERS", "PROMISES", "PromiseWarning", "RestoreWarning",
-           "RunResult", "STRATEGIES", "TrivialNullSpaceWarning", "backend", "drift", "init_params",
-           "make_toy_data", "promise", "run", "seed_demo"]
+__all__ = ["Data", "FRAMEWORKS", "Memory", "OPTIMIZERS", "PROMISES", "PromiseWarning",
+           "RestoreWarning", "RunResult", "STRATEGIES", "TrivialNullSpaceWarning", "backend",
+           "drift", "init_params", "make_toy_data", "promise", "run", "seed_demo"]
 
 
 def backend(name):
@@ -49,7 +50,8 @@ def run(strategy, framework, *, params, data, keep=(0,), train=(1,), optimizer="
         steps=1, weight_decay=0.0, warm_start_steps=0, dtype="float64", device="cpu",
         warm_start_lr=None, reference=None, energy=None, grow=None,
         distill_weight=None, batch_size=None, batch_seed=0, activation="sigmoid",
-        loss="mse", record_steps=True) -> RunResult:
+        loss="mse", record_steps=True, carry=None, ewc_strength=None,
+        gem_margin=None) -> RunResult:
     """Train the `train` outputs with one strategy in one framework and record every step.
 
     Args:
@@ -65,10 +67,13 @@ def run(strategy, framework, *, params, data, keep=(0,), train=(1,), optimizer="
         dtype, device: "float64" | "float32"; "cpu" | "cuda" (torch only).
         reference: None, or inputs (n_ref, n_in) on which null_space, null_space_corrected,
             compensated_gradient, layer_subspace and distill protect the kept outputs instead of
-            the batch (stack the batch into it to protect both).
-        energy, grow, distill_weight: options of layer_subspace (0.99), grow (8 units per hidden
-            layer) and distill (1.0); None is the default, a value with another strategy a
-            ValueError.
+            the batch (stack the batch into it to protect both); or a Memory(x, y, task) of
+            earlier tasks' examples, whose loss gem (one constraint per task) and ewc (its
+            Fisher) keep. With a reference, keep and train may share outputs (kept on the
+            reference inputs, trained on the batch) where the strategy does not freeze them.
+        energy, grow, distill_weight, ewc_strength, gem_margin: options of layer_subspace
+            (0.99), grow (8 units per hidden layer), distill (1.0), ewc (1000) and gem (0.5);
+            None is the default, a value with another strategy a ValueError.
         batch_size, batch_seed: None trains every step on all of x; an integer makes each step
             (warm start included) take the next mini-batch, each epoch a fresh order drawn in
             numpy from batch_seed (the same in both frameworks; n % batch_size rows sit an epoch
@@ -79,6 +84,8 @@ def run(strategy, framework, *, params, data, keep=(0,), train=(1,), optimizer="
             distributions, one-hot for labels; a masked loss takes the softmax over the trained
             outputs only, so the kept outputs get no gradient).
         record_steps: False records the outputs at the start and the end only (long runs).
+        carry: RunResult.carry of the run before, for a strategy that carries something from
+            task to task (ewc: the Fisher information and anchors of the earlier tasks).
 
     Returns:
         A RunResult: outputs per step on x, x_eval (and reference), drift_train, drift_eval,

@@ -55,6 +55,10 @@ class Ops(Protocol):
         """Return (lower factor, whether it is finite and complete)."""
     def cholesky_solve(self, factor: Tensor, b: Tensor) -> Tensor: """Solve L L^T x = b."""
 
+    def numpy_call(self, fn: Callable, args: Sequence[Tensor], like: Tensor) -> Tensor:
+        """Return fn(*args as numpy arrays) as a tensor shaped and typed like `like` (tf1: a
+        tf.numpy_function in the graph): a maintained numpy solver inside a step."""
+
     # --- control flow (eager in torch, graph ops in tf1) ---------------------------------------
     def while_loop(self, test: Callable, body: Callable, loop_vars: tuple) -> tuple:
         """Run body while test holds."""

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..core.nets import layer_sizes, output_gradient, output_mask
 from ..settings import GAUSS_NEWTON_MAX_STEPS, PROJECTION_SWEEPS, RESTORE_TOL
-from . import compensated, nullspace, protected, subspace
+from . import compensated, memory, nullspace, protected, subspace
 
 NETWORKS = {"train_heads": "split", "grown": "grown"}  # any other `trains`: "plain"
 
@@ -30,16 +30,18 @@ class StepInputs:
     """One step's inputs, in a trainer's tensors (torch: this step's values; tf1: placeholders,
     variables and the tensors its feed fills).
 
-    reference: run(reference=)'s inputs or None; minibatch: each step trains on other rows of
-    data.x (run(batch_size=)); start: the strategy's start values (start_values), per layer
-    "bases" and the step's "distill_target"; options: the run options used inside the step
-    (distill_weight); cache: values that depend on the inputs only, kept while they stay the same
+    reference: run(reference=)'s inputs or None, reference_targets a Memory's targets;
+    minibatch: each step trains on other rows of data.x (run(batch_size=)); start: the
+    strategy's start values (start_values), per layer "bases", "fisher" and "anchored", and the
+    step's "distill_target"; options: the run options used inside the step (distill_weight,
+    ewc_strength); cache: values that depend on the inputs only, kept while they stay the same
     (the trainer hands the same dict to every step of a fixed batch).
     """
 
     x: object
     y: object
     reference: object = None
+    reference_targets: object = None
     minibatch: bool = False
     start: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
@@ -97,7 +99,14 @@ def loss(ops, strategy, out, y, mask, penalty=None, kind="mse", train=None):
         value = ops.reduce_mean(ops.square(error))
     else:
         value = cross_entropy(ops, out, y, None if strategy.loss == "full" else train)
-    return value + penalty if strategy.loss == "distill" else value
+    return value + penalty if strategy.loss in ("distill", "ewc") else value
+
+
+def full_loss(ops, out, y, kind="mse"):
+    """Return the loss of every output against y: a memory's loss (gem's and ewc's)."""
+    if kind == "mse":
+        return ops.reduce_mean(ops.square(out - y))
+    return cross_entropy(ops, out, y)
 
 
 def cross_entropy(ops, out, y, columns=None):
@@ -106,7 +115,7 @@ def cross_entropy(ops, out, y, columns=None):
     if columns is not None:
         out, y = ops.gather(out, columns, 1), ops.gather(y, columns, 1)
     log_p = out - ops.logsumexp(out, 1)
-    return -ops.reduce_sum(ops.reduce_sum(y * log_p, 1), 0) / float(int(out.shape[0]))
+    return -ops.reduce_mean(ops.reduce_sum(y * log_p, 1))
 
 
 def loss_gradient(ops, strategy, out, y, mask, kind="mse", train=None):
@@ -155,6 +164,9 @@ def differentiate(t, strategy, hs, out, inputs):
         penalty = subspace.distill_penalty(ops, Ws, bs, inputs.distilled, config.keep,
                                            inputs.start["distill_target"],
                                            inputs.options["distill_weight"], config.activation)
+    if strategy.loss == "ewc":
+        penalty = memory.ewc_penalty(ops, *t.layers(), inputs.start["fisher"],
+                                     inputs.start["anchored"], inputs.options["ewc_strength"])
     return [loss(ops, strategy, out, inputs.y, mask, penalty, config.loss, config.train)], None
 
 
@@ -184,6 +196,11 @@ def take_step(t, strategy, inputs):
     hs, out = t.forward(inputs.x, variables)
     ys, grad_ys = differentiate(t, strategy, hs, out, inputs)
     grads = t.gradients(ys, variables, grad_ys)
+    if strategy.gradient == "gem_qp" and inputs.reference is not None:
+        config = t.config
+        grads = memory.gem_gradients(
+            t, grads, variables, inputs, lambda o, y: full_loss(t.ops, o, y, config.loss),
+            config.gem_margin, config.reference_tasks)
     if strategy.after == "none":
         return t.apply(grads, variables), None
     with t.no_grad():
@@ -194,24 +211,46 @@ def take_step(t, strategy, inputs):
         return t.assign(variables, [v for pair in zip(Ws, bs) for v in pair]), residual
 
 
-def start_values(strategy, config, hs, out) -> dict:
+def start_values(strategy, config, hs, out, gradients=None, params=None) -> dict:
     """What a strategy takes from its start (numpy), from the forward pass on the protected inputs.
 
     layer_subspace: per layer, the (U_W, u_b) basis of its inputs holding `energy`;
-    distill: the kept outputs there, (K, n), the distillation target.
+    distill: the kept outputs there, (K, n), the distillation target;
+    ewc: per layer (W, b) pairs of the earlier tasks' summed Fisher ("fisher") and Fisher-weighted
+    anchors ("anchored"), the memory's own added from its mean-loss `gradients` at `params`.
     """
     values = {}
     if strategy.subspace:
         values["bases"] = subspace.bases(hs, config.energy)
     if strategy.loss == "distill":
         values["distill_target"] = out[:, list(config.keep)].T.copy()
+    if strategy.loss == "ewc":
+        terms = memory.fisher_start(gradients, params, config.carry)
+        L = len(params) // 2
+        for name, by_param in terms.items():
+            values[name] = [(by_param[f"W{l}"], by_param[f"b{l}"]) for l in range(1, L + 1)]
     return values
+
+
+def carried(strategy, values) -> dict | None:
+    """Return what a strategy hands to the next run (RunResult.carry) from its start values."""
+    if not strategy.carries:
+        return None
+    return {name: {f"{p}{l}": a for l, pair in enumerate(values[name], start=1)
+                   for p, a in zip("Wb", pair)} for name in strategy.carries}
+
+
+HELD = ("bases", "fisher", "anchored")  # start values held across steps, per layer (W, b) pairs
 
 
 def start_names(strategies) -> set:
     """Return the start values any of these strategies takes (what a graph must hold)."""
-    return ({"bases"} if any(s.subspace for s in strategies) else set()) | (
-        {"distill_target"} if any(s.loss == "distill" for s in strategies) else set())
+    names = set()
+    for s in strategies:
+        names |= {"bases"} if s.subspace else set()
+        names |= {"distill_target"} if s.loss == "distill" else set()
+        names |= {"fisher", "anchored"} if s.loss == "ewc" else set()
+    return names
 
 
 def rebases(strategy, config) -> bool:

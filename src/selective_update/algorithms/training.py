@@ -70,6 +70,9 @@ class Trainer(Protocol):
     def numpy_params(self) -> dict:
         """Return the parameters as a params dict of numpy arrays."""
 
+    def loss_gradients(self, x: np.ndarray, y: np.ndarray) -> dict:
+        """Return the gradient of the mean loss of every output at (x, y), as a params dict."""
+
     def sync(self) -> None:
         """Wait for queued device work, so step timings are honest."""
 
@@ -108,7 +111,12 @@ def batch_for(config, rows, start=None) -> Batch:
 def take_start(t, strategy, config, inputs):
     """Return what a strategy takes from its start at inputs (numpy), held by the trainer."""
     hs, out = t.layer_inputs(inputs)
-    values = strategy_step.start_values(strategy, config, hs, out)
+    gradients = params = None
+    if strategy.carries:  # ewc: the memory's mean-loss gradients at the start
+        params = t.numpy_params()
+        if config.reference_targets is not None:
+            gradients = t.loss_gradients(config.reference, config.reference_targets)
+    values = strategy_step.start_values(strategy, config, hs, out, gradients, params)
     t.start(values)
     return values
 
@@ -150,7 +158,7 @@ def train(make_trainer, config) -> core.RunResult:
                             t.numpy_params(), seconds, reference,
                             residuals if strategy.corrected else None,
                             None if batches is None or not config.record_steps
-                            else batches[warm:])
+                            else batches[warm:], strategy_step.carried(strategy, start))
 
 
 def make_steps(make_trainer, framework, strategies, **arguments):

@@ -4,7 +4,8 @@
                 correction, its options, its promise rule), and promise()
     promises    a promise as a value (strength, where) and the rules that give it
     nets        the study's MLPs as numpy: weights, widths, forward pass, output masks, toy data
-    runs        a run's checked arguments (check_run) and its RunResult
+    runs        a run's configuration (RunConfig) and its RunResult
+    arguments   a run's arguments checked before any work (check_run)
     seed_demo   the seed's three train ops and the compensated G', as a record
     verdicts    whether a measured run kept its promise
 """
@@ -12,8 +13,9 @@ from __future__ import annotations
 
 from .nets import Data, init_params, make_toy_data
 from .promises import Promise
-from .runs import (RestoreWarning, RunConfig, RunResult, TrivialNullSpaceWarning, check_run,
-                   drift)
+from .arguments import check_run
+from .nets import Memory
+from .runs import RestoreWarning, RunConfig, RunResult, TrivialNullSpaceWarning, drift
 from .seed_demo import COMPENSATED_PHASE, SEED_PHASES, SeedDemo
 from .strategies import (DEVICES, DTYPES, FRAMEWORKS, OPTIMIZERS, PROMISES, STRATEGIES, Strategy,
                          promise)
@@ -27,7 +29,7 @@ from .seed_demo import make_seed_demo as make_seed_demo
 from .seed_demo import question_gradient as question_gradient
 
 # The public face; the shorthands above stay the package's own.
-__all__ = ["COMPENSATED_PHASE", "DEVICES", "DTYPES", "Data", "FRAMEWORKS", "OPTIMIZERS",
+__all__ = ["COMPENSATED_PHASE", "DEVICES", "DTYPES", "Data", "FRAMEWORKS", "Memory", "OPTIMIZERS",
            "PROMISES", "Promise", "RestoreWarning", "RunConfig", "RunResult", "SEED_PHASES",
            "STRATEGIES", "SeedDemo", "Strategy", "TrivialNullSpaceWarning", "check_run", "drift",
            "init_params", "make_toy_data", "promise"]

@@ -18,6 +18,17 @@ class Data:
     y_eval: np.ndarray
 
 
+@dataclass(frozen=True)
+class Memory:
+    """Stored examples of earlier tasks, for run(reference=...): inputs x (n, n_in), their
+    targets y (n, n_out, like data.y) and the task each came from (n integers). A strategy that
+    protects outputs on inputs reads x only; gem and ewc need y (gem one constraint per task)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    task: np.ndarray
+
+
 def _toy_split(rng, n, noise):
     x = rng.random((n, 3))
     y = np.stack([x.sum(axis=1), (x ** 2).sum(axis=1) + noise * rng.random(n)], axis=1)

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 # exact: bitwise on every input; exact on a set: within BATCH_EXACT_TOL there; first_order: the
-# leak there is second order in lr; none: nothing is promised.
-STRENGTHS = ("exact", "first_order", "none")
+# leak there is second order in lr; no_loss_rise: no earlier task's loss on its memory rises, to
+# first order (GEM's: weaker than first_order, which holds the outputs themselves); none.
+STRENGTHS = ("exact", "first_order", "no_loss_rise", "none")
 # everywhere: every input; batch: the training batch; reference: run(reference=...)'s inputs;
 # minibatch: each step's own mini-batch, across that step only (run(batch_size=...) without a
 # reference: the rows of earlier steps are free to move).
@@ -50,7 +51,8 @@ EXACT = Promise("exact", "everywhere")
 # Every promise the study can write, by its name.
 PROMISE_NAMES = MappingProxyType({str(p): p for p in (
     EXACT, Promise("exact"), Promise("first_order"), NONE,
-    *(Promise(s, w) for w in ("reference", "minibatch") for s in ("exact", "first_order")))})
+    *(Promise(s, w) for w in ("reference", "minibatch") for s in ("exact", "first_order")),
+    Promise("no_loss_rise", "reference"))})
 
 
 @dataclass(frozen=True)
@@ -121,3 +123,14 @@ def exact_at_full_energy(setup: SetUp) -> Promise:
 
     Every direction of each layer's protected inputs removed: each layer's output there stays."""
     return exact_where_protected(setup) if setup.options["energy"] == 1.0 else NONE
+
+
+def no_memory_loss_rise_with_sgd(setup: SetUp) -> Promise:
+    """No earlier task's memory loss rises, to first order, with sgd and no decay; else none.
+
+    GEM's projected gradient g~ has <g~, g_k> >= 0 for every earlier task's memory gradient g_k,
+    so an sgd step changes each memory loss by -lr <g~, g_k> + O(lr^2). Momentum, Adam and decay
+    change the gradient after the projection."""
+    if setup.optimizer == "sgd" and setup.weight_decay == 0:
+        return Promise("no_loss_rise", "reference")
+    return NONE

@@ -7,11 +7,8 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from ..settings import RESTORE_TOL
-from ..validation import (check_bool, check_choice, check_disjoint, check_int, check_outputs,
-                          check_real, fail, is_int)
-from .nets import ACTIVATIONS, LOSSES, Data, n_layers, n_params
-from .strategies import (DEVICES, DTYPES, FRAMEWORKS, OPTIMIZERS, OPTION_USERS, STRATEGIES,
-                         check_options, promise)
+from .nets import Data
+from .strategies import OPTION_USERS, promise
 
 class TrivialNullSpaceWarning(UserWarning):
     """Warn that the kept constraints outnumber the parameters."""
@@ -77,6 +74,11 @@ class RunConfig:
     activation: str = "sigmoid"  # of the hidden layers: sigmoid | relu
     loss: str = "mse"  # mse | cross_entropy (softmax against the rows of y)
     record_steps: bool = True  # False: outputs recorded at the start and the end only
+    carry: dict | None = None  # what the strategy carries from the run before (ewc's Fisher)
+    ewc_strength: float | None = None
+    gem_margin: float | None = None
+    reference_targets: np.ndarray | None = None  # a Memory's targets (gem, ewc)
+    reference_tasks: np.ndarray | None = None  # a Memory's task per input (gem)
 
     @property
     def protected_inputs(self) -> np.ndarray:
@@ -101,8 +103,8 @@ class RunConfig:
 
     def summary(self) -> dict:
         """The plain values of the config (no arrays): RunResult.config."""
-        plain = {f.name: getattr(self, f.name) for f in fields(self)
-                 if f.name not in ("params", "data", "reference")}
+        plain = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in (
+            "params", "data", "reference", "carry", "reference_targets", "reference_tasks")}
         plain["n_reference"] = None if self.reference is None else len(self.reference)
         return plain
 
@@ -121,8 +123,10 @@ def minibatches(n, batch_size, n_steps, seed) -> np.ndarray:
     return np.concatenate(epochs)[:n_steps] if epochs else np.zeros((0, batch_size), np.int64)
 
 
-# run()'s keyword arguments, in RunConfig's order: the one list both frameworks' run() accept.
-ARGUMENTS = tuple(f.name for f in fields(RunConfig) if f.name not in ("strategy", "framework"))
+# run()'s keyword arguments, in RunConfig's order: the one list both frameworks' run() accept
+# (a Memory passed as reference= fills reference_targets and reference_tasks).
+ARGUMENTS = tuple(f.name for f in fields(RunConfig) if f.name not in (
+    "strategy", "framework", "reference_targets", "reference_tasks"))
 
 
 @dataclass
@@ -145,6 +149,7 @@ class RunResult:
     reference_outputs: np.ndarray | None = None  # (steps+1, n_ref, n_out); None without reference
     restore_residual: np.ndarray | None = None  # (steps,) final Gauss-Newton residual per step
     batches: np.ndarray | None = None  # (steps, batch_size) rows of data.x; None: all of them
+    carry: dict | None = None  # what the strategy carries to the next run (run(carry=...))
 
     @property
     def drift_train(self) -> np.ndarray:
@@ -182,7 +187,7 @@ class RunResult:
 
 
 def make_result(config, outputs, eval_outputs, params, step_seconds, reference_outputs=None,
-                restore_residual=None, batches=None) -> RunResult:
+                restore_residual=None, batches=None, carry=None) -> RunResult:
     """Assemble a RunResult of a RunConfig from per-step outputs (numpy, any float dtype).
 
     batches: the strategy steps' mini-batches (rows of data.x), None without mini-batches.
@@ -202,7 +207,7 @@ def make_result(config, outputs, eval_outputs, params, step_seconds, reference_o
         step_seconds=np.asarray(step_seconds, dtype=np.float64), config=config.summary(),
         reference_outputs=None if reference_outputs is None else np.asarray(reference_outputs),
         restore_residual=restore_residual,
-        batches=None if batches is None else np.asarray(batches, dtype=np.int64),
+        batches=None if batches is None else np.asarray(batches, dtype=np.int64), carry=carry,
     )
 
 
@@ -215,137 +220,3 @@ def warn_if_not_restored(residual, dtype):
                       f"{residual[bad].max():.3g} > {tol:g} in {len(bad)} of {len(residual)} "
                       f"steps (first: step {bad[0] + 1}); the promise is broken",
                       RestoreWarning, stacklevel=4)
-
-
-# --- validation of a run's arguments (one line naming the parameter, before any work) -------
-
-def check_weights(params, data):
-    """Check a params dict (W1, b1, ..., WL, bL) whose shapes chain from data.x to data.y."""
-    allowed = "a dict W1, b1, ..., WL, bL (L >= 2) of float arrays whose shapes chain from data.x"
-    if not isinstance(params, dict) or "W1" not in params:
-        fail("params", type(params).__name__ if not isinstance(params, dict) else sorted(params),
-             allowed)
-    L = n_layers(params)
-    expected = {f"{p}{l}" for l in range(1, L + 1) for p in "Wb"}
-    if L < 2 or set(params) != expected:
-        fail("params", sorted(params), allowed)
-    width = data.x.shape[1]
-    for l in range(1, L + 1):
-        W, b = np.asarray(params[f"W{l}"]), np.asarray(params[f"b{l}"])
-        if W.ndim != 2 or W.shape[0] != width or b.shape != (W.shape[1],):
-            raise ValueError(f"params: W{l} {W.shape} / b{l} {b.shape} do not fit input width "
-                             f"{width}; allowed: W{l} ({width}, d), b{l} (d,)")
-        if not (np.all(np.isfinite(W)) and np.all(np.isfinite(b))):
-            fail("params", f"non-finite values in layer {l}", "finite numbers")
-        width = W.shape[1]
-    if data.y.shape[1] != width or data.y_eval.shape[1] != width:
-        raise ValueError(f"params: {width} outputs but data.y has {data.y.shape[1]} columns; "
-                         "allowed: as many outputs as target columns")
-    if width < 2:
-        fail("params", f"{width} output", "at least 2 outputs")
-
-
-def check_data(data):
-    """Check a Data of finite, non-empty 2-D arrays with matching lengths and widths."""
-    if not isinstance(data, Data):
-        fail("data", type(data).__name__, "a selective_update.Data (make_toy_data, load_dataset)")
-    for name in ("x", "y", "x_eval", "y_eval"):
-        a = getattr(data, name)
-        if (not isinstance(a, np.ndarray) or a.ndim != 2 or len(a) == 0
-                or not np.all(np.isfinite(a))):
-            fail("data", f"{name} is not a finite non-empty 2-D array", "finite 2-D float arrays")
-    if len(data.x) != len(data.y) or len(data.x_eval) != len(data.y_eval):
-        fail("data", "x and y differ in length", "as many targets as inputs")
-    if data.x.shape[1] != data.x_eval.shape[1]:
-        fail("data", "x and x_eval differ in width", "the same input width")
-
-
-def check_reference(reference, data):
-    """Check None or a finite (n_ref, n_in) array of reference inputs; return float64 or None."""
-    if reference is None:
-        return None
-    width = data.x.shape[1]
-    allowed = f"None or a finite non-empty 2-D array (n_ref, {width}) of inputs"
-    if not isinstance(reference, np.ndarray):
-        fail("reference", type(reference).__name__, allowed)
-    if (reference.ndim != 2 or not len(reference) or reference.shape[1] != width
-            or not np.issubdtype(reference.dtype, np.number)):
-        fail("reference", f"array of shape {reference.shape}", allowed)
-    if not np.all(np.isfinite(reference)):
-        fail("reference", "non-finite values", allowed)
-    return np.array(reference, dtype=np.float64)
-
-
-def check_run(strategy, framework, *, warn=True, **arguments) -> RunConfig:
-    """Validate run()'s keyword arguments (RunConfig's fields) and return them as a RunConfig.
-
-    Raises ValueError naming the first bad argument, before any work; warns
-    (TrivialNullSpaceWarning) when warn is set and a projection has no room left.
-    """
-    unknown = sorted(set(arguments) - set(ARGUMENTS))
-    if unknown:
-        raise TypeError(f"run() got unexpected keyword argument(s) {unknown}; allowed: "
-                        f"{', '.join(ARGUMENTS)}")
-    missing = [name for name in ("params", "data") if name not in arguments]
-    if missing:
-        raise TypeError(f"run() missing required keyword argument(s): {', '.join(missing)}")
-    a = {f.name: f.default for f in fields(RunConfig) if f.name in ARGUMENTS[2:]}
-    a.update(arguments)
-    check_choice("strategy", strategy, STRATEGIES)
-    check_choice("framework", framework, FRAMEWORKS)
-    check_choice("optimizer", a["optimizer"], OPTIMIZERS)
-    check_real("lr", a["lr"], 0.0, strict=True)
-    check_int("steps", a["steps"], 1)
-    check_real("weight_decay", a["weight_decay"], 0.0)
-    check_int("warm_start_steps", a["warm_start_steps"], 0)
-    if a["warm_start_lr"] is not None:
-        check_real("warm_start_lr", a["warm_start_lr"], 0.0, strict=True)
-    check_choice("dtype", a["dtype"], DTYPES)
-    check_choice("activation", a["activation"], ACTIVATIONS)
-    check_choice("loss", a["loss"], LOSSES)
-    check_choice("device", a["device"], DEVICES)
-    if framework == "tf1" and a["device"] != "cpu":
-        fail("device", a["device"], "'cpu' for framework tf1 (the cuda device is for torch)")
-    data, params = a["data"], a["params"]
-    check_data(data)
-    check_weights(params, data)
-    n_out = data.y.shape[1]
-    keep = check_outputs("keep", a["keep"], n_out)
-    train = check_outputs("train", a["train"], n_out)
-    options = check_options(strategy, **{k: a[k] for k in OPTION_USERS})
-    reference = check_reference(a["reference"], data)
-    described = STRATEGIES[strategy]
-    if reference is None or not described.overlap:
-        check_disjoint(keep, train, ", or overlapping ones with reference= inputs (kept there, "
-                       "trained on the batch)" if described.overlap
-                       else f" ({strategy} freezes what it keeps)")
-    batch_size = a["batch_size"]
-    if batch_size is not None and not (is_int(batch_size) and 1 <= batch_size <= len(data.x)):
-        fail("batch_size", batch_size, f"None (every step on all {len(data.x)} inputs of data.x) "
-             f"or an integer in 1..{len(data.x)}")
-    batch_seed = check_int("batch_seed", a["batch_seed"], 0)
-    lr = float(a["lr"])
-    config = RunConfig(
-        strategy=strategy, framework=framework, params=params, data=data, keep=keep,
-        train=train, optimizer=a["optimizer"], lr=lr, steps=int(a["steps"]),
-        weight_decay=float(a["weight_decay"]), warm_start_steps=int(a["warm_start_steps"]),
-        dtype=a["dtype"], device=a["device"],
-        warm_start_lr=lr if a["warm_start_lr"] is None else float(a["warm_start_lr"]),
-        reference=reference, **options,
-        batch_size=None if batch_size is None else int(batch_size), batch_seed=batch_seed,
-        activation=a["activation"], loss=a["loss"],
-        record_steps=check_bool("record_steps", a["record_steps"]))
-    if warn and (STRATEGIES[strategy].projected
-                 or STRATEGIES[strategy].loss == "compensated_gradient"):
-        protected_rows = config.step_rows if reference is None else len(reference)
-        warn_if_trivial_null_space(params, protected_rows, len(keep))
-    return config
-
-
-def warn_if_trivial_null_space(params, n_sample, n_keep):
-    """Warn when the kept constraints (samples x kept outputs) outnumber the parameters."""
-    m, P = n_sample * n_keep, n_params(params)
-    if m >= P:
-        warnings.warn(f"null space: {m} kept constraints ({n_sample} samples x {n_keep} outputs) "
-                      f">= {P} parameters; the null space may be trivial and the projected step "
-                      "may vanish", TrivialNullSpaceWarning, stacklevel=4)

@@ -35,6 +35,11 @@ LOSSES = MappingProxyType({
     "output_gradient": "back-propagate G",
     "distill": "masked + weight · kept change on the protected inputs",
     "compensated_gradient": "back-propagate G' = [−α, G₂]",
+    "ewc": "masked + strength · Σ F (θ − θ*)² of the earlier tasks",
+})
+GRADIENTS = MappingProxyType({
+    "as_is": "-",
+    "gem_qp": "projected by GEM's dual QP (quadprog) against each earlier task's memory gradient",
 })
 AFTER = MappingProxyType({
     "none": "-",
@@ -70,6 +75,10 @@ ENERGY = Option("energy", 0.99, _share, "share of the squared singular values ea
 GROW = Option("grow", 8, lambda v: check_int("grow", v, 1), "new units per hidden layer")
 DISTILL_WEIGHT = Option("distill_weight", 1.0, lambda v: check_real("distill_weight", v, 0.0),
                         "weight of the kept outputs' mean squared change")
+EWC_STRENGTH = Option("ewc_strength", 1000.0, lambda v: check_real("ewc_strength", v, 0.0),
+                      "weight of the earlier tasks' Fisher-weighted distance (GEM's ewc: 1000)")
+GEM_MARGIN = Option("gem_margin", 0.5, lambda v: check_real("gem_margin", v, 0.0),
+                    "lower bound of the QP's dual variables (GEM's code: 0.5)")
 
 
 @dataclass(frozen=True)
@@ -77,7 +86,9 @@ class Strategy:
     """Describe one way of training the `train` outputs while leaving `keep` alone.
 
       trains: which variables the optimizer is given (its var_list): TRAINS
-      loss: what is differentiated: LOSSES (compensated_gradient: algorithms.compensated)
+      loss: what is differentiated: LOSSES (compensated_gradient: algorithms.compensated; ewc:
+        algorithms.memory)
+      gradient: what happens to the gradient before the optimizer: GRADIENTS (algorithms.memory)
       after: what happens to the step the optimizer took: AFTER (project*: algorithms.nullspace
         and algorithms.protected; subspace: algorithms.subspace)
       options: its run() options (Option), with defaults
@@ -85,6 +96,9 @@ class Strategy:
       overlap: whether keep and train may share outputs when run(reference=...) is given (each
         shared output is trained on the batch and kept on the reference inputs); False where the
         kept outputs are frozen in the network itself
+      memory: whether it needs run(reference=Memory(x, y, task)): earlier tasks' examples
+        with their targets, whose loss it keeps
+      carries: what it hands from run to run (RunResult.carry, run(carry=...))
       rule: the promises rule giving what it guarantees under an optimizer set-up
     """
 
@@ -94,13 +108,17 @@ class Strategy:
     trains: str
     loss: str
     after: str = "none"
+    gradient: str = "as_is"
     options: tuple = ()
     reference: bool = False
     overlap: bool = True
+    memory: bool = False
+    carries: tuple = ()
     rule: Callable = promises.nothing
 
     def __post_init__(self):
-        for field_name, allowed in (("trains", TRAINS), ("loss", LOSSES), ("after", AFTER)):
+        for field_name, allowed in (("trains", TRAINS), ("loss", LOSSES), ("after", AFTER),
+                                    ("gradient", GRADIENTS)):
             if getattr(self, field_name) not in allowed:
                 raise ValueError(f"{field_name}: got {getattr(self, field_name)!r}; allowed: "
                                  f"{', '.join(allowed)}")
@@ -128,8 +146,9 @@ class Strategy:
 
     @property
     def starts(self) -> bool:
-        """The strategy takes something from its start (layer bases, kept outputs to distill)."""
-        return self.subspace or self.loss == "distill"
+        """The strategy takes something from its start (layer bases, kept outputs to distill,
+        the Fisher information of the memory)."""
+        return self.subspace or self.loss in ("distill", "ewc")
 
     @property
     def option_names(self) -> tuple:
@@ -193,6 +212,22 @@ STRATEGIES = MappingProxyType({s.name: s for s in (
              "protected inputs since the start; every variable.",
              "Learning without Forgetting (Li & Hoiem, 2016)", trains="all", loss="distill",
              options=(DISTILL_WEIGHT,), reference=True),
+    Strategy("ewc",
+             "Masked loss + ewc_strength * sum over the earlier tasks of F (theta - theta*)^2, "
+             "F the squared gradient of the mean loss on a task's memory at theta*, its "
+             "parameters when the next task starts (taken at this run's start for the memory "
+             "given; the earlier ones carried); every variable.",
+             "EWC (Kirkpatrick et al., 2017), as GEM's code computes it (model/ewc.py)",
+             trains="all", loss="ewc", options=(EWC_STRENGTH,), reference=True, memory=True,
+             carries=("fisher", "anchored")),
+    Strategy("gem",
+             "Masked loss, every variable; when the gradient lowers the memory loss of an "
+             "earlier task to first order less than 0 (<g, g_k> < 0), it is replaced by the "
+             "solution of GEM's dual QP (quadprog, margin gem_margin) against every earlier "
+             "task's memory gradient g_k, before the optimizer.",
+             "GEM (Lopez-Paz & Ranzato, NeurIPS 2017), as its code does it (model/gem.py)",
+             trains="all", loss="masked", gradient="gem_qp", options=(GEM_MARGIN,),
+             reference=True, memory=True, rule=promises.no_memory_loss_rise_with_sgd),
 )})
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import core
-from ..algorithms import growth, strategy_step
+from ..algorithms import growth, nullspace, strategy_step
 from . import ops
 from .framework import tf, v1
 
@@ -67,17 +67,34 @@ class Network:
 
 def start_holders(names, config, sizes, dt) -> tuple:
     """Return what holds the start values `names` (strategy_step.start_names) in a graph, and the
-    placeholders that load the bases: layer bases live in variables, loaded at the start (not fed
-    every step); the distillation target (kept outputs x protected inputs) is fed."""
-    start, loaders = {}, []
-    if "bases" in names:
-        loaders = [(v1.placeholder(dt, (d, None), f"U_W{l}"), v1.placeholder(dt, (1, None),
-                                                                            f"u_b{l}"))
-                   for l, d in enumerate(sizes[:-1], start=1)]
-        start["bases"] = [tuple(v1.Variable(ph, trainable=False, validate_shape=False,
-                                            shape=tf.TensorShape(ph.shape), use_resource=True)
-                                for ph in pair) for pair in loaders]
+    placeholders that load those held across steps (strategy_step.HELD, per layer (W, b) pairs:
+    variables loaded at the start, not fed every step); the distillation target is fed."""
+    start, loaders = {}, {}
+    shapes = {"bases": lambda d_in, d_out: ((d_in, None), (1, None)),
+              "fisher": lambda d_in, d_out: ((d_in, d_out), (d_out,)),
+              "anchored": lambda d_in, d_out: ((d_in, d_out), (d_out,))}
+    for name in strategy_step.HELD:
+        if name in names:
+            loaders[name] = [tuple(v1.placeholder(dt, shape, f"{name}_{p}{l}")
+                                   for p, shape in zip("Wb", shapes[name](d_in, d_out)))
+                             for l, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:]),
+                                                               start=1)]
+            start[name] = [tuple(v1.Variable(ph, trainable=False, validate_shape=False,
+                                             shape=tf.TensorShape(ph.shape), use_resource=True)
+                                 for ph in pair) for pair in loaders[name]]
     if "distill_target" in names:
         rows = config.step_rows if config.reference is None else len(config.reference)
         start["distill_target"] = v1.placeholder(dt, (len(config.keep), rows), "target")
     return start, loaders
+
+
+def memory_gradients(net, config, sizes, dt) -> tuple:
+    """Return placeholders (x, y) and the gradient of the mean loss of every output there, by
+    parameter name (W1, b1, ...): ewc's Fisher at its start."""
+    x = v1.placeholder(dt, (None, sizes[0]), name="x_mem")
+    y = v1.placeholder(dt, (None, sizes[-1]), name="y_mem")
+    Ws, bs = net.layers
+    _, out = nullspace.forward(ops, Ws, bs, x, config.activation)
+    gradients = v1.gradients(strategy_step.full_loss(ops, out, y, config.loss), list(Ws) + list(bs))
+    names = [f"{p}{l}" for p in "Wb" for l in range(1, len(sizes))]
+    return x, y, dict(zip(names, gradients))

@@ -153,6 +153,14 @@ def cholesky_solve(factor, b):
     return tf.linalg.cholesky_solve(factor, b)
 
 
+def numpy_call(fn, args, like):
+    """Return fn(*args as numpy arrays) as a tensor typed like `like`: a tf.numpy_function."""
+    out = tf.numpy_function(lambda *a: np.asarray(fn(*a), dtype=like.dtype.as_numpy_dtype),
+                            list(args), like.dtype)
+    out.set_shape(like.shape)
+    return out
+
+
 def while_loop(test, body, loop_vars):
     """Build a tf.while_loop (the torch port runs the same loop eagerly)."""
     return tf.while_loop(test, body, loop_vars)

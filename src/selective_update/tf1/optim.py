@@ -35,3 +35,17 @@ def v1_optimizer(name, lr, *, stock_adam=False):
     beta1, beta2 = ADAM_BETAS
     adam = v1.train.AdamOptimizer if stock_adam else TorchEpsAdamOptimizer
     return adam(lr, c(beta1), c(beta2), c(ADAM_EPS))
+
+
+def apply_with_decay(opt, name, grads, variables, lr, weight_decay, before):
+    """Return the op applying opt to variables after the ops `before`, with weight decay as torch
+    applies it: for sgd, momentum and adam weight_decay * var is added to the gradient (coupled
+    L2); adamw decays var *= 1 - lr * weight_decay before the Adam update (decoupled)."""
+    if name == "adamw":
+        with tf.control_dependencies(before):
+            before = [tf.group(*[v.assign(v.read_value() * (1.0 - lr * weight_decay))
+                                 for v in variables])]
+    else:
+        grads = [g + weight_decay * v for g, v in zip(grads, variables)]
+    with tf.control_dependencies(before):
+        return opt.apply_gradients(list(zip(grads, variables)))

@@ -3,9 +3,8 @@
 The run's sequence is algorithms.training's and a step's is strategy_step.take_step's, written
 once for both frameworks: here take_step builds each strategy's step op once (placeholders,
 Variables, tf.gradients, control dependencies), and every step is one Session.run of it.
-tf.compat.v1 only, no Keras. Weight decay as torch applies it: for sgd/momentum/adam,
-weight_decay * var is added to the gradient (coupled L2); adamw decays var *= 1 - lr *
-weight_decay before the Adam update (decoupled). The optimizers are tf1.optim's (v1_optimizer).
+tf.compat.v1 only, no Keras. The optimizers, with weight decay as torch applies it, are
+tf1.optim's (v1_optimizer, apply_with_decay).
 """
 from __future__ import annotations
 
@@ -14,9 +13,9 @@ import contextlib
 from .. import core
 from ..algorithms import nullspace, strategy_step, training
 from . import ops
-from .network import Network, start_holders
+from .network import Network, memory_gradients, start_holders
 from .framework import tf, v1
-from .optim import v1_optimizer
+from .optim import apply_with_decay, v1_optimizer
 
 NAME = "tf1"
 THREADS = 0  # intra-op threads of new sessions; 0 lets TF choose (configure() pins it)
@@ -48,18 +47,21 @@ class Graph:
             self.x = v1.placeholder(dt, (config.step_rows, sizes[0]), name="x")
             self.y = v1.placeholder(dt, (config.step_rows, sizes[-1]), name="y")
             self.x_any = v1.placeholder(dt, (None, sizes[0]), name="x_any")
-            ref = config.reference
+            ref, targets = config.reference, config.reference_targets
             self.x_ref = None if ref is None else v1.placeholder(dt, ref.shape, name="x_ref")
+            self.y_ref = None if targets is None else v1.placeholder(dt, targets.shape, "y_ref")
             self.lr = v1.placeholder(dt, (), name="lr")
             self.weight_decay = v1.placeholder(dt, (), name="weight_decay")
             self.options = {o.name: v1.placeholder(dt, (), o.name)
                             for s in described for o in s.options}
             self.net = Network(config, sizes, dt)
             self.hs_any, self.out_any = self.forward(self.x_any)
-            self.start, self.basis_inputs = start_holders(strategy_step.start_names(described),
-                                                          config, sizes, dt)
+            names = strategy_step.start_names(described)
+            self.start, self.loaders = start_holders(names, config, sizes, dt)
+            self.memory = memory_gradients(self.net, config, sizes, dt) if "fisher" in names \
+                else None
             self.inputs = strategy_step.StepInputs(
-                self.x, self.y, self.x_ref, minibatch=config.batch_size is not None,
+                self.x, self.y, self.x_ref, self.y_ref, minibatch=config.batch_size is not None,
                 start=self.start, options=self.options)
             self.opt = v1_optimizer(config.optimizer, self.lr)
             self.fetches = {}
@@ -68,8 +70,10 @@ class Graph:
                 self.fetches[s.name] = {"step": op, "residual": () if residual is None
                                         else residual}
             self.fed = tf.nest.flatten(self.inputs.cache)  # fed their values for a fixed batch
-            self.load_bases = [v.initializer for pair in self.start.get("bases", ()) for v in pair]
-            loaded = {v.name for pair in self.start.get("bases", ()) for v in pair}
+            held = [v for name in self.loaders for pair in self.start[name] for v in pair]
+            self.load = {name: [v.initializer for pair in self.start[name] for v in pair]
+                         for name in self.loaders}
+            loaded = {v.name for v in held}
             self.init = v1.variables_initializer([v for v in v1.global_variables()
                                                   if v.name not in loaded])
             self.graph.finalize()
@@ -89,15 +93,8 @@ class Graph:
         return v1.gradients(ys, variables, grad_ys=grad_ys)
 
     def apply(self, grads, variables, after=None):
-        before = list(after or ()) + list(grads)
-        if self.config.optimizer == "adamw":  # decoupled decay, before the update
-            with tf.control_dependencies(before):
-                before = [tf.group(*[v.assign(v.read_value() * (1.0 - self.lr * self.weight_decay))
-                                     for v in variables])]
-        else:
-            grads = [g + self.weight_decay * v for g, v in zip(grads, variables)]
-        with tf.control_dependencies(before):
-            applied = self.opt.apply_gradients(list(zip(grads, variables)))
+        applied = apply_with_decay(self.opt, self.config.optimizer, grads, variables, self.lr,
+                                   self.weight_decay, list(after or ()) + list(grads))
         if after is None:
             return applied
         with tf.control_dependencies([applied]):
@@ -133,6 +130,8 @@ class Trainer:
                               if getattr(config, name) is not None})
         if g.x_ref is not None:
             self.constant[g.x_ref] = config.reference
+        if g.y_ref is not None:
+            self.constant[g.y_ref] = config.reference_targets
 
     def prepare(self, batch):
         """Return the step's feed (with a fixed batch, the values kept while it stays)."""
@@ -152,10 +151,15 @@ class Trainer:
         self.lr = lr
 
     def start(self, values):
-        if "bases" in values:
-            self.g.sess.run(self.g.load_bases, {
-                ph: a for phs, arrays in zip(self.g.basis_inputs, values["bases"])
-                for ph, a in zip(phs, arrays)})
+        for name, loaders in self.g.loaders.items():
+            if name in values:
+                self.g.sess.run(self.g.load[name], {
+                    ph: a for phs, arrays in zip(loaders, values[name])
+                    for ph, a in zip(phs, arrays)})
+
+    def loss_gradients(self, x, y):
+        x_mem, y_mem, gradients = self.g.memory
+        return self.g.sess.run(gradients, {x_mem: x, y_mem: y})
 
     def outputs(self, x):
         return self.g.sess.run(self.g.out_any, {self.g.x_any: x})
@@ -181,7 +185,8 @@ def graph_for(config, strategies) -> Graph:
     key = (tuple(strategies), config.strategy, config.optimizer, core.layer_sizes(config.params),
            config.step_rows, config.batch_size is not None, config.keep, config.train,
            config.dtype, THREADS, None if ref is None else ref.shape, config.grow,
-           config.activation, config.loss)
+           config.activation, config.loss, config.gem_margin,
+           None if config.reference_tasks is None else tuple(config.reference_tasks))
     if key not in _GRAPHS:
         _GRAPHS[key] = Graph(config, strategies)
     return _GRAPHS[key]

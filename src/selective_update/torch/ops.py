@@ -155,6 +155,12 @@ def cholesky_solve(factor, b):
     return torch.linalg.solve_triangular(factor.mT, y, upper=True)
 
 
+def numpy_call(fn, args, like):
+    """Return fn(*args as numpy arrays) as a tensor typed like `like` (eagerly)."""
+    arrays = [a.detach().cpu().numpy() for a in args]
+    return torch.as_tensor(fn(*arrays), dtype=like.dtype, device=like.device).reshape(like.shape)
+
+
 def while_loop(test, body, loop_vars):
     """Run body while test holds (eagerly; tf1 builds a tf.while_loop)."""
     while bool(test(*loop_vars)):

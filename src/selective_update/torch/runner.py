@@ -6,60 +6,14 @@ Same strategies, optimizers and numbers as tf1's trainer.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from .. import core, settings
-from ..algorithms import growth, nullspace, strategy_step, training
+from ..algorithms import nullspace, strategy_step, training
 from . import ops
+from .network import Net
 
 NAME = "torch"
-
-
-class Net:
-    """Hold an MLP's parameters as leaf tensors: one per layer's W and b ("plain"), one per
-    output unit in the last layer ("split"), or growth.pieces with `grow` new units ("grown")."""
-
-    def __init__(self, params, *, network="plain", grow=None, train=(), dtype="float64",
-                 device="cpu"):
-        L = core.n_layers(params)
-        dt = getattr(torch, dtype)
-
-        def leaf(a):
-            return torch.tensor(np.asarray(a), dtype=dt, device=device, requires_grad=True)
-
-        self.split, self.grow = network == "split", grow if network == "grown" else None
-        self.heads_W = self.heads_b = self.trained = None
-        if self.grow:
-            self.sizes, self.train = core.layer_sizes(params), train
-            parts = growth.pieces(params, grow, train)
-            self.pieces = {name: leaf(value) for name, (value, _) in parts.items()}
-            self.trained = [self.pieces[name] for name, (_, t) in parts.items() if t]
-            self.zeros = {}  # growth.assemble's constant blocks, made once
-            self.variables = list(self.pieces.values())
-            return
-        self.Ws = [leaf(params[f"W{l}"]) for l in range(1, L)]
-        self.bs = [leaf(params[f"b{l}"]) for l in range(1, L)]
-        W_L, b_L = params[f"W{L}"], params[f"b{L}"]
-        if self.split:
-            self.heads_W = [leaf(W_L[:, k]) for k in range(W_L.shape[1])]
-            self.heads_b = [leaf(b_L[k]) for k in range(W_L.shape[1])]
-        else:
-            self.Ws.append(leaf(W_L))
-            self.bs.append(leaf(b_L))
-        self.variables = ([t for pair in zip(self.Ws, self.bs) for t in pair]
-                          + (self.heads_W + self.heads_b if self.split else []))
-
-    def layers(self):
-        """Return (Ws, bs) with the output heads joined by torch.stack."""
-        if self.grow:
-            like = self.pieces["old_W1"]
-            return growth.assemble(ops, self.pieces, self.sizes, self.grow, self.train, like,
-                                   self.zeros)
-        if not self.split:
-            return self.Ws, self.bs
-        return (self.Ws + [torch.stack(self.heads_W, dim=1)],
-                self.bs + [torch.stack(self.heads_b)])
 
 
 def torch_optimizer(name, variables, lr, weight_decay=0.0):
@@ -89,7 +43,9 @@ class Trainer:
                        dtype=config.dtype, device=config.device)
         self.opt = torch_optimizer(config.optimizer, self.net.variables, config.lr,
                                    config.weight_decay)
-        self.reference = None if config.reference is None else self.tensor(config.reference)
+        self.reference, self.reference_targets = (
+            None if a is None else self.tensor(a)
+            for a in (config.reference, config.reference_targets))
         self.held = {}  # start values that stay across steps (bases), as tensors
         self._before = None  # the parameters before a corrected step, reused every step
         self._graded = None  # the variables that require grad (a grown net's pieces)
@@ -102,9 +58,10 @@ class Trainer:
         """Return the step's inputs as tensors (strategy_step.StepInputs)."""
         start = {name: self.tensor(v) for name, v in (batch.start or {}).items()
                  if name not in self.held}
-        options = {"distill_weight": self.config.distill_weight}
+        options = {"distill_weight": self.config.distill_weight,
+                   "ewc_strength": self.config.ewc_strength}
         return strategy_step.StepInputs(
-            self.tensor(batch.x), self.tensor(batch.y), self.reference,
+            self.tensor(batch.x), self.tensor(batch.y), self.reference, self.reference_targets,
             minibatch=batch.rows is not None, start={**self.held, **start}, options=options)
 
     def step(self, strategy, prepared):
@@ -116,9 +73,9 @@ class Trainer:
             group["lr"] = lr
 
     def start(self, values):
-        if "bases" in values:
-            self.held["bases"] = [tuple(self.tensor(a) for a in pair)
-                                  for pair in values["bases"]]
+        for name in strategy_step.HELD:
+            if name in values:
+                self.held[name] = [tuple(self.tensor(a) for a in pair) for pair in values[name]]
 
     def outputs(self, x):
         with torch.no_grad():
@@ -133,6 +90,15 @@ class Trainer:
         Ws, bs = self.layers()
         return {f"{p}{l}": a.detach().cpu().numpy().copy()
                 for l, (W, b) in enumerate(zip(Ws, bs), start=1) for p, a in (("W", W), ("b", b))}
+
+    def loss_gradients(self, x, y):
+        Ws, bs = self.layers()
+        _, out = nullspace.forward(ops, Ws, bs, self.tensor(x), self.config.activation)
+        loss = strategy_step.full_loss(ops, out, self.tensor(y), self.config.loss)
+        grads = torch.autograd.grad(loss, list(Ws) + list(bs))
+        return {f"{p}{l}": g.cpu().numpy() for p, part in (("W", grads[:len(Ws)]),
+                                                           ("b", grads[len(Ws):]))
+                for l, g in enumerate(part, start=1)}
 
     def sync(self):
         if self.device == "cuda":
