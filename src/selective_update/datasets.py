@@ -190,6 +190,16 @@ def prepare(dataset, *, n_sample=None, hidden=None, seed=0, keep=None, train=Non
     return Setup(dataset, data, params, keep, train)
 
 
+MEMORY_ROWS = 16  # the promise table's memory for gem and ewc: two earlier tasks of 8 examples
+
+
+def memory_for(setup: Setup) -> core.Memory:
+    """Return the promise table's Memory for gem and ewc: the first MEMORY_ROWS held-out examples
+    with their targets, as two earlier tasks (the held-out inputs stay the held-out ones)."""
+    x, y = setup.data.x_eval[:MEMORY_ROWS], setup.data.y_eval[:MEMORY_ROWS]
+    return core.Memory(x, y, np.repeat([0, 1], MEMORY_ROWS // 2))
+
+
 def add_arguments(parser: argparse.ArgumentParser):
     """Declare the `data` command's options."""
     parser.add_argument("--out", default=str(DATA_DIR), help="folder for the CSV files")

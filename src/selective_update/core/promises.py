@@ -131,6 +131,6 @@ def no_memory_loss_rise_with_sgd(setup: SetUp) -> Promise:
     GEM's projected gradient g~ has <g~, g_k> >= 0 for every earlier task's memory gradient g_k,
     so an sgd step changes each memory loss by -lr <g~, g_k> + O(lr^2). Momentum, Adam and decay
     change the gradient after the projection."""
-    if setup.optimizer == "sgd" and setup.weight_decay == 0:
+    if setup.where == "reference" and setup.optimizer == "sgd" and setup.weight_decay == 0:
         return Promise("no_loss_rise", "reference")
     return NONE

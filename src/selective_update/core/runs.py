@@ -150,6 +150,7 @@ class RunResult:
     restore_residual: np.ndarray | None = None  # (steps,) final Gauss-Newton residual per step
     batches: np.ndarray | None = None  # (steps, batch_size) rows of data.x; None: all of them
     carry: dict | None = None  # what the strategy carries to the next run (run(carry=...))
+    memory_loss: np.ndarray | None = None  # (steps+1, tasks): a Memory's loss per earlier task
 
     @property
     def drift_train(self) -> np.ndarray:
@@ -196,6 +197,12 @@ def make_result(config, outputs, eval_outputs, params, step_seconds, reference_o
     eval_outputs = np.asarray(eval_outputs)
     y = config.data.y.astype(outputs.dtype)
     value = LOSS_VALUES[config.loss]
+    memory_loss = None
+    if config.reference_targets is not None and reference_outputs is not None:
+        tasks = config.reference_tasks
+        memory_loss = np.stack([value(np.asarray(reference_outputs)[:, tasks == k],
+                                      config.reference_targets[tasks == k])
+                                for k in np.unique(tasks)], axis=1)
     if restore_residual is not None:
         restore_residual = np.asarray(restore_residual, dtype=np.float64)
         warn_if_not_restored(restore_residual, config.dtype)
@@ -208,7 +215,7 @@ def make_result(config, outputs, eval_outputs, params, step_seconds, reference_o
         reference_outputs=None if reference_outputs is None else np.asarray(reference_outputs),
         restore_residual=restore_residual,
         batches=None if batches is None else np.asarray(batches, dtype=np.int64), carry=carry,
-    )
+        memory_loss=memory_loss)
 
 
 def warn_if_not_restored(residual, dtype):

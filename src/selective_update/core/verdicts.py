@@ -21,7 +21,8 @@ class Verdict(NamedTuple):
 def promise_holds(promise, drift_train, drift_eval, *, dtype="float64",
                   drift_train_half_lr=None, drift_reference=None, drift_reference_half_lr=None,
                   restore_residual=None, drift_minibatch=None,
-                  drift_minibatch_half_lr=None) -> Verdict:
+                  drift_minibatch_half_lr=None, memory_loss=None,
+                  memory_loss_half_lr=None) -> Verdict:
     """Judge one run's promise (its name, or a Promise) from its measured drift of the kept outputs.
 
     drift_train / drift_eval / drift_reference: per step (step 0 first), max |change| of the kept
@@ -38,6 +39,10 @@ def promise_holds(promise, drift_train, drift_eval, *, dtype="float64",
       / mini-batch drift at lr is >= 2.8x that of a run at lr/2 (`drift_train_half_lr` /
       `drift_reference_half_lr` / `drift_minibatch_half_lr`: that run's drift after its first
       step, on the same first mini-batch), or already below the batch_exact tolerance;
+    - reference_no_loss_rise: no earlier task's memory loss (RunResult.memory_loss, per step
+      and task) rises by more than the batch_exact tolerance in the first step, or its largest
+      one-step rise at lr is >= 2.8x that of the run at lr/2 (`memory_loss_half_lr`: that run's
+      memory_loss), a second-order rise;
     - none: nothing is promised, so it holds; the drift is reported.
     """
     if isinstance(promise, Promise):
@@ -73,6 +78,17 @@ def promise_holds(promise, drift_train, drift_eval, *, dtype="float64",
                        and (drift_reference is None or float(drift_reference.max()) == 0.0), seen)
     if exact_on_a_set:
         return Verdict(float(protected.max()) <= tol, seen)
+    if promised.strength == "no_loss_rise":
+        if memory_loss is None or memory_loss_half_lr is None:
+            raise ValueError("memory_loss: got None; allowed: the run's and its lr/2 twin's "
+                             f"RunResult.memory_loss (a {promise} promise needs both)")
+        rise = float(np.max(np.asarray(memory_loss)[1] - np.asarray(memory_loss)[0]))
+        seen += f", memory loss rise {rise:.3g}"
+        if rise <= tol:
+            return Verdict(True, seen)
+        half = np.asarray(memory_loss_half_lr)
+        ratio = drift_ratio(rise, max(float(np.max(half[1] - half[0])), 0.0))
+        return Verdict(ratio >= FIRST_ORDER_RATIO, f"lr/(lr/2) rise ratio {ratio:.3g}; {seen}")
     if promised.strength == "first_order":
         name = f"drift_{'train' if where == 'batch' else where}_half_lr"
         half = {"batch": drift_train_half_lr, "reference": drift_reference_half_lr,

@@ -149,6 +149,8 @@ def run_grid(cfg) -> Grid:
         setup = _prepare(dataset, cfg["n_sample"], cfg["hidden"], seed, cfg["keep"], cfg["train"])
         common = dict(params=setup.params, data=setup.data, keep=setup.keep, train=setup.train,
                       dtype=cfg["dtype"])
+        if core.STRATEGIES[strategy].memory:  # gem and ewc keep an earlier task's loss
+            common["reference"] = datasets.memory_for(setup)
         for fw in core.FRAMEWORKS:
             for opt in cfg["optimizers"]:
                 for wd in cfg["weight_decays"]:
@@ -158,15 +160,18 @@ def run_grid(cfg) -> Grid:
                                    **common)
                         runs[(fw, opt, wd, warm, seed)] = r
                         promised = r.promise
-                        half, ratio = None, np.nan
-                        if promised == "first_order":
+                        half, ratio, halved = None, np.nan, None
+                        if promised in ("first_order", "reference_no_loss_rise"):
                             # halve the strategy's own step only: same warm start, same state
-                            half = su.run(strategy, fw, lr=cfg["lr"] / 2, steps=1, **set_up,
-                                          warm_start_lr=cfg["lr"], **common).drift_train[1]
+                            halved = su.run(strategy, fw, lr=cfg["lr"] / 2, steps=1, **set_up,
+                                            warm_start_lr=cfg["lr"], **common)
+                            half = halved.drift_train[1]
                             ratio = verdicts.drift_ratio(r.drift_train[1], half)
                         verdict = verdicts.promise_holds(
                             promised, r.drift_train, r.drift_eval, dtype=cfg["dtype"],
-                            drift_train_half_lr=half, restore_residual=r.restore_residual)
+                            drift_train_half_lr=half, restore_residual=r.restore_residual,
+                            drift_reference=r.drift_reference, memory_loss=r.memory_loss,
+                            memory_loss_half_lr=None if halved is None else halved.memory_loss)
                         judged.append(dict(dataset=dataset, strategy=strategy, framework=fw,
                                            **set_up, seed=seed, promise=promised,
                                            holds=verdict.holds, measured=verdict.measured))
