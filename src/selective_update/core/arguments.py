@@ -8,6 +8,7 @@ import numpy as np
 
 from ..validation import (check_bool, check_choice, check_disjoint, check_int, check_outputs,
                           check_real, fail, is_int)
+from . import promises
 from .nets import ACTIVATIONS, LOSSES, Data, Memory, n_layers, n_params
 from .runs import ARGUMENTS, RunConfig, TrivialNullSpaceWarning
 from .strategies import (DEVICES, DTYPES, FRAMEWORKS, OPTIMIZERS, OPTION_USERS, STRATEGIES,
@@ -148,7 +149,8 @@ def check_run(strategy, framework, *, warn=True, **arguments) -> RunConfig:
     memory = check_reference(a["reference"], data, strategy)
     reference, reference_targets, reference_tasks = memory or (None, None, None)
     described = STRATEGIES[strategy]
-    if reference is None or not described.overlap:
+    protects = described.reference or described.rule is not promises.nothing
+    if (reference is None and protects) or not described.overlap:
         check_disjoint(keep, train, ", or overlapping ones with reference= inputs (kept there, "
                        "trained on the batch)" if described.overlap
                        else f" ({strategy} freezes what it keeps)")

@@ -93,9 +93,10 @@ class Strategy:
         and algorithms.protected; subspace: algorithms.subspace)
       options: its run() options (Option), with defaults
       reference: whether run(reference=...) moves its protection onto those inputs
-      overlap: whether keep and train may share outputs when run(reference=...) is given (each
-        shared output is trained on the batch and kept on the reference inputs); False where the
-        kept outputs are frozen in the network itself
+      overlap: whether keep and train may share outputs (each shared output is trained on the
+        batch and, by a strategy that protects, kept on run(reference=...)'s inputs, which it
+        then needs; one that protects nothing only measures them); False where the kept outputs
+        are frozen in the network itself
       memory: whether it needs run(reference=Memory(x, y, task)): earlier tasks' examples
         with their targets, whose loss it keeps
       carries: what it hands from run to run (RunResult.carry, run(carry=...))
