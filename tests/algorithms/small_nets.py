@@ -11,7 +11,7 @@ import selective_update as su
 
 
 def tensors(arrays):
-    return [torch.as_tensor(np.asarray(a), dtype=torch.float64) for a in arrays]
+    return [torch.tensor(np.asarray(a), dtype=torch.float64) for a in arrays]  # copies
 
 
 def net(sizes, seed=0, stddev=1.0):
