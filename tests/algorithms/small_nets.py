@@ -1,11 +1,10 @@
 """Small random sigmoid MLPs in float64 torch tensors, and the references the unit tests compare
-the algorithms with: a dense Jacobian by torch.func.jacrev over a plain torch forward pass (not
-the package's), flattening in the order [vec W1, b1, vec W2, b2, ...] (row-major)."""
+the algorithms with: a dense Jacobian by torch.autograd.functional.jacobian over a plain torch
+forward pass (not the package's); parameters flattened as [vec W1, b1, vec W2, b2, ...]."""
 from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.func import jacrev
 
 import selective_update as su
 
@@ -64,7 +63,7 @@ def kept_jacobian(Ws, bs, x, keep):
     def kept(*params):
         return plain_forward(list(params[:L]), list(params[L:]), x)[:, list(keep)].T
 
-    blocks = jacrev(kept, argnums=tuple(range(2 * L)))(*Ws, *bs)
+    blocks = torch.autograd.functional.jacobian(kept, (*Ws, *bs))
     m = len(keep) * x.shape[0]
     per_layer = [blocks[i].reshape(m, -1) for i in range(2 * L)]
     return torch.cat([t for l in range(L) for t in (per_layer[l], per_layer[L + l])],

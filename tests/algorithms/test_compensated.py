@@ -1,5 +1,5 @@
-"""algorithms.compensated over torch's ops in float64, against a dense Jacobian (torch.func.jacrev):
-one backward pass of G' is the gradient projected onto the kept outputs' null space."""
+"""algorithms.compensated over torch's ops in float64, against a dense Jacobian (autograd's): one
+backward pass of G' is the gradient projected onto the kept outputs' null space."""
 import numpy as np
 import pytest
 import torch

@@ -1,5 +1,5 @@
-"""algorithms.nullspace over torch's ops in float64, against a dense Jacobian (torch.func.jacrev)
-and numpy's pseudo-inverse."""
+"""algorithms.nullspace over torch's ops in float64, against a dense Jacobian (autograd's, over a
+plain forward pass) and numpy's pseudo-inverse."""
 import numpy as np
 import pytest
 import torch

@@ -1,5 +1,5 @@
 """algorithms.protected over torch's ops in float64: the three forms against a dense Jacobian
-(torch.func.jacrev) and numpy's pseudo-inverse, and against one another."""
+(autograd's) and numpy's pseudo-inverse, and against one another."""
 import numpy as np
 import pytest
 import torch
