@@ -89,20 +89,12 @@ def test_column_order_of_an_unsorted_train_around_a_kept_output(n_out, train):
     assert in_output_order(n_out, train) == list(range(n_out))
 
 
-UNSORTED_AFTER_KEPT = ("growth.column_order returns (False, None), 'already in output order', "
-                       "whenever every other output precedes the trained ones, without checking "
-                       "that train itself is sorted; check_outputs keeps train's order, so "
-                       "su.run('grow', train=(2, 1), keep=(0,)) starts from a network whose "
-                       "outputs 1 and 2 are swapped")
 
-
-@pytest.mark.xfail(strict=True, reason=UNSORTED_AFTER_KEPT)
 @pytest.mark.parametrize("n_out,train", [(3, (2, 1)), (4, (3, 2)), (4, (1, 3, 2))])
 def test_column_order_of_an_unsorted_train_after_the_kept_outputs(n_out, train):
     assert in_output_order(n_out, train) == list(range(n_out))
 
 
-@pytest.mark.xfail(strict=True, reason=UNSORTED_AFTER_KEPT)
 def test_assembled_pieces_compute_the_original_function_for_an_unsorted_train():
     test_assembled_pieces_compute_the_original_function((3, 5, 3), (2, 1))
 

@@ -41,7 +41,7 @@ def pieces(params, grow, train) -> dict:
 def column_order(n_out, train):
     """Return (trained block first?, permutation back to output order or None)."""
     other = [k for k in range(n_out) if k not in train]
-    if not other or max(other) < min(train):
+    if (not other or max(other) < min(train)) and list(train) == sorted(train):
         return False, None  # [other, trained] is already in output order (e.g. the last one)
     order = list(train) + other
     return True, None if order == sorted(order) else [order.index(k) for k in range(n_out)]
