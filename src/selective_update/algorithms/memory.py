@@ -55,14 +55,18 @@ def unflatten(ops, flat, like):
     return out
 
 
-def gem_gradients(t, grads, variables, inputs, loss_at, margin, tasks):
+def by_task(ops, x, y, tasks) -> list:
+    """Return a Memory's (x, y) of each earlier task, tasks in order (split once per run)."""
+    return [(ops.gather(x, list(rows), 0), ops.gather(y, list(rows), 0))
+            for rows in groups(tasks)]
+
+
+def gem_gradients(t, grads, variables, inputs, loss_at, margin):
     """Return the step's gradients after GEM's projection against each earlier task's memory
-    gradient. loss_at(out, y): the run's loss on every output (the memory's loss)."""
+    gradient (inputs.memories: by_task). loss_at(out, y): the run's loss on every output."""
     ops = t.ops
     memories = []
-    for rows in groups(tasks):
-        x = ops.gather(inputs.reference, list(rows), 0)
-        y = ops.gather(inputs.reference_targets, list(rows), 0)
+    for x, y in inputs.memories:
         _, out = t.forward(x, variables)
         memories.append(flatten(ops, t.gradients([loss_at(out, y)], variables, None)))
     with t.no_grad():

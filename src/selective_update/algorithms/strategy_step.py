@@ -30,7 +30,8 @@ class StepInputs:
     """One step's inputs, in a trainer's tensors (torch: this step's values; tf1: placeholders,
     variables and the tensors its feed fills).
 
-    reference: run(reference=)'s inputs or None, reference_targets a Memory's targets;
+    reference: run(reference=)'s inputs or None, reference_targets a Memory's targets and
+    memories its (x, y) per earlier task (memory.by_task);
     minibatch: each step trains on other rows of data.x (run(batch_size=)); start: the
     strategy's start values (start_values), per layer "bases", "fisher" and "anchored", and the
     step's "distill_target"; options: the run options used inside the step (distill_weight,
@@ -42,6 +43,7 @@ class StepInputs:
     y: object
     reference: object = None
     reference_targets: object = None
+    memories: list = field(default_factory=list)
     minibatch: bool = False
     start: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
@@ -200,7 +202,7 @@ def take_step(t, strategy, inputs):
         config = t.config
         grads = memory.gem_gradients(
             t, grads, variables, inputs, lambda o, y: full_loss(t.ops, o, y, config.loss),
-            config.gem_margin, config.reference_tasks)
+            config.gem_margin)
     if strategy.after == "none":
         return t.apply(grads, variables), None
     with t.no_grad():

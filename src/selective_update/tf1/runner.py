@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 
 from .. import core
-from ..algorithms import nullspace, strategy_step, training
+from ..algorithms import memory, nullspace, strategy_step, training
 from . import ops
 from .network import Network, memory_gradients, start_holders
 from .framework import tf, v1
@@ -60,9 +60,11 @@ class Graph:
             self.start, self.loaders = start_holders(names, config, sizes, dt)
             self.memory = memory_gradients(self.net, config, sizes, dt) if "fisher" in names \
                 else None
+            memories = [] if config.reference_tasks is None else memory.by_task(
+                ops, self.x_ref, self.y_ref, config.reference_tasks)
             self.inputs = strategy_step.StepInputs(
-                self.x, self.y, self.x_ref, self.y_ref, minibatch=config.batch_size is not None,
-                start=self.start, options=self.options)
+                self.x, self.y, self.x_ref, self.y_ref, memories,
+                minibatch=config.batch_size is not None, start=self.start, options=self.options)
             self.opt = v1_optimizer(config.optimizer, self.lr)
             self.fetches = {}
             for s in described:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .. import core, settings
-from ..algorithms import nullspace, strategy_step, training
+from ..algorithms import memory, nullspace, strategy_step, training
 from . import ops
 from .network import Net
 
@@ -46,6 +46,8 @@ class Trainer:
         self.reference, self.reference_targets = (
             None if a is None else self.tensor(a)
             for a in (config.reference, config.reference_targets))
+        self.memories = [] if config.reference_tasks is None else memory.by_task(
+            ops, self.reference, self.reference_targets, config.reference_tasks)
         self.held = {}  # start values that stay across steps (bases), as tensors
         self._before = None  # the parameters before a corrected step, reused every step
         self._graded = None  # the variables that require grad (a grown net's pieces)
@@ -62,7 +64,8 @@ class Trainer:
                    "ewc_strength": self.config.ewc_strength}
         return strategy_step.StepInputs(
             self.tensor(batch.x), self.tensor(batch.y), self.reference, self.reference_targets,
-            minibatch=batch.rows is not None, start={**self.held, **start}, options=options)
+            self.memories, minibatch=batch.rows is not None, start={**self.held, **start},
+            options=options)
 
     def step(self, strategy, prepared):
         residual = strategy_step.take_step(self, self.strategies[strategy], prepared)[1]
