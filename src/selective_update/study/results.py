@@ -105,15 +105,19 @@ def concat_results(staging):
     return out
 
 
-def combine_parts(staging, name):
-    """Concatenate the CSV files of a scenario's parts (runs/<name>-h<width>/*.csv) into
-    staging/<file>, widths in increasing order, as text (every cell as written); return the paths.
+def combine_parts(staging, name, labels=None):
+    """Concatenate the CSV files of a scenario's parts (runs/<name>-<label>/*.csv) into
+    staging/<file>, parts in the order of `labels` (default: widths h<width> in increasing
+    order), as text (every cell as written); return the paths.
 
-    Each part's file is sorted by hidden width first, so the result is byte for byte the file one
-    run of every width writes. A part that failed is missing: the others' rows are kept.
+    A line an earlier part already wrote is left out (a sweep each part runs alike); each part's
+    rows are sorted by its own key first (a width, a framework), so the result is byte for byte
+    the file one run of every part writes. A part that failed is missing: the others' rows stay.
     """
-    parts = sorted(Path(staging).glob(f"runs/{name}-h*/"),
-                   key=lambda p: int(p.name.rsplit("-h", 1)[1]))
+    found = {p.name[len(name) + 1:]: p for p in Path(staging).glob(f"runs/{name}-*/")}
+    if labels is None:
+        labels = sorted((k for k in found if k[1:].isdigit()), key=lambda k: int(k[1:]))
+    parts = [found[label] for label in labels if label in found]
     names = sorted({f.name for part in parts for f in part.glob("*.csv")})
     paths = []
     for file in names:
@@ -121,7 +125,11 @@ def combine_parts(staging, name):
         header = texts[0].split("\n", 1)[0]
         if any(t.split("\n", 1)[0] != header for t in texts):
             raise ValueError(f"{file}: the parts of {name} have different columns")
-        body = "".join(t.split("\n", 1)[1] for t in texts)
+        seen, body = set(), []
+        for text in texts:
+            lines = text.split("\n", 1)[1].splitlines(keepends=True)
+            body += [line for line in lines if line not in seen]
+            seen.update(lines)
         paths.append(Path(staging) / file)
-        atomic_write(paths[-1], f"{header}\n{body}")
+        atomic_write(paths[-1], f"{header}\n{''.join(body)}")
     return paths
