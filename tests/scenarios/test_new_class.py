@@ -257,7 +257,7 @@ def test_notebook_runs_quick_and_writes_the_csv(tmp_path):
     rows = pd.read_csv(tmp_path / "new_class.csv")
     assert list(rows.columns) == nc.COLUMNS
     assert set(rows.framework) == {"tf1", "torch"} and set(rows.hidden) == {16}
-    assert rows.seed.nunique() >= 2 and set(rows.strategy) == set(core.STRATEGIES)
+    assert rows.seed.nunique() >= 2 and set(rows.strategy) == set(strategy_settings.strategies())
     summary = pd.read_csv(tmp_path / "new_class_summary.csv")
     assert summary.pareto.any() and (summary.n_seeds >= 2).all()
     assert (tmp_path / "new_class_sweep.csv").is_file()

@@ -186,9 +186,11 @@ def run_sweep(grid):
                     skipped.append(dict(hidden=hidden, strategy=strategy, setting=setting,
                                         work=amount))
                     continue
+                points = strategy_settings.points(strategy, grid)
                 plan += [(hidden, strategy, setting, level, optimizer, lr, epochs, seed)
-                         for optimizer in grid["optimizers"] for lr in grid["lrs"][optimizer]
-                         for epochs in grid["epochs"] for seed in grid["sweep_seeds"]]
+                         for optimizer in points["optimizers"]
+                         for lr in points["lrs"][optimizer] for epochs in points["epochs"]
+                         for seed in grid["sweep_seeds"]]
     rows = []
     for hidden, strategy, setting, level, optimizer, lr, epochs, seed in progress(
             plan, desc="sweep"):

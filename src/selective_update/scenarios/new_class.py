@@ -59,18 +59,18 @@ from . import stages, stats, strategy_settings
 KEEP = tuple(range(NEW_CLASS))
 TRAIN = (NEW_CLASS,)
 COLUMNS = ["strategy", "setting", "framework", "optimizer", "seed", "hidden", "lr", "epochs",
-           "recall_new", "accuracy_kept", "drift_max", "drift_mean", "accuracy_kept_before",
-           "seconds_per_step"]
+           "recall_new", "accuracy_kept", "accuracy_all", "drift_max", "drift_mean",
+           "accuracy_kept_before", "seconds_per_step"]
 ORDER = ["hidden", "strategy", "setting", "framework", "optimizer", "seed"]
-METRICS = ["recall_new", "accuracy_kept", "drift_max", "drift_mean"]
+METRICS = ["recall_new", "accuracy_kept", "accuracy_all", "drift_max", "drift_mean"]
 SUMMARY_KEYS = ["hidden", "strategy", "setting", "framework", "optimizer", "lr", "epochs"]
 SUMMARY_METRICS = ["recall_new", "accuracy_kept", "drift_max"]
 SUMMARY_COLUMNS = SUMMARY_KEYS + ["n_seeds"] + [f"{m}_{s}" for m in SUMMARY_METRICS
                                                 for s in stats.SUFFIXES] + [
     "accuracy_kept_before", "pareto"]
 SWEEP_COLUMNS = ["hidden", "strategy", "setting", "tier", "optimizer", "seed", "lr", "epochs",
-                 "recall_new", "accuracy_kept", "accuracy_kept_before", "drift_max",
-                 "drift_mean", "finite", "admissible", "selected"]
+                 "recall_new", "accuracy_kept", "accuracy_all", "accuracy_kept_before",
+                 "drift_max", "drift_mean", "finite", "admissible", "selected"]
 SWEEP_ORDER = ["hidden", "strategy", "setting", "optimizer", "seed", "lr", "epochs"]
 GROUP = ["hidden", "strategy", "setting"]
 POINT = ["optimizer", "lr", "epochs"]
@@ -187,6 +187,7 @@ def metrics(outputs, start, y) -> dict:
     finite = bool(np.all(np.isfinite(outputs)))
     return dict(recall_new=float((pred[new] == NEW_CLASS).mean()),
                 accuracy_kept=float((pred[~new] == labels[~new]).mean()),
+                accuracy_all=float((pred == labels).mean()),
                 drift_max=float(change.max()) if finite else np.inf,
                 drift_mean=float(change.mean()) if finite else np.inf, finite=finite)
 
@@ -238,7 +239,9 @@ def run_sweep(grid):
                                 work=amount))
             continue
         start = time.perf_counter()
-        points = grid if level == "full" else {**grid, **NEW_CLASS_REDUCED_GRID}
+        points = strategy_settings.points(strategy, grid)
+        if level != "full":
+            points = {**points, **NEW_CLASS_REDUCED_GRID}
         rows += _sweep_setting(sc, strategy, setting, level, points)
         costs.append(dict(hidden=hidden, seed=seed, strategy=strategy, setting=setting,
                           tier=level, work=amount, seconds=time.perf_counter() - start))
@@ -273,11 +276,16 @@ def select(sweep, group=GROUP, order=SWEEP_ORDER, columns=SWEEP_COLUMNS):
     """Mark each group's chosen (optimizer, lr, epochs) by the documented rule."""
     mean = sweep.groupby(group + POINT, sort=True).agg(
         recall_new=("recall_new", "mean"), accuracy_kept=("accuracy_kept", "mean"),
-        drift_max=("drift_max", "mean"), admissible=("admissible", "all")).reset_index()
+        accuracy_all=("accuracy_all", "mean"), drift_max=("drift_max", "mean"),
+        admissible=("admissible", "all"), finite=("finite", "all")).reset_index()
     chosen = []
     for _, g in mean.groupby(group, sort=True):
         ok = g[g.admissible]
-        if len(ok):
+        if g.strategy.iloc[0] == strategy_settings.CEILING:  # the best model of every class
+            pick = g[g.finite].sort_values(["accuracy_all", "epochs", "lr", "optimizer"],
+                                           ascending=[False, True, True, True],
+                                           kind="mergesort")
+        elif len(ok):
             pick = ok.sort_values(["recall_new", "drift_max", "epochs", "lr", "optimizer"],
                                   ascending=[False, True, True, True, True], kind="mergesort")
         else:

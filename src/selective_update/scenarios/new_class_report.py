@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..settings import BOUND_SETTINGS
 from ..settings import NEW_CLASS_MAX_ACC_DROP as MAX_ACC_DROP
 from . import stats
+from .strategy_settings import CEILING, FLOOR
 
 FRONT_COLUMNS = ["hidden", "framework", "strategy", "setting", "optimizer", "lr", "epochs",
                  "n_seeds", "recall_new_mean", "recall_new_ci_low", "recall_new_ci_high",
@@ -21,8 +21,6 @@ FRONT_COLUMNS = ["hidden", "framework", "strategy", "setting", "optimizer", "lr"
 DRIFT_FLOOR = 1e-4  # the symlog axis is linear below this, so an exact 0 is drawn at 0
 DRIFT_BOUNDS = (0.01, 0.1)  # the answer names the best recall within each held-out drift
 DRIFT_CLIP = 10.0  # drifts beyond (diverged runs) are drawn at the panel's right edge
-CEILING, FLOOR = (next(s for s, label in BOUND_SETTINGS.items() if label == name)
-                  for name in ("joint", "fine-tuning"))
 
 
 def front_table(summary):

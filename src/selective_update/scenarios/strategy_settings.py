@@ -25,6 +25,16 @@ from ..settings import BOUND_SETTINGS
 NONE = "none"
 
 
+CEILING, FLOOR = (next(s for s, label in BOUND_SETTINGS.items() if label == name)
+                  for name in ("joint", "fine-tuning"))
+
+
+def points(strategy, grid) -> dict:
+    """Return the grid whose optimizers, lrs and epochs a strategy is swept over: the ceiling's
+    own `bound` points (more epochs, its own lrs), the grid's for every other strategy."""
+    return {**grid, **grid["bound"]} if strategy == CEILING and "bound" in grid else grid
+
+
 def strategies():
     """Return the strategies the class scenarios run (the registry's order): every one but those
     that keep a Memory's loss (gem, ewc), which the rotations benchmark runs as its authors do."""
