@@ -10,7 +10,7 @@ from torch_models import (DT, KEEP, OPTIMIZERS, TRAIN, CNN, X, BatchNormCNN, Dee
                           TransformerClassifier, TwoTower, fit, images, make, outputs, snapshot,
                           targets, tokens, unchanged)
 
-import selective_update.torch.projector as projector_module
+import selective_update.torch.null_space_projector as projector_module
 from selective_update import RestoreWarning, TrivialNullSpaceWarning
 from selective_update.torch import NullSpaceProjector, PromiseWarning
 from selective_update.torch.kept_jacobian import KeptJacobian

@@ -1,6 +1,6 @@
 """Time the helpers for your own model (issue 15): part `helpers` of the bench.
 
-On the ~55k-parameter CNN of torch/helper_cases.py (two 3x3 convs, 512 -> 96 -> 10, 16x16
+On the ~55k-parameter CNN of torch/bench_cases.py (two 3x3 convs, 512 -> 96 -> 10, 16x16
 images, float32, CPU), one training step on 128 images with each helper against a plain AdamW
 step: split_head; NullSpaceProjector on 64 and 512 protected images (9 kept outputs: 576 and
 4,608 constraints); the corrected projector on 64; LayerSubspaceProjector on 512 at energy
@@ -28,7 +28,7 @@ RSS_GOAL_MB = 2048
 
 def peak_rss_mb(n, threads) -> float:
     """Run the n-input projector in a fresh process; return its peak RSS in MB."""
-    out = subprocess.run([sys.executable, "-m", "selective_update.torch.helper_cases", str(n),
+    out = subprocess.run([sys.executable, "-m", "selective_update.torch.bench_cases", str(n),
                           str(threads)], capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
         raise RuntimeError(f"bench helpers: the peak-RSS process failed: {out.stderr[-500:]}")
@@ -37,19 +37,18 @@ def peak_rss_mb(n, threads) -> float:
 
 def bench_helpers(args, env, log) -> list:
     """Time each helper's step against the plain step; return bench.csv rows (part helpers)."""
-    import selective_update as su
+    from ..torch import bench_cases  # the framework's own folder holds the cases
 
-    su_torch = su.backend("torch")
     protected = QUICK_PROTECTED if args.quick else PROTECTED
     small, big = min(protected), max(protected)
     log(f"helpers: building the cases (CNN, protected {small} and {big} images)")
-    cases = su_torch.helper_cases(protected=protected, energy=ENERGY)
+    cases = bench_cases.helper_cases(protected=protected, energy=ENERGY)
     heavy = {f"null_space_{big}": cases.pop(f"null_space_{big}")}
     seconds = time_interleaved(cases, args.repeats, warmup=WARMUP)
     seconds.update(time_interleaved(heavy, min(args.repeats, HEAVY_REPEATS), warmup=1))
     cases.update(heavy)
     rss = peak_rss_mb(big, args.threads)
-    facts = su_torch.helper_model_facts()
+    facts = bench_cases.model_facts()
     plain = float(np.median(seconds["plain"]))
     rows = []
     for name, t in seconds.items():

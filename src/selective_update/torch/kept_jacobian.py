@@ -26,7 +26,7 @@ from torch.nn.utils import parametrize
 
 from ..settings import GRAM_BLOCKS, SAMPLE_CHUNK
 from .kept_outputs import Wrapped
-from .modules import evaluation, shared_with
+from .model_checks import evaluation, shared_with
 
 
 

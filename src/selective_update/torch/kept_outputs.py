@@ -1,15 +1,15 @@
 """A model's kept outputs at chosen inputs as a function of its parameters (audit, and the
 checks of NullSpaceProjector): KeptOutputs evaluates them from a flat vector of chosen parameters
-(torch.func.functional_call), Linearized gives Jᵀ a through a vjp.
+(torch.func.functional_call).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.func import functional_call, vjp
+from torch.func import functional_call
 
 from ..validation import check_outputs, fail
-from .modules import check_module
+from .model_checks import check_module
 
 
 class Wrapped(nn.Module):
@@ -80,18 +80,3 @@ class KeptOutputs:
     def __call__(self, theta):
         """Return the kept outputs at theta as one vector (kept output major)."""
         return self.outputs(theta).index_select(1, self.index).T.reshape(-1)
-
-
-class Linearized:
-    """The kept outputs' Jacobian J at theta, used through Jᵀ a (one vjp)."""
-
-    def __init__(self, f, theta):
-        self.f, self.theta = f, theta
-        with torch.enable_grad():
-            self.value, self._vjp = vjp(f, theta)
-        self.m, self.P = self.value.numel(), theta.numel()
-
-    def jtv(self, a):
-        """Return Jᵀ a."""
-        with torch.enable_grad():
-            return self._vjp(a)[0]

@@ -22,8 +22,8 @@ from ..settings import DEFAULT_ENERGY
 from ..validation import check_outputs, check_real, fail
 from . import ops
 from .kept_jacobian import conv_supported
-from .modules import (check_module, describe, evaluation, shared_with, warn_once,
-                      warn_running_stats)
+from ..notices import warn_once
+from .model_checks import check_module, describe, evaluation, shared_with, warn_running_stats
 from .step_hooks import StepHooks
 
 

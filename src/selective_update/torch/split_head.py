@@ -7,8 +7,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..validation import check_outputs, fail
-from .modules import (check_module, describe, name_of, running_stat_modules, shared_with,
-                      warn_once)
+from ..notices import warn_once
+from .model_checks import check_module, describe, name_of, running_stat_modules, shared_with
 
 
 class KeepRows(nn.Module):

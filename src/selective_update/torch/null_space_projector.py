@@ -12,7 +12,8 @@ from ..validation import fail
 from . import ops
 from .kept_jacobian import KeptJacobian
 from .kept_outputs import KeptOutputs
-from .modules import evaluation, module_trail, warn_once, warn_running_stats
+from ..notices import warn_once
+from .model_checks import evaluation, module_trail, warn_running_stats
 from .step_hooks import StepHooks
 
 VALUE_FLOW = "no Python control flow on tensor values (.item(), if x.sum() > 0) in forward"

@@ -3,15 +3,11 @@ evaluation mode their own passes run in; their warnings, pointed at the user's l
 from __future__ import annotations
 
 import contextlib
-import os
 
-import torch
 from torch import nn
 
-from .. import notices
+from ..notices import warn_once
 from ..validation import fail
-
-TORCH_DIR = os.path.dirname(torch.__file__)
 
 
 def describe(module):
@@ -58,11 +54,6 @@ def evaluation(model):
     finally:
         for m, mode in modes:
             m.training = mode
-
-
-def warn_once(owner, cause, message, category=notices.PromiseWarning):
-    """Warn once per owner and cause, at the user's line (outside torch and this package)."""
-    return notices.warn_once(owner, cause, message, category, skip_dirs=(TORCH_DIR,))
 
 
 def warn_running_stats(owner, model, helper):
