@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from ..notices import warn_once
 from ..validation import fail
@@ -20,6 +21,14 @@ def describe(module):
 def check_module(name, model):
     if not isinstance(model, nn.Module):
         fail(name, type(model).__name__, "a torch.nn.Module")
+
+
+def check_initialised(name, model, helper):
+    """Refuse a model whose lazy modules (nn.LazyLinear, ...) have not made their parameters yet."""
+    lazy = [n for n, p in model.named_parameters() if is_lazy(p)]
+    if lazy:
+        fail(name, f"a model with uninitialised lazy parameters ({', '.join(lazy[:3])})",
+             f"an initialised model: run one forward pass (model(x)) before {helper}")
 
 
 def name_of(model, module):
