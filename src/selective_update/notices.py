@@ -19,6 +19,10 @@ class PromiseWarning(UserWarning):
     """Warn that a helper's promise will not hold as the model is set up: what moves, and why."""
 
 
+class CostWarning(UserWarning):
+    """Warn that a helper's step will cost more than its budget, before the first step."""
+
+
 def caller_stacklevel() -> int:
     """Return the stacklevel, for a warnings.warn in the calling function, of the first frame
     outside this package and the frameworks (the user's line)."""

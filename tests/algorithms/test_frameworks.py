@@ -87,7 +87,7 @@ def _random_step(params, seed):
 def test_fast_projection_matches_materialized_jacobian(sizes, keep):
     import torch
 
-    from selective_update.torch.bench_cases import project_step_jacobian
+    from selective_update.torch.bench_jacobian import project_step_jacobian
 
     params = su.init_params(sizes, seed=3, stddev=1.0)  # cond(JJ^T) 6e4 and 2e7
     step = _random_step(params, 4)

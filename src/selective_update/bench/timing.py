@@ -3,7 +3,7 @@
 The bench command (bench/cli.py) calls these; each framework is reached only through its public
 surface (su.backend(name)): configure(threads), make_steps(strategies, ...). The Jacobian baseline
 (project_step_jacobian, JacobianNullSpaceStep, projection_cases) and the device queries come from
-torch/bench_cases.py and torch/device.py, imported when needed.
+torch/bench_jacobian.py and torch/device.py, imported when needed.
 """
 from __future__ import annotations
 
@@ -196,12 +196,12 @@ def _jacobian_step(params, data, sizes, batch, args, env, log) -> list:
         log(f"jacobian {'-'.join(map(str, sizes))}/{batch}: skipped ({entries:,} Jacobian entries "
             f"> {JACOBIAN_MAX_ENTRIES:,})")
         return []
-    from ..torch import bench_cases
+    from ..torch import bench_jacobian
 
     _, sync = make_steps("torch", (PLAIN,), params, data, args)
-    step = bench_cases.JacobianNullSpaceStep(params, data, keep=KEEP, train=TRAIN, lr=LR,
-                                             dtype=args.dtype, device=args.device,
-                                             project=bench_cases.project_step_jacobian)
+    step = bench_jacobian.JacobianNullSpaceStep(params, data, keep=KEEP, train=TRAIN, lr=LR,
+                                                dtype=args.dtype, device=args.device,
+                                                project=bench_jacobian.project_step_jacobian)
     seconds = time_interleaved({"jacobian": step}, min(args.repeats, JACOBIAN_REPEATS), warmup=1,
                                sync=sync)
     return [measurement_row("table", "torch", "null_space_jacobian", sizes, batch,
@@ -211,7 +211,7 @@ def _jacobian_step(params, data, sizes, batch, args, env, log) -> list:
 
 def bench_sweep(args, env, log) -> list:
     """Sweep width and batch: null_space vs plain steps, and the projection alone."""
-    from ..torch import bench_cases
+    from ..torch import bench_jacobian
 
     points = [("sweep_width", (SWEEP_IN, w, SWEEP_OUT), SWEEP_WIDTH_BATCH) for w in args.widths]
     points += [("sweep_batch", (SWEEP_IN, SWEEP_BATCH_WIDTH, SWEEP_OUT), b) for b in args.batches]
@@ -226,11 +226,11 @@ def bench_sweep(args, env, log) -> list:
             if fw != "torch":
                 continue
             jac = jacobian_entries(params, batch) <= JACOBIAN_MAX_ENTRIES
-            cases = bench_cases.projection_cases(params, data, keep=KEEP, dtype=args.dtype,
-                                                 device=args.device, jacobian=False)
+            cases = bench_jacobian.projection_cases(params, data, keep=KEEP, dtype=args.dtype,
+                                                    device=args.device, jacobian=False)
             seconds = time_interleaved(cases, args.sweep_repeats, warmup=1, sync=sync)
             if jac:
-                cases = bench_cases.projection_cases(
+                cases = bench_jacobian.projection_cases(
                     params, data, keep=KEEP, dtype=args.dtype, device=args.device, jacobian=True)
                 del cases["projection_gram"]
                 seconds.update(time_interleaved(cases, min(args.sweep_repeats,

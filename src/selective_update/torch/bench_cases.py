@@ -4,33 +4,32 @@
   and one training step with each helper against a plain AdamW step. float32 on CPU; the bench
   pins the threads (configure). Every case owns a copy of the same model and optimizer; a step is
   zero_grad, forward and cross-entropy on 128 images, backward, step.
-  `python -m selective_update.torch.bench_cases N [THREADS]` prints the peak RSS (MB) of a fresh
-  process that attaches a NullSpaceProjector on N protected images and takes two steps.
-- The Jacobian baseline (parts `table` and `sweep`): null-space projection through the
-  materialized Jacobian (torch.func.jacrev + pinv), the slow, obviously-right way the layer-wise
-  Gram form is checked and timed against. Built from public pieces only (the runner's
-  torch_optimizer and project_step, nullspace.forward), so it does not depend on how the
-  runner's step is written.
+  The same projector steps in bfloat16 and float16 (HALF_LR), corrected and not.
+- The Transformer case: a classifier of ~69k parameters keeping 10 of its 11 logits on 256
+  protected sequences (2,560 constraints), AdamW at TRANSFORMER_LR: attach(), a step, the
+  projector's estimate of it, peak RSS, each measured in a fresh process.
+`python -m selective_update.torch.bench_cases cnn N [THREADS]` prints the peak RSS (MB) of a fresh
+process that attaches a NullSpaceProjector on N protected images and takes two steps;
+`... transformer N [THREADS]` prints the Transformer case's measurements as JSON.
 """
 from __future__ import annotations
 
 import copy
+import json
 import resource
 import sys
+import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+
 import torch
 from torch import nn
 
-from .. import core
-from ..algorithms import nullspace
-from ..notices import PromiseWarning
-from . import ops
+from ..notices import CostWarning, PromiseWarning
 from .layer_subspace import LayerSubspaceProjector
 from .null_space_projector import NullSpaceProjector
-from .runner import project_step, torch_optimizer
 from .split_head import split_head
 
 BATCH = 128
@@ -38,7 +37,13 @@ KEEP, TRAIN = tuple(range(9)), (9,)  # nine classes kept, the tenth learned
 # Small, so that the corrected step needs few Gauss-Newton iterations (the speed row compares a
 # corrected step to its uncorrected twin "when one iteration suffices"; the bench says how many).
 LR = 1e-4
+# Half precision moves a weight only by steps above its resolution (bfloat16: 2^-8 relative):
+# at 1e-4 most AdamW updates round away, so the half-precision rows step at 1e-3.
+HALF_LR = 1e-3
+HALF_DTYPES = ("bfloat16", "float16")
 SIZE = 16  # 16 x 16 single-channel images
+TRANSFORMER_LR = 1e-3
+TOKENS, FEATURES = 8, 16
 
 
 class HelperCNN(nn.Module):
@@ -85,22 +90,28 @@ class Step:
 class _Setup:
     """The model, data and protected images every case starts from."""
 
-    def __init__(self, seed, n_protected):
+    def __init__(self, seed, n_protected, model_cls=None, inputs=None, n_out=10):
         torch.manual_seed(seed)
-        self.model = HelperCNN()
-        self.x = _images(BATCH, seed + 1)
-        self.y = torch.randint(0, 10, (BATCH,), generator=torch.Generator().manual_seed(seed))
-        self.reference = _images(n_protected, seed + 2)
+        self.model = (model_cls or HelperCNN)()
+        inputs = inputs or _images
+        self.x = inputs(BATCH, seed + 1)
+        self.y = torch.randint(0, n_out, (BATCH,), generator=torch.Generator().manual_seed(seed))
+        self.reference = inputs(n_protected, seed + 2)
 
-    def fresh(self):
-        """Return a copy of the model and an AdamW optimizer over all its parameters."""
-        model = copy.deepcopy(self.model)
-        return model, torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
+    def fresh(self, dtype="float32", lr=LR):
+        """Return a copy of the model in dtype and an AdamW optimizer over all its parameters."""
+        model = copy.deepcopy(self.model).to(getattr(torch, dtype))
+        return model, torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
 
-    def null_space(self, n, corrected=False):
-        model, opt = self.fresh()
-        helper = NullSpaceProjector(model, KEEP, self.reference[:n], corrected=corrected)
-        return Step(model, opt, self.x, self.y, helper.attach(opt))
+    def null_space(self, n, corrected=False, dtype="float32", lr=LR, keep=KEEP):
+        model, opt = self.fresh(dtype, lr)
+        dt = getattr(torch, dtype)
+        with warnings.catch_warnings():  # the bench reports the cost it measures itself
+            warnings.simplefilter("ignore", CostWarning)
+            helper = NullSpaceProjector(model, keep, self.reference[:n].to(dt),
+                                        corrected=corrected)
+            helper.attach(opt)
+        return Step(model, opt, self.x.to(dt), self.y, helper)
 
 
 def helper_cases(protected=(64, 512), energy=0.97, seed=0) -> dict:
@@ -123,6 +134,70 @@ def helper_cases(protected=(64, 512), energy=0.97, seed=0) -> dict:
     return cases
 
 
+def half_cases(n=64, seed=0) -> dict:
+    """Return {case name: Step}: plain_<dtype>, null_space_<n>_<dtype> and
+    null_space_corrected_<n>_<dtype> for bfloat16 and float16, at HALF_LR."""
+    setup, cases = _Setup(seed, n), {}
+    for dtype in HALF_DTYPES:
+        model, opt = setup.fresh(dtype, HALF_LR)
+        cases[f"plain_{dtype}"] = Step(model, opt, setup.x.to(getattr(torch, dtype)), setup.y)
+        cases[f"null_space_{n}_{dtype}"] = setup.null_space(n, False, dtype, HALF_LR)
+        cases[f"null_space_corrected_{n}_{dtype}"] = setup.null_space(n, True, dtype, HALF_LR)
+    return cases
+
+
+class TransformerClassifier(nn.Module):
+    """A Linear embedding of 16 features to d_model 64, nn.TransformerEncoder (2 layers, 4 heads,
+    feed-forward 128, dropout 0.1), a LayerNorm, the mean over the tokens, a Linear head."""
+
+    def __init__(self, n_out=11):
+        super().__init__()
+        self.embed = nn.Linear(FEATURES, 64)
+        layer = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.1, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(64)
+        self.head = nn.Linear(64, n_out)
+
+    def forward(self, x):
+        return self.head(self.norm(self.encoder(self.embed(x))).mean(1))
+
+
+def _sequences(n, seed):
+    return torch.randn(n, TOKENS, FEATURES, generator=torch.Generator().manual_seed(seed))
+
+
+def transformer_facts() -> dict:
+    """Describe the Transformer case for its rows."""
+    return dict(sizes=f"transformer {TOKENS}x{FEATURES}: d64, 2 layers, 4 heads, ff128, 11 out",
+                n_params=sum(p.numel() for p in TransformerClassifier().parameters()))
+
+
+def transformer_report(n=256, steps=2, seed=0) -> dict:
+    """Measure the Transformer case: a plain AdamW step (median of 5), NullSpaceProjector's
+    construction and attach(), its steps (median), its estimate, and this process's peak RSS."""
+    setup = _Setup(seed, n, TransformerClassifier, _sequences, n_out=11)
+    plain = Step(*setup.fresh(lr=TRANSFORMER_LR), setup.x, setup.y)
+    plain()
+    plain_s = []
+    for _ in range(5):
+        start = time.perf_counter()
+        plain()
+        plain_s.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    case = setup.null_space(n, lr=TRANSFORMER_LR, keep=tuple(range(10)))
+    attach_s = time.perf_counter() - start
+    step_s = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        case()
+        step_s.append(time.perf_counter() - start)
+    estimate = case.helper.estimate
+    return dict(plain_s=float(np.median(plain_s)), attach_s=attach_s,
+                step_s=float(np.median(step_s)), estimate_s=estimate["seconds"],
+                estimate_mb=estimate["peak_mb"], peak_rss_mb=_peak_rss_kb() / 1024,
+                constraints=estimate["constraints"])
+
+
 def peak_rss_mb(n, seed=0) -> float:
     """Attach a NullSpaceProjector on n protected images, take two steps; return peak RSS (MB)."""
     case = _Setup(seed, n).null_space(n)
@@ -143,77 +218,9 @@ def _peak_rss_kb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux and others: kilobytes
 
 
-# --- the Jacobian baseline -----------------------------------------------------------------------
-
-def project_step_jacobian(Ws, bs, x, keep, dWs, dbs):
-    """Project a step with the materialized Jacobian (torch.func.jacrev): the slow baseline."""
-    sizes = [t.numel() for pair in zip(Ws, bs) for t in pair]
-    shapes = [t.shape for pair in zip(Ws, bs) for t in pair]
-    flat = torch.cat([t.reshape(-1) for pair in zip(Ws, bs) for t in pair])
-
-    def kept(theta):
-        parts = [p.reshape(s) for p, s in zip(torch.split(theta, sizes), shapes)]
-        return nullspace.kept_outputs(ops, parts[0::2], parts[1::2], x, keep).reshape(-1)
-
-    J = torch.func.jacrev(kept)(flat)
-    step = torch.cat([t.reshape(-1) for pair in zip(dWs, dbs) for t in pair])
-    projected = step - torch.linalg.pinv(J) @ (J @ step)
-    parts = [p.reshape(s) for p, s in zip(torch.split(projected, sizes), shapes)]
-    return parts[0::2], parts[1::2]
-
-
-class JacobianNullSpaceStep:
-    """One torch null_space step (masked loss, sgd, project, apply) with a given projection."""
-
-    def __init__(self, params, data, *, keep, train, lr, dtype, device, project):
-        dt = getattr(torch, dtype)
-
-        def leaf(a):
-            return torch.tensor(np.asarray(a), dtype=dt, device=device, requires_grad=True)
-
-        L = core.n_layers(params)
-        self.Ws = [leaf(params[f"W{l}"]) for l in range(1, L + 1)]
-        self.bs = [leaf(params[f"b{l}"]) for l in range(1, L + 1)]
-        self.x = torch.as_tensor(data.x, dtype=dt, device=device)
-        self.y = torch.as_tensor(data.y, dtype=dt, device=device)
-        self.mask = torch.as_tensor(core.output_mask(data.y.shape[1], train), dtype=dt,
-                                    device=device)
-        self.keep = keep
-        self.opt = torch_optimizer("sgd", self.Ws + self.bs, lr)
-        self.project = project
-
-    def __call__(self):
-        _, out = nullspace.forward(ops, self.Ws, self.bs, self.x)
-        params = self.Ws + self.bs
-        grads = torch.autograd.grad(((self.mask * (out - self.y)) ** 2).mean(), params)
-        for p, g in zip(params, grads):
-            p.grad = g
-        with torch.no_grad():
-            old = [p.clone() for p in params]
-            self.opt.step()
-            L = len(self.Ws)
-            steps = [p - o for p, o in zip(params, old)]
-            dWs, dbs = self.project(old[:L], old[L:], self.x, self.keep, steps[:L], steps[L:])
-            for p, o, d in zip(params, old, dWs + dbs):
-                p.copy_(o + d)
-
-
-def projection_cases(params, data, *, keep, dtype, device, jacobian):
-    """Return {name: callable} projecting a random step with the Gram form (and the Jacobian)."""
-    dt = getattr(torch, dtype)
-    L = core.n_layers(params)
-    Ws = [torch.as_tensor(params[f"W{l}"], dtype=dt, device=device) for l in range(1, L + 1)]
-    bs = [torch.as_tensor(params[f"b{l}"], dtype=dt, device=device) for l in range(1, L + 1)]
-    x = torch.as_tensor(data.x, dtype=dt, device=device)
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    dWs = [1e-3 * torch.randn(W.shape, generator=gen, dtype=dt).to(device) for W in Ws]
-    dbs = [1e-3 * torch.randn(b.shape, generator=gen, dtype=dt).to(device) for b in bs]
-    cases = {"projection_gram": lambda: project_step(Ws, bs, x, keep, dWs, dbs)}
-    if jacobian:
-        cases["projection_jacobian"] = lambda: project_step_jacobian(Ws, bs, x, keep, dWs, dbs)
-    return cases
-
-
-if __name__ == "__main__":  # python -m selective_update.torch.bench_cases N [THREADS]
-    torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else 1)
-    print(f"{peak_rss_mb(int(sys.argv[1])):.0f}")
+if __name__ == "__main__":  # python -m selective_update.torch.bench_cases CASE N [THREADS]
+    torch.set_num_threads(int(sys.argv[3]) if len(sys.argv) > 3 else 1)
+    if sys.argv[1] == "transformer":
+        print(json.dumps(transformer_report(int(sys.argv[2]))))
+    else:
+        print(f"{peak_rss_mb(int(sys.argv[2])):.0f}")

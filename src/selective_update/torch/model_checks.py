@@ -66,14 +66,18 @@ def evaluation(model):
 
 
 def warn_running_stats(owner, model, helper):
-    """Warn once if a module that updates running statistics is in train mode now."""
-    moving = [n for n, m in running_stat_modules(model) if m.training]
+    """Warn about modules that update running statistics and are in train mode now, each named
+    once, all of them in one warning (they move the kept outputs)."""
+    warned = owner.__dict__.setdefault("_warned_stats", set())
+    moving = [n for n, m in running_stat_modules(model) if m.training and n not in warned]
     if moving:
-        warn_once(owner, "running statistics",
+        warned.update(moving)
+        warn_once(owner, f"running statistics {moving}",
                   f"{helper}: {', '.join(moving)} in train mode update running statistics, which "
                   "move the kept outputs (buffers are not parameters: nothing keeps them); put "
                   "those modules in eval mode while training, e.g. "
-                  f"model.get_submodule({moving[0]!r}).eval() after model.train()")
+                  + "; ".join(f"model.get_submodule({n!r}).eval()" for n in moving)
+                  + " after model.train()")
 
 
 @contextlib.contextmanager

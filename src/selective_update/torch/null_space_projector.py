@@ -2,19 +2,35 @@
 null space of the kept outputs' Jacobian at chosen inputs."""
 from __future__ import annotations
 
+import time
+
 import torch
+from torch import nn
 
 from ..algorithms.solve import psd_factor, psd_solve
 from ..core.runs import RestoreWarning, TrivialNullSpaceWarning
+from ..notices import PromiseWarning, warn_once
 from ..settings import (CHORD_RATE, FAST_GRAM_RTOL, FAST_SWEEPS, GAUSS_NEWTON_MAX_STEPS,
                         PROJECTION_SWEEPS, RESTORE_TOL, TRIVIAL_SHARE)
-from ..validation import fail
+from ..validation import check_real, fail
 from . import ops
 from .kept_jacobian import KeptJacobian
 from .kept_outputs import KeptOutputs
-from ..notices import warn_once
-from .model_checks import evaluation, module_trail, warn_running_stats
+from .model_checks import evaluation, module_trail
+from .projector_cost import estimate, warn_over_budget
 from .step_hooks import StepHooks
+
+# One step moving the kept outputs at inputs by more than this share of their scale is warned
+# about, once: at that learning rate the first-order projection protects little.
+LEAK_SHARE = 0.01
+# Half precision: Gauss-Newton restores the kept outputs to this many of the dtype's eps times
+# their scale (writing the parameters rounds them: on the tests' CNNs the residual stops at
+# 0.3-1 eps in bfloat16 and float16; 1e-5 of float32 is not reachable).
+HALF_RESTORE_EPS = 2.0
+# attach() times the per-sample pass on these many protected inputs and four times as many (the
+# first pass of a process carries torch.func's set-up: it runs on one input, untimed).
+DRY_INPUTS = 4
+STEP_BUDGET_S, MEMORY_BUDGET_GB = 5.0, 4.0  # the defaults above which attach() warns
 
 VALUE_FLOW = "no Python control flow on tensor values (.item(), if x.sum() > 0) in forward"
 HINTS = (("randomness", "put the module in eval mode or draw no random numbers in forward"),
@@ -30,6 +46,10 @@ def _solve(factor, r):
     return solved.reshape(-1).to(torch.float64)
 
 
+def _norm(tensors):
+    return sum(float((t * t).sum()) for t in tensors) ** 0.5
+
+
 def _refusal(error, trail):
     """Fail in one line naming where the dry projection broke and a fix."""
     text = str(error).splitlines()[0] if str(error) else ""
@@ -40,6 +60,14 @@ def _refusal(error, trail):
          f"a model the projector can differentiate per sample in eval mode; fix: {hint}")
 
 
+def restore_tolerance(dtype, scale) -> float:
+    """Return the Gauss-Newton tolerance for a model of this dtype whose kept outputs have this
+    scale: RESTORE_TOL where the study sets one, else HALF_RESTORE_EPS of the dtype's eps."""
+    name = str(dtype).removeprefix("torch.")
+    tol = RESTORE_TOL.get(name, HALF_RESTORE_EPS * torch.finfo(dtype).eps)
+    return tol * max(1.0, scale)
+
+
 class NullSpaceProjector(StepHooks):
     """Project each optimizer step onto the null space of the kept outputs' Jacobian at inputs.
 
@@ -48,67 +76,111 @@ class NullSpaceProjector(StepHooks):
     projected. The kept outputs are those of the model in eval mode (dropout off, running
     statistics), whatever mode you train in; the Jacobian's blocks (kept_jacobian.py) come from
     one vmap/jacrev pass per step and J Jᵀ is factored once per step in float64 (the study's
-    solver, algorithms/solve.py; a float32 model's explicit rows first enter it through a
-    float32 product and a float32 factor, swept in float64 and kept only when the projection
-    holds to FAST_GRAM_RTOL, and projector.last says which). corrected=True then takes
-    Gauss-Newton steps, reusing that factor, until the kept outputs at inputs are back within
-    RESTORE_TOL (relative to their scale) of their values at attach(), at most
-    GAUSS_NEWTON_MAX_STEPS.
+    solver, algorithms/solve.py; a float32 model's rows first enter it through a float32 product
+    and a float32 factor, swept in float64 and kept only when the projection holds to
+    FAST_GRAM_RTOL, and projector.last says which). corrected=True then takes Gauss-Newton
+    steps, reusing that factor, until the kept outputs at inputs are back within RESTORE_TOL
+    (relative to their scale; bfloat16 and float16: HALF_RESTORE_EPS of their eps) of their
+    values at attach(), at most GAUSS_NEWTON_MAX_STEPS.
 
-    attach() runs one dry projection and refuses (ValueError naming the module) a model it
-    cannot differentiate; it warns when the constraints leave no direction to train
-    (TrivialNullSpaceWarning) and when running statistics will move the kept outputs
-    (PromiseWarning). A projection that fails inside optimizer.step() puts the parameters and
-    the optimizer state back as they were before that step, then raises.
+    attach() refuses (ValueError naming the module) a model it cannot differentiate, after a dry
+    projection on a few inputs; it says the estimated cost of a step (projector.estimate:
+    seconds, peak MB) and warns (CostWarning) above step_budget_s or memory_budget_gb; it warns
+    when the constraints leave no direction to train (TrivialNullSpaceWarning). Every step it
+    names modules whose running statistics move (PromiseWarning); its first step warns when the
+    projection removed nearly all of the step, or all of its effect on the other outputs; and a
+    step that moves the kept outputs by more than LEAK_SHARE of their scale is warned about once
+    (the learning rate is too large for a first-order projection). A projection that fails
+    inside optimizer.step() puts the parameters and the optimizer state back, then raises.
+    Refused at construction: NaN or inf in inputs, RNN layers (nn.LSTM, nn.GRU: torch.func has
+    no per-sample rule; split_head and LayerSubspaceProjector work on them), a model returning
+    other than a tensor without output_fn, uninitialised lazy parameters.
     """
 
-    def __init__(self, model, keep, inputs, *, corrected=False, output_fn=None):
+    def __init__(self, model, keep, inputs, *, corrected=False, output_fn=None,
+                 step_budget_s=STEP_BUDGET_S, memory_budget_gb=MEMORY_BUDGET_GB):
         if not isinstance(corrected, bool):
             fail("corrected", corrected, "True or False")
-        probe = KeptOutputs(model, keep, inputs, output_fn)  # validates; changes nothing
+        self.budget = (check_real("step_budget_s", step_budget_s, 0.0, strict=True),
+                       check_real("memory_budget_gb", memory_budget_gb, 0.0, strict=True))
+        if isinstance(model, nn.Module):
+            rnn = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.RNNBase)]
+            if rnn:
+                fail("model", f"a model with {type(rnn[0][1]).__name__} {rnn[0][0]}",
+                     "a model without nn.LSTM, nn.GRU or nn.RNN (torch.func has no per-sample "
+                     "rule for them); for such a model use split_head or LayerSubspaceProjector")
+        probe = KeptOutputs(model, keep, inputs, output_fn, helper="NullSpaceProjector")
         super().__init__(model)
         self.keep, self.inputs = probe.keep, inputs
         self.corrected, self.output_fn = corrected, output_fn
-        self.last = {}
-        self._jac = self._target = self._tol = self._gram = None
+        self.last, self.estimate = {}, {}
+        self._jac = self._target = self._tol = self._gram = self._previous = None
+        self._steps, self._scale = 0, 1.0
 
     def _prepare(self, params):
         with module_trail(self.model) as trail:
             try:
                 jac = KeptJacobian(self.model, self.keep, self.inputs, self.output_fn, params)
-                share = self._dry_run(jac)
+                self._jac = jac
+                fast, pass_seconds = self._dry_run(jac)
+                size = sum(p.numel() for p in jac.params)
+                share = self._dry_share(jac) if jac.m >= size else 1.0
+                if self.corrected:
+                    self._kept()
             except Exception as error:  # noqa: BLE001  (any failure: refuse, nothing changed)
+                self._jac = None
                 _refusal(error, trail)
-        self._jac, self.params = jac, jac.params
+        self.params = jac.params
         self._target = self._kept()
-        dtype = str(self.params[0].dtype).removeprefix("torch.")
-        self._tol = RESTORE_TOL.get(dtype, 1e-5) * max(1.0, float(self._target.abs().max()))
-        size = sum(p.numel() for p in self.params)
-        if jac.m >= size and share <= TRIVIAL_SHARE:
+        self._scale = float(self._target.abs().max())
+        self._tol = restore_tolerance(self.params[0].dtype, self._scale)
+        if share <= TRIVIAL_SHARE:
             warn_once(self, "trivial", f"NullSpaceProjector: {jac.m} constraints span every "
                       f"direction of the {size} parameters the optimizer holds: projected "
                       "steps are zero and nothing trains (protect fewer inputs or outputs)",
                       TrivialNullSpaceWarning)
-        warn_running_stats(self, self.model, "NullSpaceProjector")
+        self.estimate = estimate(jac, pass_seconds, fast)
+        warn_over_budget(self, self.estimate, *self.budget)
 
     def _dry_run(self, jac):
-        """Linearize and project a random step; return the share of its norm that is kept."""
-        self._jac = jac
-        lin = jac.linearize()
+        """Linearize at one input and project a random step there (refuses a model torch.func
+        cannot differentiate), then time the pass at DRY_INPUTS and 4 * DRY_INPUTS inputs.
+        Return (whether the rows are float32, (a, b): the pass over n inputs takes about
+        a + b * n seconds)."""
+        lin = jac.linearize(self.inputs[:1])
+        fast = lin.fast
+        factor = psd_factor(ops, lin.exact().gram())
+        self._project_vector(lin, factor, self._random_step(jac))
+        times = []
+        for count in sorted({min(len(self.inputs), c) for c in (DRY_INPUTS, 4 * DRY_INPUTS)}):
+            start = time.perf_counter()
+            jac.linearize(self.inputs[:count])
+            times.append((count, time.perf_counter() - start))
+        (n1, t1), (n2, t2) = times[0], times[-1]
+        slope = max(0.0, (t2 - t1) / (n2 - n1)) if n2 > n1 else t1 / n1
+        return fast, (max(0.0, t1 - slope * n1), slope)
+
+    @staticmethod
+    def _random_step(jac):
         generator = torch.Generator(device="cpu").manual_seed(0)
-        v = [torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p.device)
-             for p in jac.params]
-        _, kept = self._factor_and_project(lin, v)
-        if self.corrected:
-            self._kept()
-        norm = sum(float((t * t).sum()) for t in v) ** 0.5
-        return sum(float((t * t).sum()) for t in kept) ** 0.5 / norm
+        return [torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p.device)
+                for p in jac.params]
+
+    def _dry_share(self, jac):
+        """Project a random step on every input; return the share of its norm that is kept."""
+        v = self._random_step(jac)
+        _, kept = self._factor_and_project(jac.linearize(), v)
+        return _norm(kept) / _norm(v)
 
     def _kept(self):
-        """Return the kept outputs at inputs now (eval mode), float64, kept output major."""
+        """Return the kept outputs at inputs now (eval mode), float64, input major."""
         with evaluation(self.model), torch.no_grad():
             out = self._jac.wrapper(self.inputs)
-        return out.index_select(1, self._jac.index).T.reshape(-1).to(torch.float64)
+        return out.index_select(1, self._jac.index).reshape(-1).to(torch.float64)
+
+    def _outputs(self):
+        with evaluation(self.model), torch.no_grad():
+            return self._jac.wrapper(self.inputs).to(torch.float64)
 
     @staticmethod
     def _project_vector(lin, factor, v, first=None, sweeps=PROJECTION_SWEEPS, goal=None):
@@ -127,18 +199,73 @@ class NullSpaceProjector(StepHooks):
 
     def _project_step(self, old):
         step = [(p.detach() - o).to(torch.float64) for p, o in zip(self.params, old)]
+        if not all(bool(torch.isfinite(s).all()) for s in step):
+            raise FloatingPointError(
+                "NullSpaceProjector: the optimizer's step holds NaN or inf, so there is nothing "
+                "to project (in float16, Adam's eps=1e-8 rounds to 0: use eps=1e-4, or bfloat16)")
         self.write(old)  # linearize where the step started
         lin = self._jac.linearize()
-        factor, step = self._factor_and_project(lin, step)
-        self.write([o + s.to(o.dtype) for o, s in zip(old, step)])
+        if not self.corrected:
+            self._check_leak(lin.kept)
+        factor, projected = self._factor_and_project(lin, step)
+        if self._steps == 0:
+            self._check_first_step(lin, old, step, projected)
+        self.write([o + s.to(o.dtype) for o, s in zip(old, projected)])
         steps, residual = 0, None
         if self.corrected:
             steps, residual = self._restore(lin, factor)
+        self._steps += 1
         self.last = {"gauss_newton_steps": steps, "residual": residual, "gram": self._gram}
 
+    def _check_leak(self, kept_now, leak=None):
+        """Warn once when a step moved the kept outputs by more than LEAK_SHARE of their scale:
+        leak given (before a correction), or the change since the last step's start."""
+        if leak is None:
+            previous, self._previous = self._previous, kept_now
+            if previous is None:
+                return
+            leak = float((kept_now - previous).abs().max())
+        scale = max(1.0, self._scale)
+        if leak <= max(LEAK_SHARE * scale, self._tol):  # not below the dtype's resolution
+            return
+        if self.corrected:
+            advice = ("Gauss-Newton put them back on inputs only, so held-out inputs may drift "
+                      "more than with no helper; lower the learning rate (the leak falls 4x "
+                      "when it halves) or protect more inputs")
+        else:
+            advice = ("at this learning rate the first-order projection protects little; lower "
+                      "the learning rate (the leak falls 4x when it halves), use corrected=True, "
+                      "or protect more inputs")
+        warn_once(self, "leak", f"NullSpaceProjector: one step moved the kept outputs at inputs "
+                  f"by {leak:.3g}, {leak / scale:.1%} of their scale {scale:.3g}; {advice}",
+                  PromiseWarning)
+
+    def _check_first_step(self, lin, old, step, projected):
+        """Warn when the first real step's projection removed nearly all of the step, or all of
+        its effect on the outputs not kept (a LoRA adapter with B = 0: J has zero columns where
+        the step does nothing)."""
+        share = _norm(projected) / max(_norm(step), 1e-300)
+        effect = None
+        others = [j for j in range(lin.outputs.shape[1]) if j not in self.keep]
+        if others and share > TRIVIAL_SHARE:
+            moved = []
+            for change in (step, projected):
+                self.write([o + s.to(o.dtype) for o, s in zip(old, change)])
+                moved.append(float((self._outputs() - lin.outputs)[:, others].abs().max()))
+            self.write(old)
+            if moved[0] > 0:
+                effect = moved[1] / moved[0]
+        if share <= TRIVIAL_SHARE or (effect is not None and effect <= TRIVIAL_SHARE):
+            what = (f"{1 - share:.1%} of the step" if share <= TRIVIAL_SHARE else
+                    f"all but {effect:.2g} of its effect on the outputs not kept")
+            warn_once(self, "trivial", f"NullSpaceProjector: the first step's projection removed "
+                      f"{what}: the constraints leave nothing that trains (protect fewer inputs "
+                      "or outputs, or train parameters that reach the other outputs)",
+                      TrivialNullSpaceWarning)
+
     def _factor_and_project(self, lin, v):
-        """Factor J Jᵀ and project v. A float32 model's explicit rows enter J Jᵀ through a
-        float32 product, factored in float32 and then, if the projection still leaves more than
+        """Factor J Jᵀ and project v. A float32 model's rows enter J Jᵀ through a float32
+        product, factored in float32 and then, if the projection still leaves more than
         FAST_GRAM_RTOL of J v, in float64; if that falls short too (an ill-conditioned J Jᵀ),
         everything is formed again in float64."""
         first = lin.jv(v)
@@ -166,18 +293,23 @@ class NullSpaceProjector(StepHooks):
         """Take Gauss-Newton steps until the kept outputs at inputs are back at their target.
 
         Each step reuses the step's factor (a chord step: one Jᵀ a, no new Gram) while the
-        residual falls by CHORD_RATE per step; otherwise the next step re-linearizes.
+        residual falls by CHORD_RATE per step; otherwise the next step re-linearizes. A residual
+        that stops falling at a fresh linearization is the rounding floor of the parameters'
+        dtype: the steps stop there.
         """
         r = self._kept() - self._target
-        err, steps = float(r.abs().max()), 0
+        err, steps, fresh = float(r.abs().max()), 0, False
+        self._check_leak(None, err)
         while err > self._tol and steps < GAUSS_NEWTON_MAX_STEPS:
             correction = lin.jtv(_solve(factor, r))
             self.write([p.detach() - c.to(p.dtype) for p, c in zip(self.params, correction)])
             r = self._kept() - self._target
             err, previous, steps = float(r.abs().max()), err, steps + 1
             if err > CHORD_RATE * previous and err > self._tol:
+                if fresh and err >= 0.5 * previous:
+                    break  # no progress even at a fresh linearization
                 lin = self._jac.linearize().exact()  # a restore needs every direction
-                factor = psd_factor(ops, lin.gram())
+                factor, fresh = psd_factor(ops, lin.gram()), True
         if err > self._tol:
             warn_once(self, "restore", f"NullSpaceProjector: kept outputs still {err:.3g} from "
                       f"their target after {steps} Gauss-Newton steps (tolerance {self._tol:.3g}"
