@@ -99,9 +99,11 @@ class _Setup:
         self.reference = inputs(n_protected, seed + 2)
 
     def fresh(self, dtype="float32", lr=LR):
-        """Return a copy of the model in dtype and an AdamW optimizer over all its parameters."""
+        """Return a copy of the model in dtype and an AdamW optimizer over all its parameters
+        (float16: Adam's eps 1e-4, as 1e-8 rounds to 0 there and the step divides by it)."""
         model = copy.deepcopy(self.model).to(getattr(torch, dtype))
-        return model, torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+        eps = 1e-4 if dtype == "float16" else 1e-8
+        return model, torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, eps=eps)
 
     def null_space(self, n, corrected=False, dtype="float32", lr=LR, keep=KEEP):
         model, opt = self.fresh(dtype, lr)
@@ -115,13 +117,18 @@ class _Setup:
 
 
 def helper_cases(protected=(64, 512), energy=0.97, seed=0) -> dict:
-    """Return {case name: Step}: plain, split_head, null_space_<n> for each n in protected,
-    null_space_corrected_<n> for the smallest n, layer_subspace_<n> for the largest."""
+    """Return {case name: Step}: plain, split_head, split_head_unchecked (its per-step checks
+    off), null_space_<n> for each n in protected, null_space_corrected_<n> for the smallest n,
+    layer_subspace_<n> for the largest."""
     setup = _Setup(seed, max(protected))
     cases = {"plain": Step(*setup.fresh(), setup.x, setup.y)}
-    model, opt = setup.fresh()
-    split_head(model, model.head, TRAIN)
-    cases["split_head"] = Step(model, opt, setup.x, setup.y)
+    for name in ("split_head", "split_head_unchecked"):
+        model, opt = setup.fresh()
+        split_head(model, model.head, TRAIN)
+        if name == "split_head_unchecked":  # what its per-step checks cost
+            for tensor in ("weight", "bias"):
+                getattr(model.head.parametrizations, tensor)[0].split = None
+        cases[name] = Step(model, opt, setup.x, setup.y)
     for n in protected:
         cases[f"null_space_{n}"] = setup.null_space(n)
     cases[f"null_space_corrected_{min(protected)}"] = setup.null_space(min(protected), True)

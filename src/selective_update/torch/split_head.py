@@ -88,15 +88,19 @@ class KeepRows(nn.Module):
         copy_): trained rows land in the original; kept rows are refused."""
         last, version = self._last
         self._last, last = None, last.detach()
-        kept = _rows_differing(last, torch.where(self.mask, last, self.frozen)).tolist()
-        if kept:
+        ints = INT_OF_SIZE[last.element_size()]
+        frozen = self.frozen.view(ints)
+        if not torch.equal(torch.where(self.mask, frozen, last.view(ints)), frozen):
+            kept = _rows_differing(last, torch.where(self.mask, last, self.frozen)).tolist()
             fail("head", f"a write to the kept rows {kept[:8]} of the split head's tensor (lost: "
                  "they are read from a frozen copy)", f"writes to the trained rows "
                  f"{list(self.train_rows)}, or unsplit_head(model, head), write, and split_head "
                  "again")
         if original._version == version:  # no step since: a difference is the user's write
-            rows = _rows_differing(last, original)
-            if len(rows):
+            now = original.detach()
+            if not torch.equal(torch.where(self.mask, last.view(ints), now.view(ints)),
+                               now.view(ints)):
+                rows = _rows_differing(torch.where(self.mask, last, now), now)
                 with torch.no_grad():
                     original[rows] = last[rows]
 
@@ -118,6 +122,8 @@ class _Split:
 
     def refreeze(self):
         """Put requires_grad=False back on every parameter but the trained ones, and say so."""
+        if sum(p.requires_grad for p in self.model.parameters()) <= len(self.trained()):
+            return  # the usual case, in one pass: only the trained parameters require grad
         trained = {id(p) for p in self.trained()}
         unfrozen = [(n, p) for n, p in self.model.named_parameters()
                     if p.requires_grad and id(p) not in trained]
