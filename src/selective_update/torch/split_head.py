@@ -37,8 +37,10 @@ class KeepRows(nn.Module):
         self.register_buffer("frozen", value.detach().clone())  # persistent: loads with the model
         self.register_buffer("mask", self.row_mask(value), persistent=False)
         self.split = None  # the _Split record (set by split_head): what the checks read
-        self._last = None  # (tensor last returned, the original's version then)
-        self._mask_seen = None  # the mask tensor whose rows were last checked
+        # What the checks carry between forward passes, in a plain dict (nn.Module's
+        # __setattr__ costs more than the checks): the tensor last returned with the original's
+        # version then, and the mask tensor whose rows were last checked.
+        self.seen = {"last": None, "mask": None}
 
     def row_mask(self, like):
         """Return the boolean mask of the trained rows, shaped to broadcast over `like`."""
@@ -56,12 +58,14 @@ class KeepRows(nn.Module):
             self._check(original)
         value = torch.where(self.mask, original, self.frozen)
         if checked:
-            self._last = (value, original._version)
+            self.seen["last"] = (value, original._version)
         return value
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
         self.mask = self.row_mask(self.frozen)  # not saved: made again, where frozen now lives
+        if self.split is not None:
+            self.split.watched = None  # a load with assign=True replaces parameters
 
     def _check(self, original):
         """Hold the split's promise at this access, or refuse in one line naming the habit."""
@@ -70,37 +74,38 @@ class KeepRows(nn.Module):
             warn_once(self.split, "shared", "split_head: the frozen copy of the head had become "
                       "the very tensor the optimizer trains (a load_state_dict(..., assign=True) "
                       "or an assignment); split_head gave it its own copy again")
-        if self.mask is not self._mask_seen:
-            rows = self.mask.reshape(-1).nonzero().flatten().tolist()
+        mask = self.mask
+        if mask is not self.seen["mask"]:
+            rows = mask.reshape(-1).nonzero().flatten().tolist()
             if rows != sorted(self.train_rows):
                 fail("head", f"a split layer whose row mask trains rows {rows[:8]} (made for "
                      f"{list(self.train_rows)})", "a model moved with to_empty() and then loaded "
                      "(model.load_state_dict(sd) makes the mask again), or split_head after the "
                      "weights are loaded")
-            self._mask_seen = self.mask
-        if self._last is not None:
-            self._land_writes(original)
+            self.seen["mask"] = mask
+        if self.seen["last"] is not None:
+            self._land_writes(original, mask)
         if self.split.flags_guard is self:
             self.split.refreeze()
 
-    def _land_writes(self, original):
+    def _land_writes(self, original, mask):
         """Find in-place writes to the tensor last returned (head.weight[9] = v, .data[9] = v,
         copy_): trained rows land in the original; kept rows are refused."""
-        last, version = self._last
-        self._last, last = None, last.detach()
+        (last, version), self.seen["last"] = self.seen["last"], None
+        last, frozen = last.detach(), self.frozen
         ints = INT_OF_SIZE[last.element_size()]
-        frozen = self.frozen.view(ints)
-        if not torch.equal(torch.where(self.mask, frozen, last.view(ints)), frozen):
-            kept = _rows_differing(last, torch.where(self.mask, last, self.frozen)).tolist()
+        if not torch.equal(torch.where(mask, frozen.view(ints), last.view(ints)),
+                           frozen.view(ints)):
+            kept = _rows_differing(last, torch.where(mask, last, frozen)).tolist()
             fail("head", f"a write to the kept rows {kept[:8]} of the split head's tensor (lost: "
                  "they are read from a frozen copy)", f"writes to the trained rows "
                  f"{list(self.train_rows)}, or unsplit_head(model, head), write, and split_head "
                  "again")
         if original._version == version:  # no step since: a difference is the user's write
             now = original.detach()
-            if not torch.equal(torch.where(self.mask, last.view(ints), now.view(ints)),
+            if not torch.equal(torch.where(mask, last.view(ints), now.view(ints)),
                                now.view(ints)):
-                rows = _rows_differing(torch.where(self.mask, last, now), now)
+                rows = _rows_differing(torch.where(mask, last, now), now)
                 with torch.no_grad():
                     original[rows] = last[rows]
 
@@ -114,16 +119,33 @@ class _Split:
                                                                        handles, names)
         self.flags_guard = None  # the KeepRows that re-freezes the body (the weight's)
         self.warned_stats = set()
+        self.watched = None  # made at the first check, again after every load
 
     def trained(self):
         """Return the parameters split_head trains (the head's originals, as loaded now)."""
         return [getattr(self.head.parametrizations, n).original for n in ("weight", "bias")
                 if parametrize.is_parametrized(self.head, n)]
 
+    def watch(self):
+        """List (module, name, parameter) for every parameter split_head froze: the per-forward
+        check reads these few dict entries instead of walking the model."""
+        trained = {id(p) for p in self.trained()}
+        self.watched = [(m, n, p) for m in self.model.modules()
+                        for n, p in m._parameters.items()
+                        if p is not None and id(p) not in trained]
+
     def refreeze(self):
         """Put requires_grad=False back on every parameter but the trained ones, and say so."""
-        if sum(p.requires_grad for p in self.model.parameters()) <= len(self.trained()):
-            return  # the usual case, in one pass: only the trained parameters require grad
+        if self.watched is None:
+            self.watch()
+        for module, name, p in self.watched:
+            if module._parameters.get(name) is not p:  # replaced (a load with assign=True)
+                self.watch()
+                break
+            if p.requires_grad:
+                break
+        else:
+            return  # the usual case: every frozen parameter still frozen
         trained = {id(p) for p in self.trained()}
         unfrozen = [(n, p) for n, p in self.model.named_parameters()
                     if p.requires_grad and id(p) not in trained]
