@@ -148,21 +148,25 @@ class NullSpaceProjector(StepHooks):
 
     def _dry_run(self, jac):
         """Linearize at one input and project a random step there (refuses a model torch.func
-        cannot differentiate), then time the pass at DRY_INPUTS and 4 * DRY_INPUTS inputs.
-        Return (whether the rows are float32, (a, b): the pass over n inputs takes about
-        a + b * n seconds)."""
+        cannot differentiate), then time the pass at DRY_INPUTS and 4 * DRY_INPUTS inputs, and
+        one J v and Jᵀ a at the latter. Return (whether the rows are float32, (a, b, c): the
+        pass over n inputs takes about a + b * n seconds, a J v and a Jᵀ a c * n seconds)."""
         lin = jac.linearize(self.inputs[:1])
         fast = lin.fast
         factor = psd_factor(ops, lin.exact().gram())
-        self._project_vector(lin, factor, self._random_step(jac))
+        v = self._random_step(jac)
+        self._project_vector(lin, factor, v)
         times = []
         for count in sorted({min(len(self.inputs), c) for c in (DRY_INPUTS, 4 * DRY_INPUTS)}):
             start = time.perf_counter()
-            jac.linearize(self.inputs[:count])
+            lin = jac.linearize(self.inputs[:count])
             times.append((count, time.perf_counter() - start))
+        start = time.perf_counter()
+        lin.jtv(lin.jv(v))
+        vectors = (time.perf_counter() - start) / times[-1][0]
         (n1, t1), (n2, t2) = times[0], times[-1]
         slope = max(0.0, (t2 - t1) / (n2 - n1)) if n2 > n1 else t1 / n1
-        return fast, (max(0.0, t1 - slope * n1), slope)
+        return fast, (max(0.0, t1 - slope * n1), slope, vectors)
 
     def _rounding_floor(self):
         """Return how far the kept outputs move when every parameter moves one unit in the last

@@ -14,9 +14,11 @@ import time
 import torch
 
 from ..notices import CostWarning, warn_once
-from .kept_jacobian import CHUNK_BYTES
+from ..settings import GRAM_BLOCKS
+from .kept_jacobian import CHUNK_BYTES, MIN_BLOCK
 
 PROBE_SIZE = 384  # the matrix product timed for the machine's speed: (n x n) @ (n x 4n)
+PROJECTION_PAIRS = 2.5  # J v and Jᵀ a per step: J v, then a sweep or two of Jᵀ a and J v
 LAYER_SUBSPACE_NOTE = ("LayerSubspaceProjector, whose step costs about one plain step (1.07x on "
                        "the bench's CNN with 512 protected images; docs/your-model.md)")
 
@@ -39,20 +41,23 @@ def product_speed(dtype, device) -> float:
 def estimate(jacobian, pass_seconds, fast) -> dict:
     """Return {seconds, peak_mb} of one projected step.
 
-    pass_seconds: (a, b) with the torch.func pass over n inputs taking a + b * n seconds.
-    fast: whether the explicit rows are multiplied in float32 (a float32 model).
+    pass_seconds: (a, b, c): the torch.func pass over n inputs takes a + b * n seconds, one
+    J v and one Jᵀ a c * n seconds. fast: whether the rows are multiplied in float32.
     """
     sizes = jacobian.sizes()
     n, K, m = len(jacobian.inputs), len(jacobian.keep), jacobian.m
     device = jacobian.inputs.device
     f64 = product_speed(torch.float64, device)
     rows_speed = product_speed(torch.float32, device) if fast else f64
-    kron_flops = sum(m * m * layer.d_out + 2 * n * n * layer.d_in
+    blocks = max(1, min(GRAM_BLOCKS, m // MIN_BLOCK))
+    half = (blocks + 1) / (2 * blocks)  # the share of R Rᵀ's blocks multiplied
+    kron_flops = sum(2 * half * m * m * layer.d_out + 2 * n * n * layer.d_in
                      for layer in jacobian.layers if layer.kind == "kron")
-    rows_flops = m * m * (sizes["rows"] + sizes["stream"] + sizes["generic"])
+    rows_flops = 2 * half * m * m * (sizes["rows"] + sizes["stream"] + sizes["generic"])
     factor_flops = m ** 3 / 3
-    seconds = (pass_seconds[0] + pass_seconds[1] * n + kron_flops / f64
-               + rows_flops / rows_speed + factor_flops / (rows_speed if fast else f64))
+    seconds = (pass_seconds[0] + pass_seconds[1] * n + PROJECTION_PAIRS * pass_seconds[2] * n
+               + kron_flops / f64 + rows_flops / rows_speed
+               + factor_flops / (rows_speed if fast else f64))
     itemsize = jacobian.params[0].element_size()
     held = m * sizes["held"] * itemsize
     chunk = min(CHUNK_BYTES, n * sizes["per_sample"] * itemsize)
