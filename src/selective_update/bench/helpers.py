@@ -164,7 +164,7 @@ def _goals(rows, small, big, quick):
     _twin_goal(by_name, f"null_space_corrected_{small}", f"null_space_{small}", CORRECTED_GOAL)
     _twin_goal(by_name, "split_head", "split_head_unchecked", CHECKS_GOAL)
     for name in list(by_name):
-        if name.startswith("null_space_corrected_") and not name[-1].isdigit():
+        if name.startswith("null_space_corrected_") and not name.rsplit("_", 1)[-1].isdigit():
             _twin_goal(by_name, name, name.replace("null_space_corrected_", "null_space_"),
                        HALF_CORRECTED_GOAL)
 
