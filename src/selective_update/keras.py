@@ -152,19 +152,46 @@ def _set_flags(model, flags):
 
 
 MIXING = ("softmax", "log_softmax")  # activations whose output for one unit reads every unit
+# What may follow the split Dense, by class name (layers and keras.ops alike): ops that read each
+# unit on its own keep the promise readable after them; ops that mix units void it after them.
+UNIT_WISE = frozenset(
+    "Activation ReLU LeakyReLU PReLU ELU Dropout AlphaDropout GaussianDropout GaussianNoise "
+    "Identity Rescaling Reshape Flatten Concatenate Cast Relu Relu6 Sigmoid Tanh Elu Selu Gelu "
+    "Silu Swish Softplus Softsign LeakyRelu HardSigmoid HardSilu HardTanh Mish Exp Log Log1p Abs "
+    "Negative Square Sqrt Clip Add Subtract Multiply Divide TrueDivide Maximum Minimum Power "
+    "Where".split())
+MIXING_OPS = frozenset(
+    "Softmax LogSoftmax Dense EinsumDense LayerNormalization UnitNormalization "
+    "GroupNormalization Normalize Sum Mean Max Min Logsumexp Matmul Dot Einsum Argmax Argmin "
+    "Sort TopK Cumsum Cumprod".split())
 
 
-def _mixing_after(layer):
-    """Name what mixes the layer's units after it: its activation, or a softmax layer fed by it."""
-    name = getattr(layer.activation, "__name__", "")
-    if name in MIXING:
-        return f"its activation {name}"
-    for node in getattr(layer, "_outbound_nodes", []):
-        op = getattr(node, "operation", None)
-        if isinstance(op, keras.layers.Softmax) or getattr(
-                getattr(op, "activation", None), "__name__", "") in MIXING:
-            return f"the layer {op.name!r} after it ({type(op).__name__})"
-    return None
+def _activation_name(op):
+    return getattr(getattr(op, "activation", None), "__name__", "")
+
+
+def _after(layer):
+    """Return ([what mixes the layer's units after it], [ops it cannot tell about]), walking
+    the functional graph from the layer to the model's outputs (a subclassed model's call()
+    leaves no graph to walk)."""
+    mixing, unknown = [], []
+    if _activation_name(layer) in MIXING:
+        mixing.append(f"its activation {_activation_name(layer)}")
+    seen, todo = set(), [layer]
+    while todo:
+        for node in getattr(todo.pop(), "_outbound_nodes", []):
+            op = getattr(node, "operation", None)
+            if op is None or id(op) in seen:
+                continue
+            seen.add(id(op))
+            kind = type(op).__name__
+            if kind in MIXING_OPS or _activation_name(op) in MIXING:
+                mixing.append(f"{op.name!r} after it ({kind})")
+            elif kind in UNIT_WISE:
+                todo.append(op)
+            else:
+                unknown.append(f"{op.name!r} ({kind})")
+    return mixing, unknown
 
 
 def split_head(model, layer, train) -> list:
@@ -172,9 +199,11 @@ def split_head(model, layer, train) -> list:
 
     Call it on a built model (any warm start before is fine), then compile and fit: every kept
     unit of the layer stays bitwise unchanged under any optimizer, weight decay or momentum.
-    The promise is on the layer's units before any softmax: a softmax activation (or a Softmax
-    layer right after it) mixes the units, so the kept probabilities move as the trained units
-    learn; split_head says so in a PromiseWarning (use activation=None and from_logits=True).
+    The promise is on the layer's units before any softmax: a softmax activation, or any layer
+    or keras.ops call between it and the outputs that mixes units (softmax, normalization, a
+    Dense, a reduction), moves the kept values after it as the trained units learn; split_head
+    says so in a PromiseWarning (use activation=None and from_logits=True), and says which ops
+    it cannot classify. A subclassed model's call() leaves no graph to walk: nothing is checked.
     Returns [layer.kernel, layer.bias] (the variables that still train, in their train units).
     unsplit_head undoes it.
     """
@@ -205,12 +234,17 @@ def split_head(model, layer, train) -> list:
         if not any(variable is v for v in trained):
             variable.trainable = False
     model.train_function = None  # a compiled model retraces fit with the new trainable list
-    mixing = _mixing_after(layer)
+    mixing, unknown = _after(layer)
     if mixing:
-        warnings.warn(f"split_head: {mixing} mixes the units of {layer.name!r}: the kept units' "
-                      "values before it stay bitwise, but after it they move as the trained "
-                      "units learn; split a Dense with activation=None and put the softmax in "
-                      "the loss (from_logits=True)", PromiseWarning, stacklevel=2)
+        warnings.warn(f"split_head: {', '.join(mixing)} mixes the units of {layer.name!r}: the "
+                      "kept units' values before it stay bitwise, but after it they move as the "
+                      "trained units learn; split a Dense with activation=None and put the softmax "
+                      "in the loss (from_logits=True)", PromiseWarning, stacklevel=2)
+    if unknown:
+        warnings.warn(f"split_head: cannot tell whether {', '.join(unknown)} after "
+                      f"{layer.name!r} keeps its units apart; the kept units stay bitwise at "
+                      f"{layer.name!r}, check what follows it before reading them after",
+                      PromiseWarning, stacklevel=2)
     return trained
 
 
@@ -218,8 +252,10 @@ def unsplit_head(model, layer) -> list:
     """Undo split_head: the layer's plain constraints back, every trainable flag as before.
 
     The kernel and bias keep their current values (the kept units' frozen values, the trained
-    units' values). The model then saves to a .keras file that Keras loads without this
-    package. A model loaded from a file saved while split gets the flags saved with it.
+    units' values). A compiled model's optimizer gets slots for every variable that trains now,
+    its state carried over where it had one. The model then saves to a .keras file that Keras
+    loads without this package, optimizer state included. A model loaded from a file saved
+    while split gets the flags saved with it.
     Returns [layer.kernel, layer.bias].
     """
     _check_layer(model, layer)
@@ -235,5 +271,23 @@ def unsplit_head(model, layer) -> list:
         _set_flags(model, flags)
     else:  # no record (another model object): Keras's default, everything trainable
         _set_flags(model, [True] * (len(model._flatten_layers()) + len(model.weights)))
+    _rebuild_optimizer(model)
     model.train_function = None
     return variables
+
+
+def _rebuild_optimizer(model):
+    """Give a compiled model's built optimizer slots for every trainable variable (the split
+    built them for the Dense alone), keeping the values it has by variable path: the saved file
+    then loads with its optimizer state whole."""
+    old = getattr(model, "optimizer", None)
+    if old is None or not getattr(old, "built", False):
+        return
+    new = type(old).from_config(old.get_config())
+    new.build(model.trainable_variables)
+    values = {v.path: v for v in old.variables}
+    for variable in new.variables:
+        value = values.get(variable.path)
+        if value is not None and tuple(value.shape) == tuple(variable.shape):
+            variable.assign(value)
+    model.optimizer = new

@@ -21,10 +21,11 @@ def train_deep_cnn(energy, steps=15, lr=0.01):
     model = make(DeepCNN)
     x_keep = X[:12]
     before, before_other = outputs(model, x_keep), outputs(model, X_OTHER)
-    with pytest.warns(PromiseWarning, match="froze 2 parameters .*norm.weight, norm.bias"):
-        projector = LayerSubspaceProjector(model, model.head, HEAD_TRAIN, x_keep, energy=energy)
+    projector = LayerSubspaceProjector(model, model.head, HEAD_TRAIN, x_keep, energy=energy)
+    assert model.norm.weight.requires_grad  # nothing changes before attach()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
-    projector.attach(opt)
+    with pytest.warns(PromiseWarning, match="froze 2 parameters .*norm.weight, norm.bias"):
+        projector.attach(opt)
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
     fit(model, opt, steps, x=X, y=Y)
     change = {n: float((p.detach() - params[n]).abs().max())
@@ -64,14 +65,14 @@ def test_a_transformer_classifier_freezes_attention_and_embeddings_and_says_so()
     model = make(TransformerClassifier)
     x, y = tokens(48, 0), targets(48, 5)
     before = outputs(model, x[:8])
-    with pytest.warns(PromiseWarning, match=r"froze \d+ parameters .*embed\.weight"):
-        projector = LayerSubspaceProjector(model, model.head, [4], x[:8], energy=1.0)
+    projector = LayerSubspaceProjector(model, model.head, [4], x[:8], energy=1.0)
     frozen = {n for n, _ in projector.frozen}
     assert {"embed.weight", "pos", "encoder.layers.0.self_attn.in_proj_weight",
             "encoder.layers.0.norm1.weight"} <= frozen
     assert "encoder.layers.0.linear1.weight" not in frozen
     opt = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)
-    projector.attach(opt)
+    with pytest.warns(PromiseWarning, match=r"froze \d+ parameters .*embed\.weight"):
+        projector.attach(opt)
     model.train()  # dropout on while training; the promise is on the eval-mode outputs
     fit(model, opt, 5, x=x, y=y)
     after = outputs(model, x[:8])
@@ -113,13 +114,16 @@ def test_bad_input_is_refused_in_one_line_with_the_model_untouched(kwargs, name)
     assert "\n" not in str(info.value) and unchanged(model, before)
 
 
-def test_attach_refuses_an_optimizer_without_the_layers():
-    model = make(CNN)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PromiseWarning)
-        projector = LayerSubspaceProjector(model, model.fc, [1], images(8, 0))
+def test_attach_refuses_an_optimizer_without_the_layers_and_changes_nothing():
+    model = make(DeepCNN)
+    projector = LayerSubspaceProjector(model, model.head, [1], images(8, 0))
+    before = snapshot(model)
     with pytest.raises(ValueError, match=r"^optimizer: "):
         projector.attach(torch.optim.SGD([nn.Parameter(torch.zeros(3))], lr=0.1))
-    projector.attach(torch.optim.SGD(model.parameters(), lr=0.1))
+    assert unchanged(model, before)  # the norm it would freeze is still trainable
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PromiseWarning)
+        projector.attach(torch.optim.SGD(model.parameters(), lr=0.1))
+    assert not model.norm.weight.requires_grad
     with pytest.raises(ValueError, match=r"^optimizer: .*attached already"):
         projector.attach(torch.optim.SGD(model.parameters(), lr=0.1))

@@ -92,6 +92,34 @@ class TransformerClassifier(nn.Module):
         return self.head(self.encoder(self.embed(tokens) + self.pos).mean(1))
 
 
+class TwoNormMLP(nn.Module):
+    """Linear -> BatchNorm1d -> ReLU -> Linear -> BatchNorm1d -> tanh -> Linear head."""
+
+    def __init__(self, d_in=8, width=12, n_out=6):
+        super().__init__()
+        self.fc1, self.bn1 = nn.Linear(d_in, width), nn.BatchNorm1d(width)
+        self.fc2, self.bn2 = nn.Linear(width, width), nn.BatchNorm1d(width)
+        self.head = nn.Linear(width, n_out)
+
+    def forward(self, x):
+        h = torch.relu(self.bn1(self.fc1(x)))
+        return self.head(torch.tanh(self.bn2(self.fc2(h))))
+
+
+class LoRAMLP(nn.Module):
+    """A frozen MLP whose hidden Linear has a LoRA adapter, W x + B A x, with B = 0 at the start."""
+
+    def __init__(self, d_in=8, width=12, n_out=6, rank=2):
+        super().__init__()
+        self.body = nn.Linear(d_in, width).requires_grad_(False)
+        self.head = nn.Linear(width, n_out).requires_grad_(False)
+        self.lora_a = nn.Parameter(0.3 * torch.randn(rank, d_in))
+        self.lora_b = nn.Parameter(torch.zeros(width, rank))
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.body(x) + x @ self.lora_a.T @ self.lora_b.T))
+
+
 def make(cls, seed=0, **kwargs):
     torch.manual_seed(seed)
     return cls(**kwargs).to(DT)

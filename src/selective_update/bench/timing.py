@@ -1,8 +1,9 @@
 """Time one optimizer step of each strategy against a plain step, in both frameworks.
 
 The bench command (bench/cli.py) calls these; each framework is reached only through its public
-surface (su.backend(name)): configure(threads), make_steps(strategies, ...); torch's also has the
-Jacobian baseline (project_step_jacobian, JacobianNullSpaceStep, projection_cases).
+surface (su.backend(name)): configure(threads), make_steps(strategies, ...). The Jacobian baseline
+(project_step_jacobian, JacobianNullSpaceStep, projection_cases) and the device queries come from
+torch/bench_jacobian.py and torch/device.py, imported when needed.
 """
 from __future__ import annotations
 
@@ -86,9 +87,9 @@ def load() -> float:
 
 def cuda_available() -> bool:
     """Say whether torch sees a CUDA device."""
-    import selective_update as su
+    from ..torch import runner
 
-    return su.backend("torch").cuda_available()
+    return runner.cuda_available()
 
 
 def configure(threads, frameworks, device):
@@ -101,7 +102,9 @@ def configure(threads, frameworks, device):
                torch=importlib.metadata.version("torch"), tensorflow="", machine=machine(),
                threads=threads)
     if device == "cuda":
-        env["machine"] += ", " + su.backend("torch").device_name()
+        from ..torch.runner import device_name
+
+        env["machine"] += ", " + device_name()
     if "tf1" in frameworks:
         env["tensorflow"] = importlib.metadata.version("tensorflow")
     return env
@@ -193,13 +196,12 @@ def _jacobian_step(params, data, sizes, batch, args, env, log) -> list:
         log(f"jacobian {'-'.join(map(str, sizes))}/{batch}: skipped ({entries:,} Jacobian entries "
             f"> {JACOBIAN_MAX_ENTRIES:,})")
         return []
-    import selective_update as su
+    from ..torch import bench_jacobian
 
-    su_torch = su.backend("torch")
     _, sync = make_steps("torch", (PLAIN,), params, data, args)
-    step = su_torch.JacobianNullSpaceStep(params, data, keep=KEEP, train=TRAIN, lr=LR,
-                                          dtype=args.dtype, device=args.device,
-                                          project=su_torch.project_step_jacobian)
+    step = bench_jacobian.JacobianNullSpaceStep(params, data, keep=KEEP, train=TRAIN, lr=LR,
+                                                dtype=args.dtype, device=args.device,
+                                                project=bench_jacobian.project_step_jacobian)
     seconds = time_interleaved({"jacobian": step}, min(args.repeats, JACOBIAN_REPEATS), warmup=1,
                                sync=sync)
     return [measurement_row("table", "torch", "null_space_jacobian", sizes, batch,
@@ -209,7 +211,7 @@ def _jacobian_step(params, data, sizes, batch, args, env, log) -> list:
 
 def bench_sweep(args, env, log) -> list:
     """Sweep width and batch: null_space vs plain steps, and the projection alone."""
-    import selective_update as su
+    from ..torch import bench_jacobian
 
     points = [("sweep_width", (SWEEP_IN, w, SWEEP_OUT), SWEEP_WIDTH_BATCH) for w in args.widths]
     points += [("sweep_batch", (SWEEP_IN, SWEEP_BATCH_WIDTH, SWEEP_OUT), b) for b in args.batches]
@@ -224,11 +226,11 @@ def bench_sweep(args, env, log) -> list:
             if fw != "torch":
                 continue
             jac = jacobian_entries(params, batch) <= JACOBIAN_MAX_ENTRIES
-            cases = su.backend("torch").projection_cases(params, data, keep=KEEP, dtype=args.dtype,
-                                                          device=args.device, jacobian=False)
+            cases = bench_jacobian.projection_cases(params, data, keep=KEEP, dtype=args.dtype,
+                                                    device=args.device, jacobian=False)
             seconds = time_interleaved(cases, args.sweep_repeats, warmup=1, sync=sync)
             if jac:
-                cases = su.backend("torch").projection_cases(
+                cases = bench_jacobian.projection_cases(
                     params, data, keep=KEEP, dtype=args.dtype, device=args.device, jacobian=True)
                 del cases["projection_gram"]
                 seconds.update(time_interleaved(cases, min(args.sweep_repeats,

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..validation import check_int, fail
-from .kept_outputs import KeptOutputs, Linearized
+from .kept_outputs import KeptOutputs
 
 class Audit(NamedTuple):
     """What audit measured: one row per parameter feeding the kept outputs, and their drift."""
@@ -19,12 +19,14 @@ class Audit(NamedTuple):
 
 def _feeding_masks(f):
     """Return, per parameter, the entries the kept outputs at inputs depend on."""
-    lin = Linearized(f, f.flat())
-    generator = torch.Generator(device="cpu").manual_seed(0)
-    total = torch.zeros_like(lin.theta)
-    for _ in range(2):  # a random cotangent hits an exact zero with probability 0
-        u = torch.randn(lin.m, generator=generator, dtype=lin.theta.dtype).to(lin.theta.device)
-        total = total + lin.jtv(u).abs()
+    theta = f.flat()
+    with torch.enable_grad():
+        value, jtv = torch.func.vjp(f, theta)  # Jᵀ u, one backward pass per call
+        generator = torch.Generator(device="cpu").manual_seed(0)
+        total = torch.zeros_like(theta)
+        for _ in range(2):  # a random cotangent hits an exact zero with probability 0
+            u = torch.randn(value.numel(), generator=generator, dtype=theta.dtype)
+            total = total + jtv(u.to(theta.device))[0].abs()
     return [m != 0 for m in f.unflat(total).values()]
 
 

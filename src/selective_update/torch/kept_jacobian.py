@@ -1,22 +1,27 @@
 """The kept outputs' Jacobian at protected inputs, per sample, in the blocks that make J Jᵀ cheap.
 
-Rows are (kept output k, protected input b), k-major: m = K * n of them. Columns are the
-parameters the optimizer holds, in three kinds:
+Rows are (protected input b, kept output k), input major: m = n * K of them (the order torch.func
+returns them in, so no per-sample tensor is transposed). Columns are the parameters the optimizer
+holds, in three kinds:
 - an nn.Linear fed a batch of vectors (n, d_in): the study's layer-wise (Kronecker) form,
   J Jᵀ += (A Aᵀ + 1) ∘ (Δ Δᵀ) from its inputs A and the kept outputs' deltas Δ at its output
   (algorithms/nullspace.py for the MLP), never its rows: O(m² d_out + n² d_in);
-- an nn.Linear fed sequences, an nn.Conv2d: explicit rows Σ_t Δ_t ⊗ a_t over positions t (a
-  convolution's inputs unfolded into patches), cheap where parameters are few;
+- an nn.Linear fed sequences, an nn.Conv2d: rows Σ_t Δ_t ⊗ a_t over positions t (a convolution's
+  inputs unfolded into patches). Where the rows are fewer numbers than the deltas, or more
+  positions than kept outputs make J v cheaper from rows than from Δ and a (a convolution), they
+  are formed once; else only Δ and a are kept and the rows are formed a block of columns at a time
+  while J Jᵀ accumulates (a Transformer's Linear layers on short sequences): J is never held;
 - anything else (norms, embeddings, attention's in_proj_weight): explicit per-sample gradients.
-Deltas and per-sample gradients come from one torch.func pass: vmap over the samples of jacrev
-over the kept outputs (K batched backward passes), with a zero "probe" added to each Linear and
-Conv2d output so that its gradient there is Δ. J Jᵀ is formed and solved in float64 whatever
-the model's dtype (float32 Grams lose the small eigenvalues a projection needs).
-Every pass runs in eval mode with the math attention kernel (modules.evaluation).
+J v and Jᵀ a come from the same pieces (Δ, a, rows). Deltas and per-sample gradients come from a
+torch.func pass over chunks of samples (vmap over the samples of jacrev over the kept outputs),
+with a zero "probe" added to each Linear and Conv2d output so that its gradient there is Δ.
+J Jᵀ is accumulated and solved in float64 whatever the model's dtype. Every pass runs in eval
+mode with the math attention kernel (model_checks.evaluation).
 """
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +31,12 @@ from torch.nn.utils import parametrize
 
 from ..settings import GRAM_BLOCKS, SAMPLE_CHUNK
 from .kept_outputs import Wrapped
-from .modules import evaluation, shared_with
+from .model_checks import evaluation, shared_with
 
+CHUNK_BYTES = 64 * 2**20  # per-sample outputs held per chunk of the torch.func pass
+GROUP_BYTES = 64 * 2**20  # rows formed at once while J Jᵀ accumulates
+MIN_BLOCK = 256  # rows of a block of J Jᵀ's symmetric product
+F64 = torch.float64
 
 
 class Layer:
@@ -36,8 +45,9 @@ class Layer:
     def __init__(self, module, name, weight, bias):
         self.module, self.name = module, name
         self.weight, self.bias = weight, bias  # indices into the held parameters, or None
-        self.kind = None  # "kron" | "rows", from the capture pass
+        self.kind = None  # "kron" (vectors) | "rows" (rows formed) | "stream" (Δ and a kept)
         self.out_shape = None
+        self.positions = self.d_in = self.d_out = 0  # T, I, O of its rows Σ_t Δ_t ⊗ a_t
 
 
 def conv_supported(module):
@@ -48,6 +58,32 @@ def conv_supported(module):
 
 def _candidate(module):
     return isinstance(module, nn.Linear) or conv_supported(module)
+
+
+def _positions(layer, x):
+    """Return a layer's inputs as (n, T, d_in): one row per position (a conv's patches)."""
+    if isinstance(layer.module, nn.Conv2d):
+        c = layer.module
+        return F.unfold(x, c.kernel_size, c.dilation, c.padding, c.stride).transpose(1, 2)
+    return x.reshape(x.shape[0], -1, x.shape[-1])
+
+
+def _deltas(layer, delta):
+    """Return a layer's deltas (n, K, *out) as (n, K, T, d_out), positions matching _positions."""
+    n, K = delta.shape[:2]
+    if isinstance(layer.module, nn.Conv2d):
+        return delta.reshape(n, K, layer.d_out, -1).transpose(2, 3)
+    return delta.reshape(n, K, -1, delta.shape[-1])
+
+
+def _rows(delta, a, dtype=None):
+    """Return the weight rows Σ_t Δ_t ⊗ a_t (n * K, d_out * d_in) from Δ (n, K, T, O) and
+    a (n, T, I)."""
+    if dtype is not None:
+        delta, a = delta.to(dtype), a.to(dtype)
+    n, K, T, O = delta.shape
+    out = torch.bmm(delta.transpose(2, 3).reshape(n, K * O, T), a)  # (n, K * O, I)
+    return out.reshape(n * K, -1)
 
 
 class KeptJacobian:
@@ -91,32 +127,69 @@ class KeptJacobian:
             for handle in handles:
                 handle.remove()
 
-    def _capture(self):
+    def _capture(self, inputs=None):
         """One batched forward pass: each layer's inputs and output shape, and its calls."""
         record = {}
         # Grad on: a fused fast path (TransformerEncoderLayer) skips its submodules without it.
         with evaluation(self.model), torch.enable_grad(), self._hooks(record):
-            out = self.wrapper(self.inputs)
+            out = self.wrapper(self.inputs if inputs is None else inputs)
         return record, out
 
     def _classify(self):
-        """Keep the layers called once per forward pass; their kind follows their inputs' rank."""
-        record, _ = self._capture()
+        """Keep the layers called once per forward pass; their kind follows their inputs' shape:
+        vectors make Kronecker blocks; else rows, formed once where they are fewer numbers than
+        the deltas, streamed from Δ and a where not."""
+        record, _ = self._capture(self.inputs[:1])
         kept = []
         for layer in self.layers:
             calls = record.get(layer, [])
             if len(calls) != 1:
                 continue  # not called (fused away) or called twice: explicit per-sample rows
             x, shape = calls[0]
-            layer.kind = "kron" if isinstance(layer.module, nn.Linear) and x.dim() == 2 else "rows"
             layer.out_shape = tuple(shape[1:])
+            module = layer.module
+            layer.d_out = module.out_channels if isinstance(module, nn.Conv2d) else shape[-1]
+            a = _positions(layer, x)
+            layer.positions, layer.d_in = a.shape[1], a.shape[2]
+            K = len(self.keep)
+            if isinstance(module, nn.Linear) and x.dim() == 2:
+                layer.kind = "kron"
+            elif layer.d_in <= layer.positions or layer.positions > K:
+                layer.kind = "rows"  # fewer numbers than the deltas, or cheaper J v than them
+            else:
+                layer.kind = "stream"
             kept.append(layer)
         self.layers = kept
         covered = {i for layer in kept for i in (layer.weight, layer.bias) if i is not None}
         self.generic = [i for i in range(len(self.params)) if i not in covered]
 
-    def _per_sample(self, generic, probes):
-        """Return (per-sample gradients of the generic parameters, deltas at each layer)."""
+    def sizes(self):
+        """Return the numbers that set a step's cost: {kron, rows, generic: explicit columns,
+        stream: streamed columns, held: numbers held per row, per_sample: numbers per sample of
+        the torch.func pass}."""
+        K = len(self.keep)
+        out = dict(kron=0, rows=0, stream=0, generic=0, held=0, per_sample=0)
+        for layer in self.layers:
+            cols = layer.d_out * layer.d_in * (layer.weight is not None) + layer.d_out * (
+                layer.bias is not None)
+            out["kron" if layer.kind == "kron" else layer.kind] += cols
+            delta = layer.positions * layer.d_out
+            out["per_sample"] += K * math.prod(layer.out_shape)
+            out["held"] += cols if layer.kind == "rows" else delta
+        for i in self.generic:
+            out["generic"] += self.params[i].numel()
+        out["held"] += out["generic"]
+        out["per_sample"] += K * out["generic"]
+        return out
+
+    def _chunk(self):
+        """Samples per chunk of the torch.func pass: its outputs within CHUNK_BYTES."""
+        per_sample = max(1, self.sizes()["per_sample"]) * self.params[0].element_size()
+        return max(1, min(SAMPLE_CHUNK, CHUNK_BYTES // per_sample))
+
+    def _per_sample(self, generic, probes, inputs):
+        """Return (per-sample gradients of the generic parameters, deltas at each layer), each
+        (n, K, *shape), for a chunk of inputs."""
         names = [f"model.{self.names[i]}" for i in self.generic]
 
         def kept_one(gen, prb, x):
@@ -125,58 +198,85 @@ class KeptJacobian:
                                   strict=False)
             return out[0].index_select(0, self.index)
 
-        jac = vmap(jacrev(kept_one, argnums=(0, 1)), in_dims=(None, 0, 0),
-                   chunk_size=SAMPLE_CHUNK)
+        jac = vmap(jacrev(kept_one, argnums=(0, 1)), in_dims=(None, 0, 0))
         with self._hooks(None), torch.no_grad():  # the transforms differentiate inside
             try:
-                return jac(tuple(generic), tuple(probes), self.inputs)
+                return jac(tuple(generic), tuple(probes), inputs)
             finally:
                 self._probes = None
 
-    def linearize(self):
-        """Return the Linearization at the parameters' current values."""
-        record, out = self._capture()
-        n, K = len(self.inputs), len(self.keep)
-        probes = [torch.zeros((n,) + layer.out_shape, dtype=out.dtype, device=out.device)
-                  for layer in self.layers]
+    def linearize(self, inputs=None):
+        """Return the Linearization at the parameters' current values (at `inputs`: a subset of
+        the protected inputs, for a dry run; default all of them)."""
+        inputs = self.inputs if inputs is None else inputs
+        record, out = self._capture(inputs)
+        n, K = len(inputs), len(self.keep)
+        dtype, device = out.dtype, out.device
         generic = [self.params[i].detach() for i in self.generic]
+        acts = {layer: _positions(layer, record[layer][0][0]) for layer in self.layers}
+        held = {}  # per layer: (n, K, T, O) deltas, or (n * K, cols) rows; per generic: rows
+        for layer in self.layers:
+            shape = (n, K, layer.positions, layer.d_out)
+            if layer.kind == "rows" and layer.weight is not None:
+                held[layer] = torch.empty(n * K, layer.d_out * layer.d_in, dtype=dtype,
+                                          device=device)
+            if layer.kind != "rows" or layer.bias is not None:
+                held[(layer, "delta")] = torch.empty(shape if layer.kind != "rows" else
+                                                     (n, K, layer.d_out), dtype=dtype,
+                                                     device=device)
+        gen_rows = [torch.empty((n, K) + p.shape, dtype=dtype, device=device) for p in generic]
+        step = self._chunk()
         with evaluation(self.model):
-            gen_jac, deltas = self._per_sample(generic, probes)
-        f64 = torch.float64
-        kron, rows = [], []  # rows: (parameter index, (m, numel)), in the model's dtype
-        for layer, delta in zip(self.layers, deltas):
-            x = record[layer][0][0]
-            delta = delta.transpose(0, 1)  # (K, n, *out)
+            for lo in range(0, n, step):
+                hi = min(n, lo + step)
+                probes = [torch.zeros((hi - lo,) + layer.out_shape, dtype=dtype, device=device)
+                          for layer in self.layers]
+                gen_jac, deltas = self._per_sample(generic, probes, inputs[lo:hi])
+                for target, g in zip(gen_rows, gen_jac):
+                    target[lo:hi] = g
+                for layer, delta in zip(self.layers, deltas):
+                    delta = _deltas(layer, delta)  # (chunk, K, T, O)
+                    if layer.kind != "rows":
+                        held[(layer, "delta")][lo:hi] = delta
+                        continue
+                    if layer.weight is not None:
+                        held[layer][lo * K:hi * K] = _rows(delta, acts[layer][lo:hi])
+                    if layer.bias is not None:
+                        held[(layer, "delta")][lo:hi] = delta.sum(2)
+                del gen_jac, deltas
+        kron, stream, rows = [], [], []
+        for layer in self.layers:
             if layer.kind == "kron":
-                kron.append((layer, x.to(f64), delta.to(f64)))
-                continue
-            if isinstance(layer.module, nn.Conv2d):
-                c = layer.module
-                x = F.unfold(x, c.kernel_size, c.dilation, c.padding, c.stride)  # (n, D, L)
-                delta = delta.reshape(K, n, c.out_channels, -1)  # (K, n, c_out, L)
-            else:  # a Linear on sequences: positions play the part of a convolution's
-                x = x.reshape(n, -1, x.shape[-1]).transpose(1, 2)  # (n, d_in, T)
-                delta = delta.reshape(K, n, -1, delta.shape[-1]).transpose(2, 3)  # (K,n,d_out,T)
-            # Row (k, b) of the weight: delta[k, b] (d_out, T) @ x[b]ᵀ (T, d_in), one bmm over b
-            out_dim = delta.shape[2]
-            w_rows = torch.bmm(delta.transpose(0, 1).reshape(n, K * out_dim, -1),
-                               x.transpose(1, 2)).reshape(n, K, -1).transpose(0, 1)
-            if layer.weight is not None:
-                rows.append((layer.weight, w_rows.reshape(self.m, -1)))
-            if layer.bias is not None:
-                rows.append((layer.bias, delta.sum(-1).reshape(self.m, -1)))
-        for i, g in zip(self.generic, gen_jac):
-            rows.append((i, g.transpose(0, 1).reshape(self.m, -1)))
-        return Linearization(self, kron, rows)
+                kron.append((layer, acts[layer][:, 0].to(F64),
+                             held[(layer, "delta")][:, :, 0].to(F64)))
+            elif layer.kind == "stream":
+                stream.append((layer, acts[layer], held[(layer, "delta")]))
+            else:
+                if layer.weight is not None:
+                    rows.append((layer.weight, held[layer]))
+                if layer.bias is not None:
+                    rows.append((layer.bias, held[(layer, "delta")].reshape(n * K, -1)))
+        rows += [(i, g.reshape(n * K, -1)) for i, g in zip(self.generic, gen_rows)]
+        lin = Linearization(self, n, kron, stream, rows)
+        lin.outputs = out.detach().to(F64)  # every output at inputs, where J was taken
+        lin.kept = lin.outputs.index_select(1, self.index).reshape(-1)  # input major
+        return lin
 
 
-def add_symmetric_gram(G, R, blocks=GRAM_BLOCKS):
-    """Add R Rᵀ to G, multiplying only the blocks on and below the diagonal."""
+def add_symmetric_gram(G, R, dtype):
+    """Add R Rᵀ to G, multiplying in `dtype` only the blocks on and below the diagonal (at most
+    GRAM_BLOCKS of them a side, each of at least MIN_BLOCK rows: small products cost more in
+    calls than they save)."""
+    blocks = max(1, min(GRAM_BLOCKS, R.shape[0] // MIN_BLOCK))
+    if blocks == 1:
+        G += (R.to(dtype) @ R.to(dtype).T).to(G.dtype)
+        return
     edges = torch.linspace(0, R.shape[0], blocks + 1).round().long().tolist()
     spans = [slice(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
     for i, si in enumerate(spans):
+        left = R[si].to(dtype)
         for sj in spans[:i + 1]:
-            block = (R[si] @ R[sj].T).to(G.dtype)
+            block = (left @ R[sj].to(dtype).T).to(G.dtype)
             G[si, sj] += block
             if si != sj:
                 G[sj, si] += block.T
@@ -185,91 +285,97 @@ def add_symmetric_gram(G, R, blocks=GRAM_BLOCKS):
 class Linearization:
     """J at one point: J v, Jᵀ a and J Jᵀ, in float64.
 
-    A float32 model's explicit rows stay float32 (R_low) until exact() asks for float64: J Jᵀ's
-    part from them is then a float32 product (fast), and J v, Jᵀ a round like the model does.
+    A float32 model's explicit and streamed rows stay float32 until exact() asks for float64:
+    J Jᵀ's part from them is then a float32 product (fast), and J v, Jᵀ a round like the model
+    does.
     """
 
-    def __init__(self, jacobian, kron, rows):
-        self.jacobian, self.kron = jacobian, kron
-        self.K, self.n = len(jacobian.keep), len(jacobian.inputs)
+    def __init__(self, jacobian, n, kron, stream, rows):
+        self.jacobian, self.kron, self.stream, self.rows = jacobian, kron, stream, rows
+        self.K, self.n = len(jacobian.keep), n
         self.m = self.K * self.n
-        self.row_index = [i for i, _ in rows]
-        R = torch.cat([r for _, r in rows], dim=1) if rows else None
-        low = R is not None and R.dtype in (torch.float32, torch.float16, torch.bfloat16)
-        self.R_low = R.float() if low else None  # float32 rows as computed; None: float64 model
-        self.R = None if low else R
-        self.offsets = [0]
-        for _, r in rows:
-            self.offsets.append(self.offsets[-1] + r.shape[1])
-
-    @property
-    def fast(self):
-        """Whether J's explicit rows are float32 (not yet made exact)."""
-        return self.R is None and self.R_low is not None
+        low = [t.dtype for _, _, t in stream] + [r.dtype for _, r in rows]
+        self.fast = bool(low) and all(d != F64 for d in low)  # float32 rows, not yet exact
 
     def exact(self):
         """Use float64 rows from now on (J Jᵀ, J v and Jᵀ a)."""
-        if self.fast:
-            self.R = self.R_low.to(torch.float64)
+        self.fast = False
         return self
 
-    def _rows(self, like=None):
-        """Return the explicit rows in float64, or float32 ones while fast."""
-        return self.R_low if self.fast else self.R
+    def _dtype(self):
+        return torch.float32 if self.fast else F64
 
     def gram(self):
-        """Return J Jᵀ (m, m), float64 (the explicit rows' part a float32 product while fast)."""
+        """Return J Jᵀ (m, m), float64 (the rows' part a float32 product while fast)."""
         device = self.jacobian.inputs.device
-        G = None
+        G = torch.zeros(self.m, self.m, dtype=F64, device=device)
         K, n = self.K, self.n
         for layer, x, delta in self.kron:
-            inputs = torch.zeros(n, n, dtype=torch.float64, device=device)
+            inputs = torch.zeros(n, n, dtype=F64, device=device)
             if layer.weight is not None:
                 inputs += x @ x.T
             if layer.bias is not None:
                 inputs += 1.0
-            term = torch.zeros(self.m, self.m, dtype=torch.float64, device=device)
-            add_symmetric_gram(term, delta.reshape(self.m, -1))  # Δ Δᵀ, half the products
-            term.view(K, n, K, n).mul_(inputs.view(1, n, 1, n))
-            G = term if G is None else G.add_(term)
-        if G is None:
-            G = torch.zeros(self.m, self.m, dtype=torch.float64, device=device)
-        if self.R_low is not None or self.R is not None:
-            add_symmetric_gram(G, self._rows(G))
+            term = torch.zeros(self.m, self.m, dtype=F64, device=device)
+            add_symmetric_gram(term, delta.reshape(self.m, -1), F64)  # Δ Δᵀ, half the products
+            term.view(n, K, n, K).mul_(inputs.view(n, 1, n, 1))
+            G.add_(term)
+            del term
+        dtype = self._dtype()
+        for layer, a, delta in self.stream:
+            if layer.weight is not None:
+                width = max(1, GROUP_BYTES // (self.m * layer.d_in * 8))
+                for lo in range(0, layer.d_out, width):
+                    add_symmetric_gram(G, _rows(delta[..., lo:lo + width], a, dtype), dtype)
+            if layer.bias is not None:
+                add_symmetric_gram(G, delta.sum(2).reshape(self.m, -1), dtype)
+        for _, R in self.rows:
+            add_symmetric_gram(G, R, dtype)
         return G
 
     def jv(self, v):
         """Return J v (m,) for v: a float64 tensor per held parameter."""
-        total = torch.zeros(self.K, self.n, dtype=torch.float64, device=self.jacobian.inputs.device)
+        total = torch.zeros(self.n, self.K, dtype=F64, device=self.jacobian.inputs.device)
         for layer, x, delta in self.kron:
-            y = 0.0
-            if layer.weight is not None:
-                y = x @ v[layer.weight].T
+            y = x @ v[layer.weight].T if layer.weight is not None else 0.0
             if layer.bias is not None:
                 y = y + v[layer.bias]
-            total += torch.einsum("kbo,bo->kb", delta, y)
-        total = total.reshape(-1)
-        if self.row_index:
-            R = self._rows(total)
-            flat = torch.cat([v[i].reshape(-1) for i in self.row_index]).to(R.dtype)
-            total = total + (R @ flat).to(torch.float64)
-        return total
+            total += torch.einsum("bko,bo->bk", delta, y)
+        dtype = self._dtype()
+        for layer, a, delta in self.stream:
+            delta = delta.to(dtype)
+            y = 0.0
+            if layer.weight is not None:
+                y = a.to(dtype) @ v[layer.weight].reshape(layer.d_out, -1).to(dtype).T
+            if layer.bias is not None:
+                y = y + v[layer.bias].to(dtype)
+            total += torch.einsum("bkto,bto->bk", delta, y).to(F64)
+        for i, R in self.rows:
+            total += (R.to(dtype) @ v[i].reshape(-1).to(dtype)).to(F64).view(self.n, self.K)
+        return total.reshape(-1)
 
     def jtv(self, a):
         """Return Jᵀ a as a float64 tensor per held parameter (zeros where J has no column)."""
         params = self.jacobian.params
         out = [None] * len(params)
+        a = a.view(self.n, self.K)
         for layer, x, delta in self.kron:
-            M = torch.einsum("kb,kbo->bo", a.view(self.K, self.n), delta)
+            M = torch.einsum("bk,bko->bo", a, delta)
             if layer.weight is not None:
                 out[layer.weight] = M.T @ x
             if layer.bias is not None:
                 out[layer.bias] = M.sum(0)
-        if self.row_index:
-            R = self._rows(a)
-            flat = (R.T @ a.to(R.dtype)).to(torch.float64)
-            for i, lo, hi in zip(self.row_index, self.offsets[:-1], self.offsets[1:]):
-                out[i] = flat[lo:hi].view(params[i].shape)
-        return [t if t is not None else torch.zeros(p.shape, dtype=torch.float64,
-                                                    device=p.device)
+        dtype = self._dtype()
+        low = a.to(dtype)
+        for layer, acts, delta in self.stream:
+            M = torch.einsum("bk,bkto->bto", low, delta.to(dtype))
+            if layer.weight is not None:
+                out[layer.weight] = (M.reshape(-1, layer.d_out).T
+                                     @ acts.to(dtype).reshape(-1, layer.d_in)).to(F64).view(
+                                         params[layer.weight].shape)
+            if layer.bias is not None:
+                out[layer.bias] = M.sum((0, 1)).to(F64)
+        for i, R in self.rows:
+            out[i] = (R.to(dtype).T @ low.reshape(-1)).to(F64).view(params[i].shape)
+        return [t if t is not None else torch.zeros(p.shape, dtype=F64, device=p.device)
                 for t, p in zip(out, params)]

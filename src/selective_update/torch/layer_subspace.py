@@ -22,8 +22,10 @@ from ..core.strategies import ENERGY
 from ..validation import check_outputs, check_real, fail
 from . import ops
 from .kept_jacobian import conv_supported
-from .modules import (check_module, describe, evaluation, shared_with, warn_once,
-                      warn_running_stats)
+from ..notices import warn_once
+from .kept_outputs import check_inputs
+from .model_checks import (check_initialised, check_module, describe, evaluation,
+                           shared_with)
 from .step_hooks import StepHooks
 
 
@@ -43,7 +45,10 @@ class LayerSubspaceProjector(StepHooks):
     protected batch. energy in (0, 1]: the share of each layer's squared singular values whose
     directions are protected (1.0: all of them: the kept outputs stay fixed on inputs).
     Every other parameter (norms, embeddings, attention's in_proj, layers not called on inputs)
-    gets requires_grad=False, and a PromiseWarning lists them; detach() gives back the flags.
+    gets requires_grad=False at attach(), and a PromiseWarning lists them; detach() gives back
+    the flags. Nothing in model changes before attach() succeeds. Refused at construction: NaN
+    or inf in inputs or in a layer's inputs, uninitialised lazy parameters. RNN layers (nn.LSTM,
+    nn.GRU) are not projected: they are frozen, and the Linear layers around them train.
     """
 
     def __init__(self, model, head, train, inputs, energy=ENERGY.default):
@@ -56,9 +61,8 @@ class LayerSubspaceProjector(StepHooks):
         energy = check_real("energy", energy, 0.0, strict=True)
         if energy > 1.0:
             fail("energy", energy, "a number in (0, 1]")
-        if not isinstance(inputs, torch.Tensor) or inputs.dim() < 1 or not len(inputs):
-            fail("inputs", type(inputs).__name__ if not isinstance(inputs, torch.Tensor)
-                 else f"a tensor of shape {tuple(inputs.shape)}", "a non-empty batch tensor")
+        check_inputs(inputs)
+        check_initialised("model", model, "LayerSubspaceProjector")
         seen = self._collect(model, inputs)
         if head not in seen:
             fail("head", describe(head), "an nn.Linear that model calls on inputs")
@@ -69,6 +73,9 @@ class LayerSubspaceProjector(StepHooks):
             if module not in seen:
                 continue
             h = np.concatenate([_inputs_rows(module, x) for x in seen[module]])
+            if not np.isfinite(h).all():  # numpy's SVD fails on NaN and hangs on inf
+                fail("inputs", f"a batch on which {name!r} receives NaN or inf",
+                     "inputs whose every layer's inputs are finite (check the model's weights)")
             U = subspace.basis(h, energy, bias=module.bias is not None)
             U = torch.as_tensor(U, dtype=module.weight.dtype, device=module.weight.device)
             u_b = U[-1:] if module.bias is not None else torch.zeros_like(U[:1])
@@ -81,18 +88,8 @@ class LayerSubspaceProjector(StepHooks):
             self.ranks[name] = (U.shape[1], U.shape[0])
         projected = {id(getattr(m, a)) for m, *_ in self.layers for a in ("weight", "bias")
                      if getattr(m, a) is not None}
-        # Everything validated: from here on the model changes.
         self.frozen = [(n, p) for n, p in model.named_parameters() if id(p) not in projected]
-        self._flags = [(p, p.requires_grad) for _, p in self.frozen]
-        for _, p in self.frozen:
-            p.requires_grad_(False)
-            p.grad = None
-        if self.frozen:
-            names = [n for n, _ in self.frozen]
-            shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
-            warn_once(self, "frozen", f"LayerSubspaceProjector froze {len(names)} parameters "
-                      "outside the projected nn.Linear/nn.Conv2d layers, whose steps would move "
-                      f"the kept outputs: {shown}")
+        self._flags = []
         if all(r == d for (r, d) in self.ranks.values()):
             warn_once(self, "trivial", "LayerSubspaceProjector: the protected inputs span every "
                       "direction of every layer: only the head's train rows can learn",
@@ -133,8 +130,18 @@ class LayerSubspaceProjector(StepHooks):
         if not self._parts:
             fail("optimizer", "an optimizer without the projected layers' weights",
                  "an optimizer holding model's nn.Linear or nn.Conv2d weights")
-        warn_running_stats(self, self.model, "LayerSubspaceProjector")
         self.params = [p for *_, w, b in self._parts for p in (w, b) if p is not None]
+        # Everything validated: from here on the model changes (a refused attach() changed none).
+        self._flags = [(p, p.requires_grad) for _, p in self.frozen]
+        for _, p in self.frozen:
+            p.requires_grad_(False)
+            p.grad = None
+        if self.frozen:
+            names = [n for n, _ in self.frozen]
+            shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+            warn_once(self, "frozen", f"LayerSubspaceProjector froze {len(names)} parameters "
+                      "outside the projected nn.Linear/nn.Conv2d layers, whose steps would move "
+                      f"the kept outputs: {shown}")
 
     def _project_step(self, old):
         before = dict(zip(map(id, self.params), old))
@@ -152,3 +159,4 @@ class LayerSubspaceProjector(StepHooks):
         super().detach()
         for p, flag in self._flags:
             p.requires_grad_(flag)
+        self._flags = []

@@ -7,6 +7,7 @@ import copy
 import torch
 
 from ..validation import fail
+from .model_checks import running_stat_modules, warn_running_stats
 
 
 def snapshot_state(optimizer):
@@ -23,13 +24,14 @@ def restore_state(optimizer, saved):
 
 class StepHooks:
     """Attach to one optimizer; subclasses set up in _prepare(params) and project in
-    _project_step(old) the step from the values `old` to the parameters' values now."""
+    _project_step(old) the step from the values `old` to the parameters' values now. Before
+    every step, modules whose running statistics move the kept outputs are named (each once)."""
 
     owner = "projector"
 
     def __init__(self, model):
         self.model, self.optimizer = model, None
-        self.params, self._handles, self._before = [], None, None
+        self.params, self._handles, self._before, self._stats = [], None, None, []
 
     def attach(self, optimizer):
         """Project every later optimizer.step() of this optimizer; return self."""
@@ -46,6 +48,8 @@ class StepHooks:
         if not params:
             fail("optimizer", type(optimizer).__name__, "an optimizer holding model's parameters")
         self._prepare(params)  # may refuse; nothing is attached yet
+        self._stats = running_stat_modules(self.model)
+        warn_running_stats(self, self.model, type(self).__name__)
         self._handles = [optimizer.register_step_pre_hook(self._snapshot),
                          optimizer.register_step_post_hook(self._after_step)]
         self.optimizer = optimizer
@@ -73,6 +77,8 @@ class StepHooks:
                 p.copy_(value)
 
     def _snapshot(self, optimizer, args, kwargs):
+        if any(m.training for _, m in self._stats):  # model.train() in the loop is seen
+            warn_running_stats(self, self.model, type(self).__name__)
         self._before = ([p.detach().clone() for p in self.params], snapshot_state(optimizer))
 
     def _after_step(self, optimizer, args, kwargs):

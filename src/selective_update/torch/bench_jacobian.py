@@ -1,9 +1,9 @@
-"""The Jacobian baseline: null-space projection through the materialized Jacobian (torch.func).
+"""The bench's Jacobian baseline (parts `table` and `sweep`); no public face exports it.
 
-The slow, obviously-right way the layer-wise Gram form is checked and timed against: the bench
-uses JacobianNullSpaceStep and projection_cases. Built from public pieces only (runner's
-torch_optimizer and project_step, nullspace.forward), so the baseline does not depend on how the
-runner's step is written.
+Null-space projection through the materialized Jacobian (torch.func.jacrev + pinv): the slow,
+obviously-right way the layer-wise Gram form is checked and timed against. Built from public
+pieces only (the runner's torch_optimizer and project_step, nullspace.forward), so it does not
+depend on how the runner's step is written.
 """
 from __future__ import annotations
 
@@ -16,16 +16,6 @@ from . import ops
 from .runner import RUNNER, torch_optimizer
 
 project_step = RUNNER.project_step
-
-
-def cuda_available() -> bool:
-    """Say whether torch sees a CUDA device."""
-    return torch.cuda.is_available()
-
-
-def device_name() -> str:
-    """Name the first CUDA device."""
-    return torch.cuda.get_device_name(0)
 
 
 def project_step_jacobian(Ws, bs, x, keep, dWs, dbs):

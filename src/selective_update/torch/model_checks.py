@@ -3,15 +3,12 @@ evaluation mode their own passes run in; their warnings, pointed at the user's l
 from __future__ import annotations
 
 import contextlib
-import os
 
-import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
-from .. import notices
+from ..notices import warn_once
 from ..validation import fail
-
-TORCH_DIR = os.path.dirname(torch.__file__)
 
 
 def describe(module):
@@ -24,6 +21,14 @@ def describe(module):
 def check_module(name, model):
     if not isinstance(model, nn.Module):
         fail(name, type(model).__name__, "a torch.nn.Module")
+
+
+def check_initialised(name, model, helper):
+    """Refuse a model whose lazy modules (nn.LazyLinear, ...) have not made their parameters yet."""
+    lazy = [n for n, p in model.named_parameters() if is_lazy(p)]
+    if lazy:
+        fail(name, f"a model with uninitialised lazy parameters ({', '.join(lazy[:3])})",
+             f"an initialised model: run one forward pass (model(x)) before {helper}")
 
 
 def name_of(model, module):
@@ -60,20 +65,19 @@ def evaluation(model):
             m.training = mode
 
 
-def warn_once(owner, cause, message, category=notices.PromiseWarning):
-    """Warn once per owner and cause, at the user's line (outside torch and this package)."""
-    return notices.warn_once(owner, cause, message, category, skip_dirs=(TORCH_DIR,))
-
-
 def warn_running_stats(owner, model, helper):
-    """Warn once if a module that updates running statistics is in train mode now."""
-    moving = [n for n, m in running_stat_modules(model) if m.training]
+    """Warn about modules that update running statistics and are in train mode now, each named
+    once, all of them in one warning (they move the kept outputs)."""
+    warned = owner.__dict__.setdefault("_warned_stats", set())
+    moving = [n for n, m in running_stat_modules(model) if m.training and n not in warned]
     if moving:
-        warn_once(owner, "running statistics",
+        warned.update(moving)
+        warn_once(owner, f"running statistics {moving}",
                   f"{helper}: {', '.join(moving)} in train mode update running statistics, which "
                   "move the kept outputs (buffers are not parameters: nothing keeps them); put "
                   "those modules in eval mode while training, e.g. "
-                  f"model.get_submodule({moving[0]!r}).eval() after model.train()")
+                  + "; ".join(f"model.get_submodule({n!r}).eval()" for n in moving)
+                  + " after model.train()")
 
 
 @contextlib.contextmanager
