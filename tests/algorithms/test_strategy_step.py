@@ -296,14 +296,17 @@ def test_start_values_take_the_bases_and_the_distill_target():
     assert strategy_step.start_values(STRATEGIES["null_space"], config("null_space"), hs,
                                       out) == {}
     assert strategy_step.start_names([STRATEGIES["all_params"]]) == set()
-    assert strategy_step.start_names(STRATEGIES.values()) == {"bases", "distill_target"}
+    assert strategy_step.start_names(STRATEGIES.values()) == {"bases", "distill_target",
+                                                              "fisher", "anchored"}
 
 
 def test_rebases_only_layer_subspace_on_mini_batches_without_a_reference():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", su.TrivialNullSpaceWarning)  # 4 rows, 2 kept outputs
         for name, s in STRATEGIES.items():
-            for arguments in ({}, {"batch_size": 4}, {"batch_size": 4, "reference": REFERENCE}):
+            reference = REFERENCE if not s.memory else su.Memory(
+                REFERENCE, np.zeros((len(REFERENCE), SIZES[-1])), np.zeros(len(REFERENCE), int))
+            for arguments in ({}, {"batch_size": 4}, {"batch_size": 4, "reference": reference}):
                 expected = name == "layer_subspace" and arguments == {"batch_size": 4}
                 assert strategy_step.rebases(s, config(name, **arguments)) == expected, name
 

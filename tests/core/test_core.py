@@ -52,7 +52,10 @@ def test_promise_table():
         assert su.promise(name, "sgd") == "none"
     assert set(su.PROMISES) == {"exact", "batch_exact", "first_order", "none", "reference_exact",
                                 "reference_first_order", "minibatch_exact",
-                                "minibatch_first_order"}
+                                "minibatch_first_order", "reference_no_loss_rise"}
+    assert su.promise("gem", "sgd", reference=True) == "reference_no_loss_rise"
+    assert su.promise("gem", "sgd") == su.promise("gem", "momentum", reference=True) == "none"
+    assert su.promise("ewc", "sgd", reference=True) == "none"
     # mini-batches: a batch promise moves to each step's own rows; exact and reference ones stay
     assert su.promise("null_space", "adam", batch_size=4) == "minibatch_first_order"
     assert su.promise("null_space_corrected", "sgd", batch_size=4) == "minibatch_exact"
@@ -84,7 +87,7 @@ def test_registry_names_and_descriptions():
     assert list(su.STRATEGIES) == ["all_params", "last_layer", "output_gradient", "masked_loss",
                                    "masked_last_layer", "split_head", "null_space",
                                    "compensated_gradient", "null_space_corrected",
-                                   "layer_subspace", "grow", "distill"]
+                                   "layer_subspace", "grow", "distill", "ewc", "gem"]
     for name, s in su.STRATEGIES.items():
         assert s.name == name and len(s.summary) > 20 and s.source
     assert su.OPTIMIZERS == ("sgd", "momentum", "adam", "adamw")

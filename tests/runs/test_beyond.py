@@ -102,7 +102,7 @@ def _explicit_step(framework, params, corrected, lr=0.1):
         values = [t.numpy() for t in compute(torch.as_tensor, torch.as_tensor(DATA.x))]
     else:
         from selective_update.tf1.framework import tf, v1
-        from selective_update.tf1.runner import session
+        from selective_update.tf1.framework import session
 
         graph, feed = tf.Graph(), {}
 

@@ -196,7 +196,7 @@ def test_tf1_graph_computes_the_same_compensation():
 
     from selective_update.tf1 import ops as tf_ops
     from selective_update.tf1.framework import tf, v1
-    from selective_update.tf1.runner import session
+    from selective_update.tf1.framework import session
     from selective_update.torch import ops as torch_ops
 
     params = SETUPS["spread"]["params"]

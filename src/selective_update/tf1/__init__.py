@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from .heads import Heads, dense_heads, masked_loss
 from .optim import TorchEpsAdamOptimizer, v1_optimizer
-from .runner import NAME, RUNNER, configure
+from .framework import configure
+from .runner import NAME, RUNNER
 from .seed_demo import seed_demo
 
 run, train, make_steps, project_step = (RUNNER.run, RUNNER.train, RUNNER.make_steps,

@@ -8,24 +8,17 @@ tf1.optim's (v1_optimizer, apply_with_decay).
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 
 from .. import core
 from ..algorithms import memory, nullspace, strategy_step, training
-from . import ops
+from . import framework, ops
+from .framework import session, tf, v1
 from .network import Network, memory_gradients, start_holders
-from .framework import tf, v1
 from .optim import apply_with_decay, v1_optimizer
 
 NAME = "tf1"
-THREADS = 0  # intra-op threads of new sessions; 0 lets TF choose (configure() pins it)
-
-
-def session(graph):
-    """Open a Session on graph: one inter-op thread, THREADS intra-op threads."""
-    config = v1.ConfigProto(inter_op_parallelism_threads=1,
-                            intra_op_parallelism_threads=THREADS)
-    return v1.Session(graph=graph, config=config)
 
 
 class Graph:
@@ -127,13 +120,10 @@ class Trainer:
         g = self.g
         g.sess.run(g.init, g.net.feed(config.params))  # the variables and optimizer slots afresh
         self.lr = config.lr
-        self.constant = {g.weight_decay: config.weight_decay}
-        self.constant.update({ph: getattr(config, name) for name, ph in g.options.items()
-                              if getattr(config, name) is not None})
-        if g.x_ref is not None:
-            self.constant[g.x_ref] = config.reference
-        if g.y_ref is not None:
-            self.constant[g.y_ref] = config.reference_targets
+        fed = {g.weight_decay: config.weight_decay, g.x_ref: config.reference,
+               g.y_ref: config.reference_targets,
+               **{ph: getattr(config, name) for name, ph in g.options.items()}}
+        self.constant = {ph: v for ph, v in fed.items() if ph is not None and v is not None}
 
     def prepare(self, batch):
         """Return the step's feed (with a fixed batch, the values kept while it stays)."""
@@ -171,35 +161,32 @@ class Trainer:
 
     def numpy_params(self):
         Ws, bs = self.g.sess.run(self.g.net.layers)
-        return {f"{p}{l}": a for l, (W, b) in enumerate(zip(Ws, bs), start=1)
-                for p, a in (("W", W), ("b", b))}
+        return {f"{p}{l}": a for l, pair in enumerate(zip(Ws, bs), start=1)
+                for p, a in zip("Wb", pair)}
 
     def sync(self):
         """Session.run returns when its work is done."""
 
 
-_GRAPHS = {}
+_GRAPHS = collections.OrderedDict()  # the graphs built last, by shapes (MAX_GRAPHS of them)
+MAX_GRAPHS = 48
 
 
 def graph_for(config, strategies) -> Graph:
-    """Return a cached Graph for these strategies and shapes (building a graph costs ~0.3 s)."""
-    ref = config.reference
+    """Return a cached Graph for these strategies and shapes (building one costs ~0.3 s)."""
+    tasks, ref = config.reference_tasks, config.reference
     key = (tuple(strategies), config.strategy, config.optimizer, core.layer_sizes(config.params),
            config.step_rows, config.batch_size is not None, config.keep, config.train,
-           config.dtype, THREADS, None if ref is None else ref.shape, config.grow,
+           config.dtype, framework.THREADS, None if ref is None else ref.shape, config.grow,
            config.activation, config.loss, config.gem_margin,
-           None if config.reference_tasks is None else tuple(config.reference_tasks))
+           None if tasks is None else tuple(tasks))
     if key not in _GRAPHS:
         _GRAPHS[key] = Graph(config, strategies)
+        if len(_GRAPHS) > MAX_GRAPHS:  # the oldest's session and graph go
+            _GRAPHS.popitem(last=False)[1].sess.close()
+    _GRAPHS.move_to_end(key)
     return _GRAPHS[key]
 
 
 RUNNER = training.Runner(NAME, Trainer, ops)
 
-
-def configure(threads=None):
-    """Make TF ops deterministic; pin the intra-op threads of new sessions when given."""
-    global THREADS
-    tf.config.experimental.enable_op_determinism()
-    if threads:
-        THREADS = threads

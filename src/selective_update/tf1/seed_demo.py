@@ -7,7 +7,8 @@ from .. import core
 from ..algorithms import compensated
 from . import ops
 from .framework import tf, v1
-from .runner import NAME, session
+from .framework import session
+from .runner import NAME
 
 
 def seed_demo(params, data, *, lr=0.1, steps=1, keep=(0,), train=(1,)) -> core.SeedDemo:
