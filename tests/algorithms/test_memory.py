@@ -39,10 +39,14 @@ def test_by_task_splits_a_memory_in_task_order():
     x = torch.arange(12.0, dtype=torch.float64).reshape(6, 2)
     y = torch.eye(6, dtype=torch.float64)
     tasks = np.array([2, 0, 2, 1, 0, 1])
-    parts = memory.by_task(ops, x, y, tasks)
+    split = memory.by_task(ops, x, y, tasks)
+    parts = split.parts
     assert [p[0][:, 0].tolist() for p in parts] == [[2.0, 8.0], [6.0, 10.0], [0.0, 4.0]]
     assert all(torch.equal(py, y[torch.as_tensor(memory.groups(tasks)[k])])
                for k, (_, py) in enumerate(parts))
+    xs, ys = split.stacked  # as many examples a task: stacked (tasks, 2, ...)
+    assert xs.shape == (3, 2, 2) and torch.equal(xs[1], parts[1][0]) and ys.shape == (3, 2, 6)
+    assert memory.by_task(ops, x[:5], y[:5], tasks[:5]).stacked is None
 
 
 def test_flatten_and_unflatten_invert_each_other():
@@ -84,3 +88,38 @@ def test_ewc_penalty_has_gem_codes_gradient():
     constant = sum(1000.0 * (F[i] * a[i] ** 2).sum() for F, a in zip(Fs, anchors)
                    for i in range(2))
     assert float(theirs) == pytest.approx(float(ours) + constant)
+
+
+@pytest.mark.parametrize("kind, activation", [("cross_entropy", "relu"), ("mse", "sigmoid")])
+def test_task_gradients_are_each_tasks_autograd_gradient(kind, activation):
+    from selective_update.algorithms import nullspace, strategy_step
+
+    sizes = (5, 7, 6, 3)
+    Ws = [torch.tensor(RNG.normal(size=(a, b)), requires_grad=True)
+          for a, b in zip(sizes[:-1], sizes[1:])]
+    bs = [torch.tensor(RNG.normal(size=b), requires_grad=True) for b in sizes[1:]]
+    xs = torch.as_tensor(RNG.normal(size=(4, 6, sizes[0])))
+    ys = torch.as_tensor(np.eye(3)[RNG.integers(0, 3, (4, 6))])
+    rows = memory.task_gradients(ops, Ws, bs, xs, ys, kind, activation)
+    variables = [v for pair in zip(Ws, bs) for v in pair]
+    for k in range(4):
+        _, out = nullspace.forward(ops, Ws, bs, xs[k], activation)
+        expected = torch.autograd.grad(strategy_step.full_loss(ops, out, ys[k], kind), variables)
+        assert torch.allclose(rows[k], memory.flatten(ops, expected), atol=1e-13)
+
+
+def test_gem_steps_the_same_with_one_backward_pass_per_task(monkeypatch):
+    """The stacked memory gradients against GEM's own way, one autodiff pass per task."""
+    import selective_update as su
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((20, 4)), np.eye(3)[rng.integers(0, 3, 20)]
+    kw = dict(params=su.init_params((4, 6, 3), init="xavier_uniform"), data=su.Data(x, y, x, y),
+              keep=(0, 1, 2), train=(0, 1, 2), lr=0.5, steps=3, activation="relu",
+              loss="cross_entropy", reference=su.Memory(x[:8], y[:8], np.repeat([0, 1], 4)))
+    fast = su.run("gem", "torch", **kw)
+    split = memory.by_task
+    monkeypatch.setattr(memory, "by_task", lambda *a: split(*a)._replace(stacked=None))
+    slow = su.run("gem", "torch", **kw)
+    assert not np.array_equal(fast.outputs[0], fast.outputs[-1])
+    np.testing.assert_allclose(fast.outputs, slow.outputs, atol=1e-12)

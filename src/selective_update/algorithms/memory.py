@@ -14,6 +14,8 @@ from run to run as A = sum F and C = sum F theta* (the same gradient, 2 strength
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 GEM_EPS = 1e-3  # project2cone2's ridge on M M^T
@@ -55,23 +57,75 @@ def unflatten(ops, flat, like):
     return out
 
 
-def by_task(ops, x, y, tasks) -> list:
-    """Return a Memory's (x, y) of each earlier task, tasks in order (split once per run)."""
-    return [(ops.gather(x, list(rows), 0), ops.gather(y, list(rows), 0))
-            for rows in groups(tasks)]
+class Memories(NamedTuple):
+    """A Memory split by earlier task, once per run: (x, y) of each task in order, and, when
+    every task holds as many examples (GEM's memories do), all of them stacked (T, m, ...)."""
+
+    parts: list
+    stacked: tuple | None
+
+
+def by_task(ops, x, y, tasks) -> Memories:
+    """Split a Memory's inputs x and targets y (tensors) by its tasks (numpy)."""
+    rows = groups(tasks)
+    parts = [(ops.gather(x, list(r), 0), ops.gather(y, list(r), 0)) for r in rows]
+    if len({len(r) for r in rows}) != 1:
+        return Memories(parts, None)
+    order, shape = list(np.concatenate(rows)), (len(rows), len(rows[0]))
+    return Memories(parts, tuple(ops.reshape(ops.gather(a, order, 0), shape + (int(a.shape[1]),))
+                                 for a in (x, y)))
+
+
+def task_gradients(ops, Ws, bs, xs, ys, kind="mse", activation="sigmoid"):
+    """Return the gradient of each task's mean loss (every output) on its memory, as rows (T,
+    P) ordered [vec W1, b1, vec W2, b2, ...]: one forward and one backward pass over every
+    memory at once (layer-wise, no autodiff), each task's share summed apart by a batched
+    product. xs (T, m, n_in), ys (T, m, n_out)."""
+    from . import nullspace
+
+    T, m = int(xs.shape[0]), int(xs.shape[1])
+    hs, out = nullspace.forward(ops, Ws, bs, ops.reshape(xs, (T * m, -1)), activation)
+    y = ops.reshape(ys, (T * m, -1))
+    if kind == "mse":  # d/d out of the mean over m x n_out squared errors
+        delta = (out - y) * (2.0 / (m * int(out.shape[1])))
+    else:  # of the mean over m rows of -sum y log softmax(out)
+        p = ops.exp(out - ops.logsumexp(out, 1))
+        delta = (p * ops.reshape(ops.reduce_sum(y, 1), (-1, 1)) - y) / float(m)
+    deltas = [delta]
+    for l in range(len(Ws) - 1, 0, -1):
+        deltas.insert(0, ops.matmul(deltas[0], ops.transpose(Ws[l]))
+                      * nullspace.slope(ops, hs[l], activation))
+    rows = []
+    for h, D in zip(hs, deltas):
+        H, Dt = ops.reshape(h, (T, m, -1)), ops.reshape(D, (T, m, -1))
+        rows += [ops.reshape(ops.einsum("tbi,tbj->tij", H, Dt), (T, -1)),
+                 ops.reduce_sum(Dt, 1)]
+    return ops.concat(rows, 1)
 
 
 def gem_gradients(t, grads, variables, inputs, loss_at, margin):
     """Return the step's gradients after GEM's projection against each earlier task's memory
-    gradient (inputs.memories: by_task). loss_at(out, y): the run's loss on every output."""
-    ops = t.ops
-    memories = []
-    for x, y in inputs.memories:
-        _, out = t.forward(x, variables)
-        memories.append(flatten(ops, t.gradients([loss_at(out, y)], variables, None)))
+    gradient (inputs.memories: by_task). loss_at(out, y): the run's loss on every output.
+
+    With memories of one size and a network held as its layers (variables W1, b1, W2, ...), the
+    memory gradients come from task_gradients; else one backward pass per task, as GEM's code.
+    """
+    ops, config = t.ops, t.config
+    Ws, bs = t.layers()
+    stacked = inputs.memories.stacked
+    with t.no_grad():
+        if stacked is not None and list(variables) == [v for p in zip(Ws, bs) for v in p]:
+            M = task_gradients(ops, Ws, bs, *stacked, config.loss, config.activation)
+        else:
+            M = None
+    if M is None:
+        memories = []
+        for x, y in inputs.memories.parts:
+            _, out = t.forward(x, variables)
+            memories.append(flatten(ops, t.gradients([loss_at(out, y)], variables, None)))
+        M = ops.concat([ops.reshape(g, (1, -1)) for g in memories], 0)
     with t.no_grad():
         g = flatten(ops, grads)
-        M = ops.concat([ops.reshape(m, (1, -1)) for m in memories], 0)
         projected = ops.numpy_call(lambda a, b: gem_project(a, b, margin), [g, M], g)
         return unflatten(ops, projected, grads)
 

@@ -43,7 +43,7 @@ class StepInputs:
     y: object
     reference: object = None
     reference_targets: object = None
-    memories: list = field(default_factory=list)
+    memories: object = None
     minibatch: bool = False
     start: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)

@@ -53,7 +53,7 @@ class Graph:
             self.start, self.loaders = start_holders(names, config, sizes, dt)
             self.memory = memory_gradients(self.net, config, sizes, dt) if "fisher" in names \
                 else None
-            memories = [] if config.reference_tasks is None else memory.by_task(
+            memories = None if config.reference_tasks is None else memory.by_task(
                 ops, self.x_ref, self.y_ref, config.reference_tasks)
             self.inputs = strategy_step.StepInputs(
                 self.x, self.y, self.x_ref, self.y_ref, memories,

@@ -46,7 +46,7 @@ class Trainer:
         self.reference, self.reference_targets = (
             None if a is None else self.tensor(a)
             for a in (config.reference, config.reference_targets))
-        self.memories = [] if config.reference_tasks is None else memory.by_task(
+        self.memories = None if config.reference_tasks is None else memory.by_task(
             ops, self.reference, self.reference_targets, config.reference_tasks)
         self.held = {}  # start values that stay across steps (bases), as tensors
         self._before = None  # the parameters before a corrected step, reused every step
