@@ -179,7 +179,7 @@ def graph_for(config, strategies) -> Graph:
            config.step_rows, config.batch_size is not None, config.keep, config.train,
            config.dtype, framework.THREADS, None if ref is None else ref.shape, config.grow,
            config.activation, config.loss, config.gem_margin,
-           None if tasks is None else tuple(tasks))
+           None if tasks is None else tuple(map(tuple, memory.groups(tasks))))
     if key not in _GRAPHS:
         _GRAPHS[key] = Graph(config, strategies)
         if len(_GRAPHS) > MAX_GRAPHS:  # the oldest's session and graph go
