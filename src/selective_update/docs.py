@@ -57,10 +57,11 @@ def _strategy_table(reports=None):
     rows = []
     for s in strategies.STRATEGIES.values():
         options = ", ".join(f"`{o.name}`={o.default}" for o in s.options) or "-"
+        reference = ("a Memory" if s.memory else "yes") if s.reference else "-"
         rows.append([f"`{s.name}`", strategies.TRAINS[s.trains], strategies.LOSSES[s.loss],
-                     strategies.AFTER[s.after], options, "yes" if s.reference else "-",
-                     s.rule.__doc__.split("\n")[0].rstrip("."), s.source])
-    return markdown_table(["strategy", "trains", "loss", "after the step", "options",
+                     strategies.GRADIENTS[s.gradient], strategies.AFTER[s.after], options,
+                     reference, s.rule.__doc__.split("\n")[0].rstrip("."), s.source])
+    return markdown_table(["strategy", "trains", "loss", "the gradient", "the step", "options",
                            "`reference=`", "promise", "source"], rows)
 
 
@@ -126,6 +127,14 @@ def _rotations(reports):
     from .scenarios import rotations_report
 
     return rotations_report.answer_markdown(pd.read_csv(reports / "rotations_summary.csv"))
+
+
+def _rotations_brief(reports):
+    import pandas as pd
+
+    from .scenarios import rotations_report
+
+    return rotations_report.brief_markdown(pd.read_csv(reports / "rotations_summary.csv"))
 
 
 def _class_sequence(reports):
@@ -209,6 +218,7 @@ BLOCKS = {
     "new_class": Block("new_class_summary.csv", _new_class),
     "new_class_answer": Block("new_class_summary.csv", _new_class_answer),
     "rotations": Block("rotations_summary.csv", _rotations),
+    "rotations_brief": Block("rotations_summary.csv", _rotations_brief),
     "class_sequence": Block("class_sequence_summary.csv", _class_sequence),
     "class_sequence_answer": Block("class_sequence_summary.csv", _class_sequence_answer),
     "study_time": Block("status.csv", _study_time),

@@ -198,20 +198,20 @@ ROTATIONS_COST_LIMIT = 5.0
 ROTATIONS_GRID = dict(
     hidden=[100], seeds=[0, 1, 2, 3, 4], sweep_seeds=[0], frameworks=["torch", "tf1"],
     epochs=[1], iid_lrs=[0.01, 0.03, 0.1, 0.3],
-    study=dict(null_space=dict(lrs=[0.03, 0.1], memories=[1, 2]),
-               null_space_corrected=dict(lrs=[0.03, 0.1], memories=[1]),
-               compensated_gradient=dict(lrs=[0.03, 0.1], memories=[1, 2]),
-               layer_subspace=dict(lrs=[0.03, 0.1], memories=[10, 50],
+    study=dict(null_space=dict(lrs=[0.01, 0.03], memories=[1, 2]),
+               null_space_corrected=dict(lrs=[0.03], memories=[2]),
+               compensated_gradient=dict(lrs=[0.01, 0.03], memories=[1, 2]),
+               layer_subspace=dict(lrs=[0.1], memories=[10, 50],
                                    options={"energy": [0.97, 0.99]}),
-               distill=dict(lrs=[0.03, 0.1], memories=[10],
-                            options={"distill_weight": [1.0, 10.0]})))
+               distill=dict(lrs=[0.03, 0.1], memories=[10, 50],
+                            options={"distill_weight": [1.0]})))
 # --quick: the same 20-task protocol, one seed, one point per row, GEM with 32 memories a task.
 ROTATIONS_QUICK_GRID = dict(
     hidden=[100], seeds=[0], sweep_seeds=[0], frameworks=["torch", "tf1"], epochs=[1],
     iid_lrs=[0.1], gem_memories=32,
-    study=dict(null_space=dict(lrs=[0.1], memories=[1]),
+    study=dict(null_space=dict(lrs=[0.03], memories=[2]),
                layer_subspace=dict(lrs=[0.1], memories=[10], options={"energy": [0.99]}),
-               distill=dict(lrs=[0.1], memories=[10], options={"distill_weight": [10.0]})))
+               distill=dict(lrs=[0.1], memories=[10], options={"distill_weight": [1.0]})))
 
 # --- the batch's share of the scenarios ---------------------------------------------------------
 # Scenarios the batch runs as one papermill run per value of one grid parameter (parameter, full

@@ -101,6 +101,25 @@ def answer_markdown(summary, framework="torch", epochs=1) -> str:
         "Differences from the paper: " + "; ".join(DIFFERENCES) + "."])
 
 
+def brief_markdown(summary, framework="torch", epochs=1) -> str:
+    """The README's block: the paper's rows and the study's best, ACC / BWT beside the paper's."""
+    from ..files import markdown_table
+
+    g = summary[(summary.framework == framework) & (summary.epochs == epochs)]
+    paper = g[g.row.isin(REPRODUCED)]
+    ours = g[~g.row.isin(REPRODUCED)].sort_values("acc_mean", ascending=False).head(2)
+    rows = []
+    for _, r in list(paper.iterrows()) + list(ours.iterrows()):
+        published = PAPER.get((r.row, epochs))
+        rows.append([NAMES.get(r.row, f"`{r.row}` ({r.setting})"),
+                     f"{published[0]:.2f} / {published[1]:+.2f}" if published else "",
+                     f"{_shown(r, 'acc')} / {r.bwt_mean:+.2f}", f"{r.cost_ratio:.1f}x"])
+    seeds = int(g.n_seeds.min()) if len(g) else 0
+    return (f"{framework}, {seeds} seeds, {epochs} epoch, mean [95% t interval]; cost: training "
+            "seconds against the fine-tune run's:\n\n"
+            + markdown_table(["row", "paper ACC / BWT", "ours ACC / BWT", "cost"], rows))
+
+
 def skipped_markdown() -> str:
     """The rows the benchmark does not run, with the reason."""
     return "\n".join(f"- `{k}`: {v}." for k, v in NOT_RUN.items())
