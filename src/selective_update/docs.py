@@ -203,6 +203,13 @@ def _cluster_bench(reports):
     return report.cluster_bench_markdown(pd.read_csv(reports / "cluster_bench.csv"))
 
 
+def _bench_memories(reports):
+    from .bench import report
+
+    frame, meta = report.read_bench(reports)
+    return report.memories_markdown(frame, meta)
+
+
 def _bench_beyond_batch(reports):
     from .bench import report
 
@@ -225,6 +232,7 @@ BLOCKS = {
     "your_model": Block("your_model.csv", _csv_table("your_model.csv")),
     "bench_table": Block("bench.csv", _bench_table),
     "bench_beyond_batch": Block("bench.csv", _bench_beyond_batch),
+    "bench_memories": Block("bench.csv", _bench_memories),
     "bench_helpers": Block("bench.csv", _bench_helpers),
     "cluster_bench": Block("cluster_bench.csv", _cluster_bench),
 }

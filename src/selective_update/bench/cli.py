@@ -15,6 +15,9 @@ Parts (`--parts`, default all of them):
             null_space and null_space_corrected against 0..1,080 kept digits, layer_subspace,
             grow, and compensated_gradient on the batch (`reference`, the part's
             earlier name, is still accepted);
+  memories  the rotations benchmark's steps at its last task (memories.py): gem against 19 x 256
+            and 19 x 32 memories, ewc, and the study's rows on their memories, against the
+            plain step of GEM's network;
   helpers   the helpers for your own model (helpers.py) on a ~55k-parameter CNN, float32:
             split_head, NullSpaceProjector on 64 and 512 protected images (and corrected on 64),
             LayerSubspaceProjector on 512, each against a plain AdamW step; peak RSS of the
@@ -43,6 +46,7 @@ from ..files import atomic_write
 from ..settings import CELL_TIMEOUT, REPORTS_DIR
 from . import report
 from .beyond_batch import bench_beyond_batch
+from .memories import bench_memories
 from .helpers import bench_helpers
 from .study_floor import bench_floor
 from .timing import (
@@ -288,6 +292,8 @@ def main(args) -> int:
                      f"only where it has at most {JACOBIAN_MAX_ENTRIES:,} entries.")
     if "beyond_batch" in args.parts:
         rows += bench_beyond_batch(args, env, log)
+    if "memories" in args.parts:
+        rows += bench_memories(args, env, log)
     if "helpers" in args.parts:
         rows += bench_helpers(args, env, log)
         notes.append("Helpers: float32 on CPU whatever --dtype and --device; ratios to the plain "

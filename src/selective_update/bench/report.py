@@ -156,6 +156,20 @@ def beyond_batch_markdown(frame, meta) -> str:
     return _machine_line(frame, meta) + "\n\n" + markdown_table(head, rows)
 
 
+def memories_markdown(frame, meta) -> str:
+    """The memories part as Markdown: the rotations' last-task step of each row, against the
+    plain step of GEM's network."""
+    part = frame[frame.part == "memories"]
+    if not len(part):
+        return "No memories part in this bench (`--parts memories`)."
+    rows = [[r.framework, f"`{r.strategy}`", "" if r.n_ref != r.n_ref else r.n_ref,
+             f"{r.median_s * 1e3:.3g}", f"{r.ratio_to_plain:.3g}"] for r in part.itertuples()]
+    head = ["framework", "strategy", "memories (all tasks)", "ms per step", "ratio to plain"]
+    return (_machine_line(frame, meta, "the plain step of GEM's network (784-100-100-10, ReLU, "
+                          "cross-entropy, batch 10; this part alone in float32)")
+            + "\n\n" + markdown_table(head, rows))
+
+
 def helpers_markdown(frame, meta) -> str:
     """The helpers part as Markdown: each helper's step against the plain step, with its goal."""
     part = frame[frame.part == "helpers"]

@@ -19,7 +19,7 @@ import numpy as np
 from .. import core
 
 FRAMEWORK_ORDER = ("torch", "tf1")
-PARTS = ("table", "jacobian", "sweep", "beyond_batch", "helpers", "floor")
+PARTS = ("table", "jacobian", "sweep", "beyond_batch", "memories", "helpers", "floor")
 # Earlier names of parts, still accepted by --parts.
 PART_ALIASES = {"reference": "beyond_batch"}
 PLAIN = "all_params"
