@@ -102,8 +102,9 @@ def run_row(row: Row, framework, seed, split="test", epochs=1, n_tasks=None,
     import selective_update as su
 
     validation.check_choice("framework", framework, core.FRAMEWORKS)
-    tasks = rotations_data.rotation_tasks(seed, split)
-    T = tasks.n_tasks if n_tasks is None else n_tasks
+    tasks = rotations_data.rotation_tasks(seed, split,
+                                          rotations_data.N_TASKS if n_tasks is None else n_tasks)
+    T = tasks.n_tasks
     evaluate = Evaluation(tasks)
     params = core.init_params(SIZES, seed=seed, init="xavier_uniform")
     params = {k: v.astype(DTYPE) for k, v in params.items()}

@@ -54,8 +54,10 @@ SWEEP_COLUMNS = ["row", "strategy", "setting", "seed", "epochs", "acc", "bwt", "
 FILES = ("rotations.csv", "rotations_summary.csv", "rotations_sweep.csv")
 
 
-def check_params(*, quick, reports_dir=None, seeds=None, frameworks=None) -> dict:
-    """Validate notebooks/rotations.ipynb's parameters; return the grid they select."""
+def check_params(*, quick, reports_dir=None, seeds=None, frameworks=None, n_tasks=None) -> dict:
+    """Validate notebooks/rotations.ipynb's parameters; return the grid they select.
+
+    n_tasks: fewer than the protocol's 20 tasks, for tests (None: 20)."""
     validation.check_bool("quick", quick)
     reports_dir = validation.check_folder("reports_dir", reports_dir)
     grid = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
@@ -69,6 +71,10 @@ def check_params(*, quick, reports_dir=None, seeds=None, frameworks=None) -> dic
                                                                         ("torch", "tf1")),
             "torch, tf1")
     grid["quick"] = bool(quick)
+    grid["n_tasks"] = rotations_data.N_TASKS if n_tasks is None else validation.check_int(
+        "n_tasks", n_tasks, 2)
+    if grid["n_tasks"] > rotations_data.N_TASKS:
+        validation.fail("n_tasks", n_tasks, f"None or an integer in 2..{rotations_data.N_TASKS}")
     return dict(quick=bool(quick), reports_dir=reports_dir, grid=grid)
 
 
@@ -110,10 +116,11 @@ def run_sweep(grid):
 
     out = []
     for seed in grid["sweep_seeds"]:
-        base = rotations.run_row(PAPER_ROWS[0], "torch", seed, "validation")
+        base = rotations.run_row(PAPER_ROWS[0], "torch", seed, "validation",
+                                 n_tasks=grid["n_tasks"])
         budget = ROTATIONS_COST_LIMIT * base["seconds"]
         for row in progress(iid_rows(grid) + candidates(grid), desc="sweep"):
-            result = rotations.run_row(row, "torch", seed, "validation",
+            result = rotations.run_row(row, "torch", seed, "validation", n_tasks=grid["n_tasks"],
                                        budget=None if row.shuffled else budget)
             scores = rotations.metrics(result)
             out.append(dict(row=row.name, strategy=row.strategy, setting=row.setting,
@@ -160,7 +167,7 @@ def run_final(sweep, grid):
     for seed, framework, epochs in progress(plan, desc="final runs"):
         base = None
         for row in rows:  # the fine-tune row first: every ratio is to it, side by side
-            result = rotations.run_row(row, framework, seed, "test", epochs)
+            result = rotations.run_row(row, framework, seed, "test", epochs, grid["n_tasks"])
             base = result["seconds"] if base is None else base
             common = dict(row=row.name, strategy=row.strategy, setting=row.setting,
                           framework=framework, epochs=epochs, seed=seed,
@@ -168,7 +175,7 @@ def run_final(sweep, grid):
             out.append(dict(common, task=-1, **dict(zip(ACCS, result["initial"]))))
             # the i.i.d. bound: its end only, as the last task's row; a diverged run: the tasks
             # it finished
-            done = result["rows"] if not row.shuffled else [None] * (len(ACCS) - 1) + [
+            done = result["rows"] if not row.shuffled else [None] * (grid["n_tasks"] - 1) + [
                 result["last"]]
             out += [dict(common, task=t, **dict(zip(ACCS, accs)))
                     for t, accs in enumerate(done) if accs is not None]
@@ -182,9 +189,11 @@ def per_run(rows):
     out = []
     for key, g in rows.groupby(KEYS + ["seed"], sort=True):
         initial = g[g.task == -1][ACCS].to_numpy()[0]
+        T = int(np.isfinite(initial).sum())  # the tasks of the run (20 but in tests)
+        initial = initial[:T]
         trained = g[g.task >= 0].sort_values("task")
-        R, last_task = trained[ACCS].to_numpy(), len(ACCS) - 1
-        complete = len(R) == len(ACCS)
+        R, last_task = trained[ACCS[:T]].to_numpy(), T - 1
+        complete = len(R) == T
         result = dict(R=R if complete else None, initial=initial,
                       last=R[-1] if len(R) and trained.task.iloc[-1] == last_task else None,
                       diverged=not complete and key[0] != "iid")
@@ -209,7 +218,7 @@ def summarize(rows):
 
 PIPELINE = stages.Pipeline(
     prepare=lambda hidden, seed: [rotations_data.rotation_tasks(seed, s)
-                                  for s in rotations_data.SPLITS],
+                                  for s in rotations_data.SPLITS],  # made once, cached
     sweep=run_sweep, select=select, final=run_final, summarize=summarize)
 
 
