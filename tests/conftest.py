@@ -18,6 +18,17 @@ def cached_run(strategy, framework, optimizer="sgd", weight_decay=0.0, warm_star
                   dtype=dtype, warm_start_lr=warm_start_lr)
 
 
+# The marked tests start kernels, clusters, pip or a browser: seconds to minutes each.
+HEAVY_MARKS = ("slow", "browser", "registry")
+
+
+def pytest_collection_modifyitems(items):
+    """Run the heavy tests first (in their collected order), then the rest: pytest-xdist hands
+    them out in this order, so the long ones spread over both workers and the many quick ones
+    fill the gaps at the end instead of one long test ending the run alone."""
+    items.sort(key=lambda item: not any(item.get_closest_marker(m) for m in HEAVY_MARKS))
+
+
 @pytest.fixture
 def toy():
     return DATA, PARAMS

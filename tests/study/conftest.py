@@ -1,11 +1,25 @@
-"""Fixtures of the study's tests: a reports folder an earlier study left behind, and the check
-every published page passes."""
+"""Fixtures of the study's tests: a reports folder an earlier study left behind, the check
+every published page passes, and one quick study the slow tests share."""
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from selective_update.study import render
+
+from quick_study import run_study
+
+
+@pytest.fixture(scope="session")
+def quick_reports(tmp_path_factory):
+    """The reports of one quick study on SUBSET (embedded pool), run once per session: the
+    reliability tests read it and the cluster's run is compared with it. Tests must not change
+    it (copy it first)."""
+    out = tmp_path_factory.mktemp("study") / "reports"
+    done = run_study(out)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out
+
 
 PREVIOUS_REPORTS = {"index.html": "<html>previous</html>", "results.csv": "a,b\n1,2\n",
                     "runs/toy-split_head.html": "<html>previous run</html>"}

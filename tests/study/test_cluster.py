@@ -21,6 +21,8 @@ from selective_update import settings
 from selective_update.study import cli as study
 from selective_update.study import notebook_runner
 
+from quick_study import QUICK_STUDY, run_study
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -250,17 +252,17 @@ def test_an_interrupted_cluster_study_leaves_the_previous_reports_and_no_process
     assert [p for p in processes if _alive(p)] == []
 
 
+@QUICK_STUDY
 @pytest.mark.slow
-def test_quick_study_on_a_local_cluster_is_byte_identical_to_the_pool(tmp_path, offline_pages):
-    pages = {}
-    for name, extra in (("pool", []), ("cluster", ["--cluster", "local"])):
-        out = tmp_path / name
-        done = subprocess.run([sys.executable, "-m", "selective_update", "study", "--quick",
-                               "--jobs", "2", "--out", str(out), *extra], cwd=ROOT,
-                              capture_output=True, text=True, timeout=1200)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        pages[name] = sorted(p.relative_to(out).as_posix() for p in offline_pages(out))
-    assert (tmp_path / "pool" / "results.csv").read_bytes() == \
-        (tmp_path / "cluster" / "results.csv").read_bytes()
+def test_quick_study_on_a_local_cluster_is_byte_identical_to_the_pool(quick_reports, tmp_path,
+                                                                      offline_pages):
+    """The cluster runs the shared quick study's subset (both datasets and frameworks, an exact and
+    a projected strategy, every scenario): the same bytes and pages as the embedded pool's run."""
+    out = tmp_path / "cluster"
+    done = run_study(out, "--jobs", "2", "--cluster", "local", timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    pages = {name: sorted(p.relative_to(folder).as_posix() for p in offline_pages(folder))
+             for name, folder in (("pool", quick_reports), ("cluster", out))}
+    assert (quick_reports / "results.csv").read_bytes() == (out / "results.csv").read_bytes()
     assert pages["pool"] == pages["cluster"]
     assert "index.html" in pages["pool"] and len(pages["pool"]) >= 4

@@ -10,34 +10,20 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from quick_study import QUICK_STUDY, ROOT, SUBSET, run_study
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-
-# A subset that still covers both datasets, both frameworks, an exact and a projected strategy.
-SUBSET = ["--quick", "--strategies", "split_head", "null_space_corrected"]
-
-
-def _study(out, *extra, timeout=900):
-    cmd = [sys.executable, "-m", "selective_update", "study", *SUBSET, "--out", str(out), *extra]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+# Every test here reads the session's quick study (quick_reports, conftest.py): one worker.
+pytestmark = QUICK_STUDY
 
 
 def _sha(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def quick_reports(tmp_path_factory):
-    out = tmp_path_factory.mktemp("study") / "reports"
-    done = _study(out)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return out
-
-
 @pytest.mark.slow
 def test_quick_study_twice_gives_byte_identical_results(quick_reports, tmp_path):
-    again = _study(tmp_path / "reports", "--scenarios")
+    again = run_study(tmp_path / "reports", "--scenarios")
     assert again.returncode == 0, again.stderr[-3000:]
     first, second = quick_reports / "results.csv", tmp_path / "reports" / "results.csv"
     assert first.stat().st_size > 1000
