@@ -166,12 +166,18 @@ def test_helpers_part_writes_issue_15_rows(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     with open(out / "bench.csv", newline="") as f:
         rows = {r["strategy"]: r for r in csv.DictReader(f) if r["part"] == "helpers"}
-    assert set(rows) == {"plain", "split_head", "null_space_8", "null_space_16",
-                         "null_space_corrected_8", "layer_subspace_16"}
-    assert all(r["dtype"] == "float32" and r["n_params"] == "55018" for r in rows.values())
+    cnn = {"plain", "split_head", "split_head_unchecked", "null_space_8", "null_space_16",
+           "null_space_corrected_8", "layer_subspace_16"}
+    half = {f"{name}_{dtype}" for dtype in ("bfloat16", "float16")
+            for name in ("plain", "null_space_8", "null_space_corrected_8")}
+    transformer = {"transformer_plain", "transformer_attach_8", "transformer_null_space_8"}
+    assert set(rows) == cnn | half | transformer
+    assert all(rows[n]["dtype"] == "float32" and rows[n]["n_params"] == "55018" for n in cnn)
+    assert all(rows[n]["dtype"] == n.rsplit("_", 1)[1] for n in half)
+    assert float(rows["transformer_null_space_8"]["peak_rss_mb"]) > 100
     assert float(rows["plain"]["ratio_to_plain"]) == 1.0
     assert float(rows["null_space_16"]["peak_rss_mb"]) > 100
-    assert rows["null_space_corrected_8"]["note"].startswith("Gauss-Newton steps per step: ")
+    assert "; Gauss-Newton steps per step: " in rows["null_space_corrected_8"]["note"]
     page = (out / "bench.html").read_text()
     assert "The helpers on your own model" in page
     assert (out / "figures" / "bench_helpers.png").stat().st_size > 0

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import selective_update as su
+from selective_update import settings
 from conftest import DATA, PARAMS
 from selective_update.algorithms import protected as reference
 from selective_update.core import verdicts
@@ -248,12 +249,12 @@ def test_reference_is_recorded_by_every_strategy_and_moves_the_protection():
 def test_unconverged_correction_warns_and_breaks_the_verdict(framework):
     with pytest.warns(su.RestoreWarning, match="Gauss-Newton stopped"):
         r = su.run("null_space_corrected", framework, params=PARAMS, data=DATA, lr=1e6, steps=1)
-    assert r.restore_residual[0] > su.RESTORE_TOL["float64"]
+    assert r.restore_residual[0] > settings.RESTORE_TOL["float64"]
     verdict = verdicts.promise_holds(r.promise, r.drift_train, r.drift_eval,
                                      restore_residual=r.restore_residual)
     assert not verdict.holds and "Gauss-Newton stopped" in verdict.measured
     ok = su.run("null_space_corrected", framework, params=PARAMS, data=DATA, steps=2)
-    assert ok.restore_residual.max() <= su.RESTORE_TOL["float64"]
+    assert ok.restore_residual.max() <= settings.RESTORE_TOL["float64"]
     assert verdicts.promise_holds(ok.promise, ok.drift_train, ok.drift_eval,
                                   restore_residual=ok.restore_residual).holds
 

@@ -19,7 +19,7 @@ import pytest
 from selective_update import __main__ as cli
 from selective_update import settings
 from selective_update.study import cli as study
-from selective_update.study import notebook_runner
+from selective_update.study import notebook_runner, pool
 
 from quick_study import QUICK_STUDY, run_study
 
@@ -31,7 +31,7 @@ def _refuse_kernels(monkeypatch):
         raise AssertionError("a kernel or worker was started for a refused command")
 
     monkeypatch.setattr(notebook_runner, "execute", boom)
-    monkeypatch.setattr(study.cf, "ProcessPoolExecutor", boom)
+    monkeypatch.setattr(pool.cf, "ProcessPoolExecutor", boom)
 
 
 def _free_port():
@@ -257,12 +257,17 @@ def test_an_interrupted_cluster_study_leaves_the_previous_reports_and_no_process
 def test_quick_study_on_a_local_cluster_is_byte_identical_to_the_pool(quick_reports, tmp_path,
                                                                       offline_pages):
     """The cluster runs the shared quick study's subset (both datasets and frameworks, an exact and
-    a projected strategy, every scenario): the same bytes and pages as the embedded pool's run."""
+    a projected strategy) and one scenario (its parts are tasks like the runs): the same bytes and
+    pages as the embedded pool's run. The other scenarios go through the same runner."""
     out = tmp_path / "cluster"
-    done = run_study(out, "--jobs", "2", "--cluster", "local", timeout=1200)
+    done = run_study(out, "--scenarios", "new_class", "--jobs", "2", "--cluster", "local",
+                     timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     pages = {name: sorted(p.relative_to(folder).as_posix() for p in offline_pages(folder))
              for name, folder in (("pool", quick_reports), ("cluster", out))}
-    assert (quick_reports / "results.csv").read_bytes() == (out / "results.csv").read_bytes()
-    assert pages["pool"] == pages["cluster"]
+    for name in ("results.csv", "new_class.csv", "new_class_summary.csv"):
+        assert (quick_reports / name).read_bytes() == (out / name).read_bytes(), name
+    others = ("runs/rotations-", "runs/class_sequence-")
+    assert pages["cluster"] == [p for p in pages["pool"] if not p.startswith(others)]
+    assert "runs/new_class-h16/new_class.html" in pages["cluster"]
     assert "index.html" in pages["pool"] and len(pages["pool"]) >= 4

@@ -13,7 +13,7 @@ import pytest
 from selective_update import __main__ as cli
 from selective_update import settings
 from selective_update.study import cli as study
-from selective_update.study import grid, notebook_runner, render
+from selective_update.study import grid, notebook_runner, pool, render
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = dict(strategy="split_head", dataset="toy", optimizers=["sgd"], weight_decays=[0.0],
@@ -92,7 +92,7 @@ def _refuse_kernels(monkeypatch):
         raise AssertionError("a kernel or worker was started for a refused command")
 
     monkeypatch.setattr(notebook_runner, "execute", boom)
-    monkeypatch.setattr(study.cf, "ProcessPoolExecutor", boom)
+    monkeypatch.setattr(pool.cf, "ProcessPoolExecutor", boom)
 
 
 USAGE = [
