@@ -125,5 +125,11 @@ def test_quick_study_renders_every_scenario_page(quick_reports):
     assert sequence.seed.nunique() >= 2 and (acc_bwt.n_seeds >= 2).all()
     assert {"joint", "fine-tuning"} <= set(acc_bwt.setting)
     assert isinstance(acc_bwt, pd.DataFrame) and acc_bwt.acc_mean.notna().all()
+    # the rotations' two CSVs, combined from the framework parts: the full 20-task protocol
+    rotated = results.read_optional(quick_reports, "rotations.csv")
+    rotated_summary = results.read_optional(quick_reports, "rotations_summary.csv")
+    assert set(rotated.framework) == {"torch", "tf1"} and rotated.task.max() == 19
+    assert {"single", "iid", "ewc", "gem"} <= set(rotated_summary.row)
+    assert rotated_summary.acc_mean.between(0.1, 1).all()
     status = results.load_reports(quick_reports)[2]
     assert (status.status == "ok").all(), status[status.status != "ok"]

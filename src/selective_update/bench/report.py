@@ -162,7 +162,7 @@ def memories_markdown(frame, meta) -> str:
     part = frame[frame.part == "memories"]
     if not len(part):
         return "No memories part in this bench (`--parts memories`)."
-    rows = [[r.framework, f"`{r.strategy}`", "" if r.n_ref != r.n_ref else r.n_ref,
+    rows = [[r.framework, f"`{r.strategy}`", "" if r.n_ref != r.n_ref else f"{float(r.n_ref):,.0f}",
              f"{r.median_s * 1e3:.3g}", f"{r.ratio_to_plain:.3g}"] for r in part.itertuples()]
     head = ["framework", "strategy", "memories (all tasks)", "ms per step", "ratio to plain"]
     return (_machine_line(frame, meta, "the plain step of GEM's network (784-100-100-10, ReLU, "
