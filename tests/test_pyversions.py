@@ -65,27 +65,33 @@ def _pip_env():
 
 
 @pytest.mark.registry
-@pytest.mark.parametrize("version", _admitted(_requires_python()))
-def test_exact_pins_resolve_with_wheels_on_pypi(version, pypi, tmp_path):
+def test_exact_pins_resolve_with_wheels_on_pypi(pypi, tmp_path):
+    """Every admitted Python at once: pip waits on the network, so they resolve side by side."""
     pins = _pins()
     requirements = tmp_path / "pins.txt"
     requirements.write_text("\n".join(pins) + "\n")
-    report = tmp_path / "report.json"
-    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
-           "--only-binary=:all:", "--python-version", version, "--target", str(tmp_path / "t"),
-           "--index-url", PYPI, "--no-cache-dir", "--disable-pip-version-check", "--quiet",
-           "--report", str(report), "-r", str(requirements)]
-    done = subprocess.run(cmd, env=_pip_env(), capture_output=True, text=True, timeout=1800)
-    assert done.returncode == 0, (f"the pins do not resolve for Python {version} with wheels only:"
-                                  f"\n{done.stderr[-3000:]}")
-    picked = {item["metadata"]["name"].lower().replace("_", "-"): item
-              for item in json.loads(report.read_text())["install"]}
-    for pin in pins:
-        name, pinned = pin.split("==")
-        assert picked[name.lower()]["metadata"]["version"] == pinned, pin
-    not_pypi = [item["download_info"]["url"] for item in picked.values()
-                if not item["download_info"]["url"].startswith(PYPI_FILES)]
-    assert not not_pypi, f"files that did not come from PyPI: {not_pypi}"
+    running = {}
+    for version in _admitted(_requires_python()):
+        report = tmp_path / f"report-{version}.json"
+        cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
+               "--only-binary=:all:", "--python-version", version, "--target",
+               str(tmp_path / f"t-{version}"), "--index-url", PYPI, "--no-cache-dir",
+               "--disable-pip-version-check", "--quiet", "--report", str(report), "-r",
+               str(requirements)]
+        running[version] = (subprocess.Popen(cmd, env=_pip_env(), stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.PIPE, text=True), report)
+    for version, (proc, report) in running.items():
+        _, stderr = proc.communicate(timeout=1800)
+        assert proc.returncode == 0, (f"the pins do not resolve for Python {version} with wheels "
+                                      f"only:\n{stderr[-3000:]}")
+        picked = {item["metadata"]["name"].lower().replace("_", "-"): item
+                  for item in json.loads(report.read_text())["install"]}
+        for pin in pins:
+            name, pinned = pin.split("==")
+            assert picked[name.lower()]["metadata"]["version"] == pinned, (version, pin)
+        not_pypi = [item["download_info"]["url"] for item in picked.values()
+                    if not item["download_info"]["url"].startswith(PYPI_FILES)]
+        assert not not_pypi, f"Python {version}: files that did not come from PyPI: {not_pypi}"
 
 
 # --- make refuses an unsupported Python before it builds anything ------------------------------

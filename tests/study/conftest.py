@@ -1,5 +1,6 @@
 """Fixtures of the study's tests: a reports folder an earlier study left behind, the check
 every published page passes, and one quick study the slow tests share."""
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,13 +12,26 @@ from quick_study import run_study
 
 
 @pytest.fixture(scope="session")
-def quick_reports(tmp_path_factory):
-    """The reports of one quick study on SUBSET (embedded pool), run once per session: the
+def quick_reports(tmp_path_factory, worker_id):
+    """The reports of one quick study on SUBSET (embedded pool), run once per test run: the
     reliability tests read it and the cluster's run is compared with it. Tests must not change
-    it (copy it first)."""
-    out = tmp_path_factory.mktemp("study") / "reports"
-    done = run_study(out)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    it (copy it first). Under pytest-xdist the first worker that asks builds it in the run's
+    shared temporary folder and the others wait for it (a file lock): xdist_group alone does not
+    keep the tests on one worker under pytest 9 (xdist 3.8 renames item._nodeid, which pytest 9
+    no longer reads)."""
+    import fcntl
+
+    root = tmp_path_factory.getbasetemp()
+    root = root if worker_id == "master" else root.parent
+    out, done_flag = root / "quick_study" / "reports", root / "quick_study" / "done"
+    with open(root / "quick_study.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done_flag.is_file():
+            if out.exists():  # a failed build by another worker: start again
+                shutil.rmtree(out)
+            done = run_study(out)
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+            done_flag.write_text("ok\n")
     return out
 
 
