@@ -2,12 +2,11 @@
 import re
 import tomllib
 
-import numpy as np
 import pytest
 from pathlib import Path
 
 import selective_update as su
-from selective_update import datasets, settings
+from selective_update import datasets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,17 +106,5 @@ def test_a_damaged_data_file_is_one_line_naming_it_and_the_fix(tmp_path, how, re
 
 
 def test_the_committed_data_files_pass_their_checks():
-    assert set(datasets.FILES.values()) == set(settings.DATA_FILES)
-    for name in settings.DATA_FILES:
+    for name in datasets.DATASETS:
         assert datasets.check_file(name) == ROOT / "data" / f"{name}.csv"
-
-
-def test_digits_relu_is_the_digits_under_the_literatures_network():
-    relu, sigmoid = datasets.prepare("digits_relu"), datasets.prepare("digits")
-    assert relu.network == dict(activation="relu", loss="cross_entropy") and sigmoid.network == {}
-    assert np.array_equal(relu.data.x, sigmoid.data.x) and relu.keep == sigmoid.keep
-    outputs = su.core.forward(relu.params, relu.data.x_eval, "relu")[1]
-    assert datasets.accuracy(outputs, relu.data.y_eval, range(10)) > 0.9  # pretrained on CE
-    r = su.run("null_space_corrected", "torch", params=relu.params, data=relu.data, keep=relu.keep,
-               train=relu.train, steps=2, **relu.network)
-    assert r.config["activation"] == "relu" and r.drift_train.max() < 1e-10

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +19,7 @@ from .settings import (
     PRETRAIN_STEPS,
 )
 
-DATASETS = ("toy", "digits", "digits_relu")
-# digits_relu: the digits under the literature's network (ReLU, softmax cross-entropy,
-# Xavier-uniform weights), read from the digits' file
-FILES = {"toy": "toy", "digits": "digits", "digits_relu": "digits"}
-NETWORKS = {"digits_relu": dict(activation="relu", loss="cross_entropy")}
+DATASETS = ("toy", "digits")
 
 
 @dataclass(frozen=True)
@@ -35,12 +31,10 @@ class Setup:
     params: dict
     keep: tuple
     train: tuple
-    network: dict = field(default_factory=dict)  # run()'s activation and loss, if not the seed's
 
 
 def default_outputs(dataset):
-    """Return the default (keep, train) outputs: toy keeps 0 and trains 1; the digits train
-    class 9."""
+    """Return the default (keep, train) outputs: toy keeps 0 and trains 1; digits trains class 9."""
     validation.check_choice("dataset", dataset, DATASETS)
     return ((0,), (1,)) if dataset == "toy" else (tuple(range(9)), (9,))
 
@@ -133,7 +127,7 @@ def _read(name, data_dir):
 def load_dataset(name, data_dir=DATA_DIR) -> core.Data:
     """Load a dataset from its CSV file as Data (digits targets are one-hot over 10 classes)."""
     validation.check_choice("dataset", name, DATASETS)
-    train, held_out = _read(FILES[name], data_dir)
+    train, held_out = _read(name, data_dir)
     if name == "toy":
         def xy(f):
             return (f[[c for c in f if c.startswith("x")]].to_numpy(np.float64),
@@ -146,26 +140,18 @@ def load_dataset(name, data_dir=DATA_DIR) -> core.Data:
     return core.Data(x, y, x_eval, y_eval)
 
 
-def pretrain(params, x, y, steps=PRETRAIN_STEPS, lr=PRETRAIN_LR, activation="sigmoid",
-             loss="mse"):
-    """Fit an MLP on every output by full-batch momentum steps (numpy, deterministic): the MSE
-    of a sigmoid net, or the softmax cross-entropy of a ReLU net."""
+def pretrain(params, x, y, steps=PRETRAIN_STEPS, lr=PRETRAIN_LR):
+    """Fit an MLP on every output by full-batch momentum steps on the MSE (numpy, deterministic)."""
     params = {k: v.copy() for k, v in params.items()}
     L = core.n_layers(params)
     velocity = {k: np.zeros_like(v) for k, v in params.items()}
     for _ in range(steps):
-        hs, out = core.forward(params, x, activation)
-        if loss == "mse":
-            delta = 2.0 * (out - y) / y.size
-        else:
-            p = np.exp(out - out.max(axis=1, keepdims=True))
-            delta = (p / p.sum(axis=1, keepdims=True) - y) / len(y)
+        hs, out = core.forward(params, x)
+        delta = 2.0 * (out - y) / y.size
         for l in range(L, 0, -1):
             grads = {f"W{l}": hs[l - 1].T @ delta, f"b{l}": delta.sum(axis=0)}
-            if l > 1 and activation == "sigmoid":
+            if l > 1:
                 delta = (delta @ params[f"W{l}"].T) * hs[l - 1] * (1.0 - hs[l - 1])
-            elif l > 1:
-                delta = (delta @ params[f"W{l}"].T) * (hs[l - 1] > 0)
             for k, g in grads.items():
                 velocity[k] = MOMENTUM * velocity[k] + g
                 params[k] -= lr * velocity[k]
@@ -197,12 +183,11 @@ def prepare(dataset, *, n_sample=None, hidden=None, seed=0, keep=None, train=Non
     train = validation.check_outputs("train", default_train if train is None else train, n_out)
     validation.check_disjoint(keep, train)
     sizes = (full.x.shape[1], hidden, n_out)
-    network = NETWORKS.get(dataset, {})
-    params = core.init_params(sizes, seed=seed, init="xavier_uniform" if network else "normal")
-    if dataset != "toy":
-        params = pretrain(params, full.x, full.y, **network)
+    params = core.init_params(sizes, seed=seed)
+    if dataset == "digits":
+        params = pretrain(params, full.x, full.y)
     data = core.Data(full.x[:n_sample], full.y[:n_sample], full.x_eval, full.y_eval)
-    return Setup(dataset, data, params, keep, train, dict(network))
+    return Setup(dataset, data, params, keep, train)
 
 
 MEMORY_ROWS = 16  # the promise table's memory for gem and ewc: two earlier tasks of 8 examples

@@ -47,8 +47,8 @@ PRETRAIN_STEPS = 300  # full-batch momentum steps that fit the digits net first
 PRETRAIN_LR = 0.5
 # Hidden width when none is given: the seed's 4 for toy; 16 for digits, where 4 units reach only
 # 64% held-out accuracy (16: 95%) and 1,210 parameters leave a null space for 9 x 32 constraints.
-DEFAULT_HIDDEN = {"toy": 4, "digits": 16, "digits_relu": 16}
-DEFAULT_N_SAMPLE = {"toy": 8, "digits": 32, "digits_relu": 32}
+DEFAULT_HIDDEN = {"toy": 4, "digits": 16}
+DEFAULT_N_SAMPLE = {"toy": 8, "digits": 32}
 
 # The data files `make data` writes (data/<name>.csv): their header, rows and SHA-256 of their
 # bytes (written deterministically, floats as %.17g). Each load checks them; the study checks the

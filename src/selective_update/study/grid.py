@@ -148,7 +148,7 @@ def run_grid(cfg) -> Grid:
     for seed in cfg["seeds"]:
         setup = _prepare(dataset, cfg["n_sample"], cfg["hidden"], seed, cfg["keep"], cfg["train"])
         common = dict(params=setup.params, data=setup.data, keep=setup.keep, train=setup.train,
-                      dtype=cfg["dtype"], **setup.network)
+                      dtype=cfg["dtype"])
         if core.STRATEGIES[strategy].memory:  # gem and ewc keep an earlier task's loss
             common["reference"] = datasets.memory_for(setup)
         for fw in core.FRAMEWORKS:
@@ -175,7 +175,7 @@ def run_grid(cfg) -> Grid:
                         judged.append(dict(dataset=dataset, strategy=strategy, framework=fw,
                                            **set_up, seed=seed, promise=promised,
                                            holds=verdict.holds, measured=verdict.measured))
-                        if dataset != "toy":
+                        if dataset == "digits":
                             y = setup.data.y_eval
                             acc_keep = _accuracy(r.eval_outputs, y, setup.keep)
                             acc_train = _accuracy(r.eval_outputs, y, setup.train)
