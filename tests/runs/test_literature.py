@@ -109,8 +109,19 @@ def test_shared_outputs_need_a_reference_where_a_strategy_protects():
 def test_bad_literature_arguments_are_refused_in_one_line(argument, value, message):
     strategy = "gem" if argument == "reference" else "ewc"
     with pytest.raises(ValueError) as info:
-        su.run(strategy, "torch", **{**NET, argument: value})
+        su.run(strategy, "torch", **{**NET, "train": (1, 2), argument: value})
     assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("strategy", ["masked_loss", "null_space", "compensated_gradient",
+                                      "distill", "ewc"])
+def test_cross_entropy_over_one_trained_output_is_refused(strategy):
+    """A softmax over one column is constant: the run would train nothing, so it is refused."""
+    with pytest.raises(ValueError) as info:
+        su.run(strategy, "torch", **{**NET, "keep": (0, 1), "train": (2,)})
+    assert str(info.value).startswith("train: got [2]; allowed: two or more outputs with "
+                                      "loss='cross_entropy'") and "\n" not in str(info.value)
+    su.run("all_params", "torch", **{**NET, "keep": (0, 1), "train": (2,)})  # the full loss
 
 
 def test_carry_and_memory_options_belong_to_their_strategies():

@@ -109,6 +109,10 @@ def check_carry(carry, strategy, params):
             for name in names}
 
 
+# the strategies whose loss reads the trained outputs only (a softmax over those columns)
+MASKED_LOSSES = ("masked", "compensated_gradient", "distill", "ewc")
+
+
 def check_run(strategy, framework, *, warn=True, **arguments) -> RunConfig:
     """Validate run()'s keyword arguments (RunConfig's fields) and return them as a RunConfig.
 
@@ -154,6 +158,9 @@ def check_run(strategy, framework, *, warn=True, **arguments) -> RunConfig:
         check_disjoint(keep, train, ", or overlapping ones with reference= inputs (kept there, "
                        "trained on the batch)" if described.overlap
                        else f" ({strategy} freezes what it keeps)")
+    if a["loss"] == "cross_entropy" and described.loss in MASKED_LOSSES and len(train) < 2:
+        fail("train", list(train), "two or more outputs with loss='cross_entropy' (its softmax is "
+             "over the trained outputs: over one it is constant, no gradient), or loss='mse'")
     batch_size = a["batch_size"]
     if batch_size is not None and not (is_int(batch_size) and 1 <= batch_size <= len(data.x)):
         fail("batch_size", batch_size, f"None (every step on all {len(data.x)} inputs of data.x) "
