@@ -63,6 +63,15 @@ def test_memories_are_the_last_examples_a_task_visited():
     assert rotations._memory(rotations.PAPER_ROWS[3], [], 0) is None
 
 
+@pytest.mark.parametrize("memory", [0, 1001, 2.5])
+def test_a_memory_larger_than_a_task_is_refused_before_any_run(memory):
+    row = rotations.Row("gem", "gem", 0.1, memory=memory, memory_kind="examples")
+    with pytest.raises(ValueError) as info:
+        rotations.run_row(row, "torch", 0, n_tasks=2)
+    assert str(info.value).startswith(f"memory: got {memory}; allowed: None or an integer in "
+                                      "1..1000") and "\n" not in str(info.value)
+
+
 def test_the_rule_picks_the_best_validation_acc_within_the_cost_limit():
     sweep = pd.DataFrame([
         dict(row="null_space", strategy="null_space", setting="a", seed=0, epochs=1, acc=0.9,

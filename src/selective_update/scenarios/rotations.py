@@ -102,6 +102,10 @@ def run_row(row: Row, framework, seed, split="test", epochs=1, n_tasks=None,
     import selective_update as su
 
     validation.check_choice("framework", framework, core.FRAMEWORKS)
+    if row.memory is not None and not (validation.is_int(row.memory)
+                                       and 1 <= row.memory <= rotations_data.N_TRAIN):
+        validation.fail("memory", row.memory, f"None or an integer in 1..{rotations_data.N_TRAIN}"
+                        " (examples kept per task; a task has that many)")
     tasks = rotations_data.rotation_tasks(seed, split,
                                           rotations_data.N_TASKS if n_tasks is None else n_tasks)
     T = tasks.n_tasks
