@@ -267,9 +267,10 @@ def test_quick_study_on_a_local_cluster_is_byte_identical_to_the_pool(quick_repo
              for name, folder in (("pool", quick_reports), ("cluster", out))}
     assert (quick_reports / "results.csv").read_bytes() == (out / "results.csv").read_bytes()
     for name in ("new_class.csv", "new_class_summary.csv"):  # all but their timings
-        pool, cluster = (pd.read_csv(folder / name) for folder in (quick_reports, out))
-        timings = [c for c in pool.columns if "seconds" in c]
-        pd.testing.assert_frame_equal(pool.drop(columns=timings), cluster.drop(columns=timings))
+        by_pool, by_cluster = (pd.read_csv(folder / name) for folder in (quick_reports, out))
+        timings = [c for c in by_pool.columns if "seconds" in c]
+        pd.testing.assert_frame_equal(by_pool.drop(columns=timings),
+                                      by_cluster.drop(columns=timings))
     others = [n for n in settings.SCENARIO_NOTEBOOKS if n != "new_class"]  # not run here
     skipped = tuple(f"runs/{n}-" for n in others) + tuple(f"{n}.html" for n in others)
     assert pages["cluster"] == [p for p in pages["pool"] if not p.startswith(skipped)]

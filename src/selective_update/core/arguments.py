@@ -109,10 +109,6 @@ def check_carry(carry, strategy, params):
             for name in names}
 
 
-# the strategies whose loss reads the trained outputs only (a softmax over those columns)
-MASKED_LOSSES = ("masked", "compensated_gradient", "distill", "ewc")
-
-
 def check_run(strategy, framework, *, warn=True, **arguments) -> RunConfig:
     """Validate run()'s keyword arguments (RunConfig's fields) and return them as a RunConfig.
 
@@ -158,7 +154,7 @@ def check_run(strategy, framework, *, warn=True, **arguments) -> RunConfig:
         check_disjoint(keep, train, ", or overlapping ones with reference= inputs (kept there, "
                        "trained on the batch)" if described.overlap
                        else f" ({strategy} freezes what it keeps)")
-    if a["loss"] == "cross_entropy" and described.loss in MASKED_LOSSES and len(train) < 2:
+    if a["loss"] == "cross_entropy" and described.masked and len(train) < 2:
         fail("train", list(train), "two or more outputs with loss='cross_entropy' (its softmax is "
              "over the trained outputs: over one it is constant, no gradient), or loss='mse'")
     batch_size = a["batch_size"]

@@ -140,6 +140,12 @@ class Strategy:
         return self.after == "subspace"
 
     @property
+    def masked(self) -> bool:
+        """The loss reads the trained outputs only (mask * error, or a softmax over the trained
+        columns: algorithms.strategy_step.loss)."""
+        return self.loss not in ("full", "output_gradient")
+
+    @property
     def solves(self) -> bool:
         """Each step solves a Gram system over the protected inputs (its cost grows with them):
         the null-space projections and compensated_gradient."""

@@ -105,7 +105,7 @@ def answer_markdown(summary, framework="torch", epochs=1) -> str:
 def choices_markdown(summary, epochs=1) -> str:
     """Say whether each framework's run chose the same settings: each part of the batch times
     the sweep again, so a point near the cost limit can fall on either side of it."""
-    g = summary[(summary.epochs == epochs) & (summary.row != "single") & (summary.row != "ewc")]
+    g = summary[summary.epochs == epochs]
     frameworks = sorted(set(g.framework))
     if len(frameworks) < 2:
         return ""
