@@ -1,4 +1,6 @@
-"""Shared fixtures: the seed's data and params, and a cache of runs (each config runs once)."""
+"""Shared fixtures: the seed's data and params, and a cache of runs (each config runs once);
+the run's order and its last guard against a hung test."""
+import faulthandler
 from functools import lru_cache
 
 import pytest
@@ -32,3 +34,16 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture
 def toy():
     return DATA, PARAMS
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item):
+    """A test still running 5 minutes past pytest-timeout's limit is stuck where its signal cannot
+    reach (inside C code): end the process, so that pytest-xdist reports the test as crashed and
+    goes on with a new worker instead of waiting for it until CI gives up."""
+    marker = item.get_closest_marker("timeout")
+    limit = float(marker.args[0] if marker else item.config.getini("timeout") or 0)
+    if limit:
+        faulthandler.dump_traceback_later(limit + 300, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()

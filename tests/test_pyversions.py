@@ -12,6 +12,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from packaging.version import Version
 ROOT = Path(__file__).resolve().parents[1]
 PYPI = "https://pypi.org/simple"
 PYPI_FILES = ("https://files.pythonhosted.org/", "https://pypi.org/")
+PIP_DEADLINE_S = 600  # all three together; about 2 minutes here
 
 
 def _project():
@@ -66,24 +68,37 @@ def _pip_env():
 
 @pytest.mark.registry
 def test_exact_pins_resolve_with_wheels_on_pypi(pypi, tmp_path):
-    """Every admitted Python at once: pip waits on the network, so they resolve side by side."""
+    """Every admitted Python at once (pip waits on the network), within one deadline."""
     pins = _pins()
     requirements = tmp_path / "pins.txt"
     requirements.write_text("\n".join(pins) + "\n")
     running = {}
     for version in _admitted(_requires_python()):
-        report = tmp_path / f"report-{version}.json"
+        report, log = tmp_path / f"report-{version}.json", tmp_path / f"pip-{version}.log"
         cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
                "--only-binary=:all:", "--python-version", version, "--target",
                str(tmp_path / f"t-{version}"), "--index-url", PYPI, "--no-cache-dir",
                "--disable-pip-version-check", "--quiet", "--report", str(report), "-r",
                str(requirements)]
-        running[version] = (subprocess.Popen(cmd, env=_pip_env(), stdout=subprocess.DEVNULL,
-                                             stderr=subprocess.PIPE, text=True), report)
-    for version, (proc, report) in running.items():
-        _, stderr = proc.communicate(timeout=1800)
+        with open(log, "w") as stderr:  # a file, not a pipe: no pip waits on another's reader
+            running[version] = (subprocess.Popen(cmd, env=_pip_env(), stdout=subprocess.DEVNULL,
+                                                 stderr=stderr), report, log)
+    deadline = time.monotonic() + PIP_DEADLINE_S
+    try:
+        for version, (proc, _, log) in running.items():
+            try:
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"pip did not resolve the pins for Python {version} within "
+                            f"{PIP_DEADLINE_S} s:\n{log.read_text()[-3000:]}")
+    finally:
+        for proc, _, _ in running.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for version, (proc, report, log) in running.items():
         assert proc.returncode == 0, (f"the pins do not resolve for Python {version} with wheels "
-                                      f"only:\n{stderr[-3000:]}")
+                                      f"only:\n{log.read_text()[-3000:]}")
         picked = {item["metadata"]["name"].lower().replace("_", "-"): item
                   for item in json.loads(report.read_text())["install"]}
         for pin in pins:

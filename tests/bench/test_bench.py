@@ -1,7 +1,6 @@
 """Smoke tests of `python -m selective_update bench` (benchmarks are not timed tests)."""
 import csv
 import math
-import subprocess
 import sys
 
 import pytest
@@ -10,14 +9,16 @@ from selective_update import STRATEGIES
 from selective_update.study import render
 from selective_update.__main__ import main as cli
 
+import processes
+
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 def test_quick_bench_writes_csv_html_and_figure(tmp_path):
     out = tmp_path / "reports"
     # A fresh process: the bench pins torch threads and would change this session's torch.
-    proc = subprocess.run([sys.executable, "-m", "selective_update", "bench", "--quick",
-                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    proc = processes.run([sys.executable, "-m", "selective_update", "bench", "--quick",
+                           "--out", str(out)], 300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     with open(out / "bench.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -93,9 +94,9 @@ def test_cuda_without_a_gpu_exits_2(tmp_path, capsys):
 @pytest.mark.slow
 def test_beyond_batch_part_writes_its_rows_under_its_old_name_too(tmp_path):
     out = tmp_path / "reports"
-    proc = subprocess.run([sys.executable, "-m", "selective_update", "bench", "--parts",
+    proc = processes.run([sys.executable, "-m", "selective_update", "bench", "--parts",
                            "reference", "--repeats", "1", "--frameworks", "torch", "--out",
-                           str(out)], capture_output=True, text=True, timeout=600)
+                           str(out)], 600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     with open(out / "bench.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["part"] == "beyond_batch"]
@@ -160,9 +161,8 @@ def test_a_failed_page_leaves_the_previous_bench_files(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_helpers_part_writes_issue_15_rows(tmp_path):
     out = tmp_path / "reports"
-    proc = subprocess.run([sys.executable, "-m", "selective_update", "bench", "--parts",
-                           "helpers", "--quick", "--frameworks", "torch", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600)
+    proc = processes.run([sys.executable, "-m", "selective_update", "bench", "--parts",
+                           "helpers", "--quick", "--frameworks", "torch", "--out", str(out)], 600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     with open(out / "bench.csv", newline="") as f:
         rows = {r["strategy"]: r for r in csv.DictReader(f) if r["part"] == "helpers"}

@@ -16,22 +16,29 @@ def quick_reports(tmp_path_factory, worker_id):
     """The reports of one quick study on SUBSET (embedded pool), run once per test run: the
     reliability tests read it and the cluster's run is compared with it. Tests must not change
     it (copy it first). Under pytest-xdist the first worker that asks builds it in the run's
-    shared temporary folder and the others wait for it (a file lock): xdist_group alone does not
-    keep the tests on one worker under pytest 9 (xdist 3.8 renames item._nodeid, which pytest 9
-    no longer reads)."""
+    shared temporary folder and the others wait for it (a file lock; xdist_group would put the
+    tests on one worker, but under pytest 9 xdist 3.8 groups nothing: it renames item._nodeid,
+    which pytest 9 no longer reads). A failed build fails the others at once."""
     import fcntl
 
     root = tmp_path_factory.getbasetemp()
     root = root if worker_id == "master" else root.parent
-    out, done_flag = root / "quick_study" / "reports", root / "quick_study" / "done"
+    out, outcome = root / "quick_study" / "reports", root / "quick_study" / "outcome"
     with open(root / "quick_study.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        if not done_flag.is_file():
-            if out.exists():  # a failed build by another worker: start again
-                shutil.rmtree(out)
-            done = run_study(out)
-            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-            done_flag.write_text("ok\n")
+        if not outcome.is_file():
+            shutil.rmtree(out, ignore_errors=True)
+            outcome.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                done = run_study(out)
+                failed = "" if done.returncode == 0 else done.stdout[-3000:] + done.stderr[-3000:]
+            except BaseException as e:  # a timeout: the other workers fail at once, not again
+                failed = f"{type(e).__name__}: {e}"
+                raise
+            finally:
+                outcome.write_text(failed or "ok")
+    if outcome.read_text() != "ok":
+        pytest.fail(f"the shared quick study failed:\n{outcome.read_text()}")
     return out
 
 

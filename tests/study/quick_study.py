@@ -1,19 +1,16 @@
 """The quick study the slow study tests share: what it runs, and how a test runs it again."""
-import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+import processes
 
 ROOT = Path(__file__).resolve().parents[2]
 # A subset that still covers both datasets, both frameworks, an exact and a projected strategy,
 # and every scenario notebook (the default --scenarios).
 SUBSET = ["--quick", "--strategies", "split_head", "null_space_corrected"]
-# The tests that read quick_reports: pytest-xdist runs them on one worker (one study per session).
-QUICK_STUDY = pytest.mark.xdist_group("quick_study")
 
 
-def run_study(out, *extra, timeout=900):
+def run_study(out, *extra, timeout=600):
     """`python -m selective_update study` on SUBSET into out, in a fresh process."""
     cmd = [sys.executable, "-m", "selective_update", "study", *SUBSET, "--out", str(out), *extra]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return processes.run(cmd, timeout, cwd=ROOT)

@@ -21,7 +21,7 @@ from selective_update import settings
 from selective_update.study import cli as study
 from selective_update.study import notebook_runner, pool
 
-from quick_study import QUICK_STUDY, run_study
+from quick_study import run_study
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -252,8 +252,8 @@ def test_an_interrupted_cluster_study_leaves_the_previous_reports_and_no_process
     assert [p for p in processes if _alive(p)] == []
 
 
-@QUICK_STUDY
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # it may wait for the shared quick study, then runs its own
 def test_quick_study_on_a_local_cluster_is_byte_identical_to_the_pool(quick_reports, tmp_path,
                                                                       offline_pages):
     """The cluster runs the shared quick study's subset (both datasets and frameworks, an exact and
@@ -261,7 +261,7 @@ def test_quick_study_on_a_local_cluster_is_byte_identical_to_the_pool(quick_repo
     pages as the embedded pool's run. The other scenarios go through the same runner."""
     out = tmp_path / "cluster"
     done = run_study(out, "--scenarios", "new_class", "--jobs", "2", "--cluster", "local",
-                     timeout=1200)
+                     timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     pages = {name: sorted(p.relative_to(folder).as_posix() for p in offline_pages(folder))
              for name, folder in (("pool", quick_reports), ("cluster", out))}

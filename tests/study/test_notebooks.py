@@ -1,6 +1,5 @@
 """The notebooks: hygiene (no kernel), then papermill smoke runs with tiny parameters (slow)."""
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +10,8 @@ import pytest
 
 from selective_update import settings
 from selective_update.study import grid, render, results
+
+import processes
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
@@ -106,7 +107,7 @@ def test_strategy_notebook_by_hand_from_notebooks_folder_on_digits(tmp_path):
     cmd = [str(Path(sys.executable).parent / "papermill"), "strategy.ipynb", str(out),
            "-p", "strategy", "split_head", "-p", "dataset", "digits",
            "-p", "results_dir", str(tmp_path), "-y", json.dumps(TINY), "--no-progress-bar"]
-    done = subprocess.run(cmd, cwd=NOTEBOOKS, capture_output=True, text=True, timeout=300)
+    done = processes.run(cmd, 300, cwd=NOTEBOOKS)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = _check_rows(tmp_path / "digits-split_head.csv", "digits", "split_head")
     assert rows.holds.all() and (rows.drift_eval == 0).all()  # split_head: exact

@@ -10,11 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from quick_study import QUICK_STUDY, ROOT, SUBSET, run_study
+from quick_study import ROOT, SUBSET, run_study
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# Every test here reads the session's quick study (quick_reports, conftest.py): one worker.
-pytestmark = QUICK_STUDY
 
 
 def _sha(path):

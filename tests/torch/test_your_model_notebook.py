@@ -1,7 +1,6 @@
 """notebooks/your_model.ipynb, run quick: the helpers on a practitioner's models."""
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -9,15 +8,17 @@ import pytest
 
 from selective_update.settings import ROOT
 
+import processes
+
 
 @pytest.mark.slow
 def test_your_model_notebook_runs_quick(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     out = tmp_path / "your_model.ipynb"
-    subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "notebooks/your_model.ipynb"),
-                    str(out), "-k", "python3", "-p", "quick", "True",
-                    "-p", "reports_dir", str(tmp_path)], check=True, env=env, cwd=tmp_path,
-                   capture_output=True)
+    cmd = [sys.executable, "-m", "papermill", str(ROOT / "notebooks/your_model.ipynb"), str(out),
+           "-k", "python3", "-p", "quick", "True", "-p", "reports_dir", str(tmp_path)]
+    done = processes.run(cmd, 600, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
     import pandas as pd
 
     rows = pd.read_csv(tmp_path / "your_model.csv").set_index(["model", "method"])
