@@ -36,14 +36,14 @@ def toy():
     return DATA, PARAMS
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item):
-    """A test still running 5 minutes past pytest-timeout's limit is stuck where its signal cannot
-    reach (inside C code): end the process, so that pytest-xdist reports the test as crashed and
-    goes on with a new worker instead of waiting for it until CI gives up."""
-    marker = item.get_closest_marker("timeout")
-    limit = float(marker.args[0] if marker else item.config.getini("timeout") or 0)
-    if limit:
-        faulthandler.dump_traceback_later(limit + 300, exit=True)
-    yield
+def pytest_timeout_set_timer(item, settings):
+    """Beside pytest-timeout's own timer (this returns None, so it still sets it), with the same
+    limit however it was given (ini, marker, --timeout): a test still running 5 minutes past it is
+    stuck where the timeout's signal cannot reach (inside C code). End the process, so that
+    pytest-xdist reports the test as crashed and goes on with a new worker instead of waiting for
+    it until CI gives up."""
+    faulthandler.dump_traceback_later(settings.timeout + 300, exit=True)
+
+
+def pytest_timeout_cancel_timer(item):
     faulthandler.cancel_dump_traceback_later()
